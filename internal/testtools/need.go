@@ -1,0 +1,51 @@
+// Package testtools gates tests on external programs (qemu-img, qemu-io, ...).
+// Locally a missing tool skips the test with the install command to run; in
+// CI (CI=true) it fails the test, so a green run never hides a skipped layer.
+// It must not import any package of this module.
+package testtools
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// debianPackage names the package that provides each tool we call.
+var debianPackage = map[string]string{
+	"qemu-img":           "qemu-utils",
+	"qemu-io":            "qemu-utils",
+	"qemu-nbd":           "qemu-utils",
+	"qemu-system-x86_64": "qemu-system-x86",
+	"nbdinfo":            "libnbd-bin",
+	"nbdcopy":            "libnbd-bin",
+	"fio":                "fio",
+}
+
+// InCI reports whether the tests run under CI (CI=true).
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Need returns the paths of the named programs, or stops the test: Fatal in
+// CI, Skip elsewhere.
+func Need(t testing.TB, tools ...string) []string {
+	t.Helper()
+	paths := make([]string, len(tools))
+	for i, name := range tools {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			msg := name + " not found on PATH; install it with: apt-get install -y " + pkgFor(name) + " (make test does this)"
+			if InCI() {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+		paths[i] = p
+	}
+	return paths
+}
+
+func pkgFor(tool string) string {
+	if p, ok := debianPackage[tool]; ok {
+		return p
+	}
+	return tool
+}

@@ -1,0 +1,106 @@
+package qcow2
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// openBacking opens the backing file named inside image `child` under the
+// caller's policy. Backing files are always opened read-only.
+func openBacking(child, name, format string, opts Options, depth int) (Disk, error) {
+	f, path, err := resolveBacking(child, name, opts.Backing)
+	if err != nil {
+		return nil, err
+	}
+	if format == "" {
+		if format, err = probeFile(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	switch format {
+	case "raw":
+		return newRaw(path, f, true)
+	case "qcow2":
+		bopts := opts
+		bopts.ReadOnly = true
+		bopts.NoBacking = false
+		if bopts.Backing.Root == "" && !bopts.Backing.AllowAnyPath {
+			// Deeper layers stay confined to the top image's root.
+			bopts.Backing.Root = filepath.Dir(absPath(child))
+		}
+		img, err := openFile(NewOSFile(f), path, bopts, depth)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return img, nil
+	}
+	f.Close()
+	return nil, fmt.Errorf("%w: backing file format %q", ErrUnsupported, format)
+}
+
+// resolveBacking applies the policy to a backing file name and opens it.
+// Relative names resolve against the directory of the image naming them,
+// as in QEMU. Under a confining policy the file is opened through os.Root,
+// which refuses "..", absolute paths and symlinks that leave the root.
+func resolveBacking(child, name string, pol BackingPolicy) (*os.File, string, error) {
+	if name == "" || strings.ContainsRune(name, 0) {
+		return nil, "", fmt.Errorf("%w: empty or malformed backing file name", ErrInvalid)
+	}
+	if hasProtocolPrefix(name) {
+		return nil, "", fmt.Errorf("%w: backing file %q uses a protocol or json: prefix", ErrPolicy, name)
+	}
+	path := name
+	if !filepath.IsAbs(name) {
+		path = filepath.Join(filepath.Dir(child), name)
+	}
+	if pol.AllowAnyPath {
+		f, err := os.Open(path)
+		return f, path, err
+	}
+	root := pol.Root
+	if root == "" {
+		root = filepath.Dir(absPath(child))
+	}
+	root = absPath(root)
+	rel, err := filepath.Rel(root, absPath(path))
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return nil, "", fmt.Errorf("%w: backing file %q is outside %s", ErrPolicy, name, root)
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, "", err
+	}
+	defer r.Close()
+	f, err := r.Open(rel)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: backing file %q: %v", ErrPolicy, name, err)
+	}
+	return f, filepath.Join(root, rel), nil
+}
+
+// hasProtocolPrefix matches QEMU's "protocol:" filenames (json:, nbd:,
+// http:, ...): a prefix of letters, digits, '+', '-' or '.' before a colon,
+// with no slash before it.
+func hasProtocolPrefix(name string) bool {
+	i := strings.IndexByte(name, ':')
+	if i <= 0 {
+		return false
+	}
+	for _, c := range name[:i] {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}

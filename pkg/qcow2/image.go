@@ -1,0 +1,343 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+)
+
+// Image is an open qcow2 image. All methods are safe for concurrent use.
+//
+// Locking: mu guards all metadata. Reads and in-place writes to clusters
+// this image owns exclusively (OFLAG_COPIED) hold it shared, so they run in
+// parallel; anything that changes metadata (allocation, zeroing, discard,
+// resize, flush's deferred frees) holds it exclusively.
+type Image struct {
+	name     string
+	f        File
+	opts     Options
+	readOnly bool // opened read-only (immutable after open)
+
+	mu  sync.RWMutex
+	hdr *Header
+
+	cb           uint32 // cluster_bits
+	cs           int64  // cluster size
+	l2Entries    int64  // entries per L2 table
+	sliceEntries int64  // entries per cached L2 slice
+	size         int64  // virtual size
+
+	l1  []uint64
+	l2c *tableCache
+
+	refOrder  uint32
+	refPerBlk int64    // refcount entries per refcount block
+	rt        []uint64 // refcount table
+	rbc       *tableCache
+
+	alloc allocator
+	meta  metadataSet
+
+	backing Disk
+
+	// hdrIncompat mirrors incompatible_features as stored on disk; it is
+	// atomic because corruption can be signalled under the read lock.
+	hdrIncompat atomic.Uint64
+	corruptMu   sync.Mutex
+	corrupt     atomic.Bool // corruption found: no more writes
+	closed      bool
+	keepFile    bool // Close leaves f open (CreateFile's caller owns it)
+}
+
+// Open opens the qcow2 image at path.
+func Open(path string, opts Options) (*Image, error) {
+	flag := os.O_RDWR
+	if opts.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	fh, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, err
+	}
+	return OpenFile(NewOSFile(fh), path, opts)
+}
+
+// OpenFile opens an image stored in f. name is the image's path: backing
+// file names stored in the image resolve relative to its directory. OpenFile
+// takes ownership of f and closes it on error.
+func OpenFile(f File, name string, opts Options) (*Image, error) {
+	img, err := openFile(f, name, opts, 0)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return img, nil
+}
+
+func openFile(f File, name string, opts Options, depth int) (*Image, error) {
+	h, err := readHeader(f)
+	if err != nil {
+		return nil, err
+	}
+	if h.IncompatibleFeatures&incompatDataFile != 0 {
+		if !opts.Backing.AllowDataFile {
+			return nil, fmt.Errorf("%w: image uses an external data file (%q)", ErrPolicy, h.DataFile)
+		}
+		return nil, fmt.Errorf("%w: external data files", ErrUnsupported)
+	}
+	if h.IncompatibleFeatures&incompatExtendedL2 != 0 {
+		return nil, fmt.Errorf("%w: extended L2 entries (subclusters)", ErrUnsupported)
+	}
+	readOnly := opts.ReadOnly
+	if h.IncompatibleFeatures&incompatCorrupt != 0 && !readOnly {
+		return nil, fmt.Errorf("%w: the corrupt bit is set; open it read-only, or repair it with `img check -r all`", ErrCorrupt)
+	}
+	if h.IncompatibleFeatures&incompatDirty != 0 && !readOnly {
+		if opts.NoAutoRepair {
+			readOnly = true
+		} else {
+			if err := rebuildRefcounts(f, h); err != nil {
+				return nil, fmt.Errorf("repairing refcounts of a dirty image: %w", err)
+			}
+			if h, err = readHeader(f); err != nil {
+				return nil, err
+			}
+		}
+	}
+	img := &Image{name: name, f: f, opts: opts, readOnly: readOnly, hdr: h}
+	if err := img.loadTables(); err != nil {
+		return nil, err
+	}
+	if !readOnly && h.AutoclearFeatures != 0 {
+		// This engine maintains neither bitmaps nor a raw data file, so the
+		// spec requires the autoclear bits to be cleared before writing.
+		if err := img.writeHeaderU64(hdrOffAutoclear, 0); err != nil {
+			return nil, err
+		}
+		h.AutoclearFeatures = 0
+		if err := f.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	if h.BackingFile != "" && !opts.NoBacking {
+		if depth+1 >= maxChainDepth {
+			return nil, fmt.Errorf("%w: backing chain deeper than %d", ErrInvalid, maxChainDepth)
+		}
+		b, err := openBacking(name, h.BackingFile, h.BackingFormat, opts, depth+1)
+		if err != nil {
+			return nil, fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
+		}
+		img.backing = b
+	}
+	return img, nil
+}
+
+func readHeader(f File) (*Header, error) {
+	fsize, err := f.Size()
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, min(fsize, int64(1)<<maxClusterBits))
+	if err := readFull(f, buf, 0); err != nil {
+		return nil, err
+	}
+	return parseHeader(buf)
+}
+
+// loadTables validates the geometry in the header and loads the L1 and
+// refcount tables.
+func (img *Image) loadTables() error {
+	h := img.hdr
+	img.cb = h.ClusterBits
+	img.cs = int64(1) << h.ClusterBits
+	img.l2Entries = img.cs / 8
+	img.sliceEntries = min(img.l2Entries, 4096/8)
+	img.size = int64(h.Size)
+	img.refOrder = h.RefcountOrder
+	img.refPerBlk = int64(refcountEntriesPerBlock(uint64(img.cs), h.RefcountOrder))
+	fsize, err := img.f.Size()
+	if err != nil {
+		return err
+	}
+
+	need := ceilDiv(img.size, img.cs*img.l2Entries)
+	if int64(h.L1Size) < need {
+		return fmt.Errorf("%w: L1 table has %d entries, the virtual size needs %d", ErrInvalid, h.L1Size, need)
+	}
+	if int64(h.L1Size)*8 > maxL1Bytes {
+		return fmt.Errorf("%w: L1 table of %d entries exceeds %d bytes", ErrInvalid, h.L1Size, maxL1Bytes)
+	}
+	if h.L1Size > 0 {
+		if err := img.checkTableRegion("L1 table", h.L1TableOffset, int64(h.L1Size)*8, fsize); err != nil {
+			return err
+		}
+	}
+	img.l1 = make([]uint64, h.L1Size)
+	if err := img.readU64s(img.l1, int64(h.L1TableOffset)); err != nil {
+		return err
+	}
+
+	rtBytes := int64(h.RefcountTableClusters) * img.cs
+	if rtBytes > maxRefcountTableBytes || h.RefcountTableClusters == 0 {
+		return fmt.Errorf("%w: refcount table of %d clusters", ErrInvalid, h.RefcountTableClusters)
+	}
+	if err := img.checkTableRegion("refcount table", h.RefcountTableOffset, rtBytes, fsize); err != nil {
+		return err
+	}
+	img.rt = make([]uint64, rtBytes/8)
+	if err := img.readU64s(img.rt, int64(h.RefcountTableOffset)); err != nil {
+		return err
+	}
+	if h.NbSnapshots > maxSnapshots {
+		return fmt.Errorf("%w: %d snapshots (at most %d)", ErrInvalid, h.NbSnapshots, maxSnapshots)
+	}
+	if h.NbSnapshots > 0 && (h.SnapshotsOffset%uint64(img.cs) != 0 || h.SnapshotsOffset == 0) {
+		return fmt.Errorf("%w: snapshot table offset %#x", ErrInvalid, h.SnapshotsOffset)
+	}
+
+	l2Bytes := img.opts.L2CacheBytes
+	if l2Bytes <= 0 {
+		// Enough to map the whole disk, up to 64 GiB at 64 KiB clusters.
+		l2Bytes = min(8<<20, max(need*img.cs, 1<<16))
+	}
+	img.l2c = newTableCache(int(img.sliceEntries*8), l2Bytes, 32)
+	rbBytes := img.opts.RefcountCacheBytes
+	if rbBytes <= 0 {
+		rbBytes = max(l2Bytes/4, 4*img.cs)
+	}
+	img.rbc = newTableCache(int(img.cs), rbBytes, 4)
+	img.alloc.init(ceilDiv(fsize, img.cs))
+	img.hdrIncompat.Store(h.IncompatibleFeatures)
+	return img.meta.build(img)
+}
+
+// checkTableRegion validates a table's offset and length against the file.
+func (img *Image) checkTableRegion(what string, off uint64, length, fsize int64) error {
+	if off%uint64(img.cs) != 0 || off == 0 {
+		return fmt.Errorf("%w: %s offset %#x is not cluster aligned", ErrInvalid, what, off)
+	}
+	if off > uint64(maxHostOffset) || int64(off) > fsize-length {
+		return fmt.Errorf("%w: %s at %#x (+%d bytes) is beyond the end of the file (%d bytes)", ErrInvalid, what, off, length, fsize)
+	}
+	return nil
+}
+
+func (img *Image) readU64s(dst []uint64, off int64) error {
+	buf := make([]byte, len(dst)*8)
+	if err := readFull(img.f, buf, off); err != nil {
+		return err
+	}
+	for i := range dst {
+		dst[i] = binary.BigEndian.Uint64(buf[i*8:])
+	}
+	return nil
+}
+
+func (img *Image) writeU64(off int64, v uint64) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	_, err := img.f.WriteAt(b[:], off)
+	return err
+}
+
+func (img *Image) writeHeaderU64(off int64, v uint64) error { return img.writeU64(off, v) }
+
+// Size returns the virtual size in bytes.
+func (img *Image) Size() int64 {
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	return img.size
+}
+
+// ClusterSize returns the cluster size in bytes.
+func (img *Image) ClusterSize() int64 { return img.cs }
+
+// Header returns a copy of the image header.
+func (img *Image) Header() Header {
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	return *img.hdr
+}
+
+// Backing returns the backing image or file, nil if there is none.
+func (img *Image) Backing() Disk { return img.backing }
+
+// ReadOnly reports whether writes are refused: opened read-only, or
+// turned read-only by detected corruption.
+func (img *Image) ReadOnly() bool { return img.readOnly || img.corrupt.Load() }
+
+// Info returns what `img info` prints about this image.
+func (img *Image) Info() Info {
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	h := img.hdr
+	in := Info{
+		Filename:        img.name,
+		Format:          "qcow2",
+		VirtualSize:     img.size,
+		ActualSize:      allocatedBytes(img.name),
+		ClusterSize:     img.cs,
+		BackingFilename: h.BackingFile,
+		BackingFormat:   h.BackingFormat,
+		Compat:          "1.1",
+		LazyRefcounts:   h.CompatibleFeatures&compatLazyRefcounts != 0,
+		RefcountBits:    1 << h.RefcountOrder,
+		Corrupt:         img.hdrIncompat.Load()&incompatCorrupt != 0,
+		Dirty:           img.hdrIncompat.Load()&incompatDirty != 0,
+		ExtendedL2:      h.IncompatibleFeatures&incompatExtendedL2 != 0,
+		CompressionType: "zlib",
+		DataFile:        h.DataFile,
+	}
+	if h.Version == 2 {
+		in.Compat = "0.10"
+	}
+	if h.CompressionType == 1 {
+		in.CompressionType = "zstd"
+	}
+	if h.BackingFile != "" {
+		in.FullBackingFilename = h.BackingFile
+		if !filepath.IsAbs(h.BackingFile) {
+			in.FullBackingFilename = filepath.Join(filepath.Dir(img.name), h.BackingFile)
+		}
+	}
+	return in
+}
+
+// Close flushes the image, releases unused reserved clusters, clears the
+// dirty bit, and closes the file and the backing chain.
+func (img *Image) Close() error {
+	img.mu.Lock()
+	if img.closed {
+		img.mu.Unlock()
+		return ErrClosed
+	}
+	img.mu.Unlock()
+	var err error
+	if !img.ReadOnly() {
+		err = img.Flush()
+		img.mu.Lock()
+		if err == nil && !img.ReadOnly() {
+			err = img.closeCleanLocked()
+		}
+		img.mu.Unlock()
+	}
+	img.mu.Lock()
+	img.closed = true
+	img.mu.Unlock()
+	if !img.keepFile {
+		if cerr := img.f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if img.backing != nil {
+		if cerr := img.backing.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }

@@ -1,0 +1,87 @@
+package qcow2
+
+import "encoding/binary"
+
+// clusterKind is what an L2 entry says about one guest cluster.
+type clusterKind uint8
+
+const (
+	kindUnallocated clusterKind = iota // read from the backing file, or zeros
+	kindZero                           // reads as zeros (v3 zero flag)
+	kindData                           // stored at a host offset
+	kindCompressed                     // stored compressed
+)
+
+// mapping is the decoded L2 entry of one guest cluster.
+type mapping struct {
+	kind   clusterKind
+	host   int64 // host offset of the cluster (kindData; kindZero if preallocated)
+	copied bool  // OFLAG_COPIED: refcount is exactly 1, writable in place
+	raw    uint64
+}
+
+// l2Slice returns the cached L2 slice holding entry vi of the table at l2off.
+func (img *Image) l2Slice(l2off, vi int64) ([]byte, int64, error) {
+	idx := vi % img.l2Entries
+	sliceOff := l2off + (idx/img.sliceEntries)*img.sliceEntries*8
+	buf, err := img.l2c.get(sliceOff, func(b []byte) error { return readFull(img.f, b, sliceOff) })
+	return buf, sliceOff, err
+}
+
+// lookup decodes the mapping of guest cluster vi.
+func (img *Image) lookup(vi int64) (mapping, error) {
+	l1i := vi / img.l2Entries
+	if l1i >= int64(len(img.l1)) {
+		return mapping{}, nil
+	}
+	l2off, err := img.l2Offset(l1i)
+	if err != nil || l2off == 0 {
+		return mapping{}, err
+	}
+	buf, _, err := img.l2Slice(l2off, vi)
+	if err != nil {
+		return mapping{}, err
+	}
+	e := binary.BigEndian.Uint64(buf[(vi%img.sliceEntries)*8:])
+	return img.decodeL2(vi, e)
+}
+
+// l2Offset returns the validated host offset of L2 table l1i (0: none).
+func (img *Image) l2Offset(l1i int64) (int64, error) {
+	off := int64(img.l1[l1i] & l1OffsetMask)
+	if off%img.cs != 0 {
+		return 0, img.corruptionOrInvalid("L2 table offset %#x of L1 entry %d is not cluster aligned", off, l1i)
+	}
+	return off, nil
+}
+
+func (img *Image) decodeL2(vi int64, e uint64) (mapping, error) {
+	m := mapping{raw: e, copied: e&oflagCopied != 0}
+	if e&oflagCompressed != 0 {
+		m.kind = kindCompressed
+		m.copied = false
+		return m, nil
+	}
+	m.host = int64(e & l2OffsetMask)
+	if m.host%img.cs != 0 {
+		return m, img.corruptionOrInvalid("cluster %d is mapped to unaligned host offset %#x", vi, m.host)
+	}
+	switch {
+	case e&oflagZero != 0 && img.hdr.Version >= 3:
+		m.kind = kindZero
+	case m.host != 0:
+		m.kind = kindData
+	default:
+		m.kind = kindUnallocated
+	}
+	return m, nil
+}
+
+// corruptionOrInvalid reports bad metadata found while reading: writable
+// images are marked corrupt (as QEMU does), read-only ones just fail.
+func (img *Image) corruptionOrInvalid(format string, args ...any) error {
+	if img.readOnly {
+		return errorf(ErrInvalid, format, args...)
+	}
+	return img.corruption(format, args...)
+}

@@ -1,0 +1,87 @@
+package qcow2
+
+// Options control how an image is opened.
+type Options struct {
+	// ReadOnly opens the image (and always its backing chain) read-only.
+	ReadOnly bool
+	// Backing says which files named inside the image may be opened.
+	Backing BackingPolicy
+	// NoBacking opens the image without its backing chain: unallocated
+	// clusters read as zeros. Used by check, info and unsafe rebase.
+	NoBacking bool
+	// L2CacheBytes sizes the L2 table cache; 0 picks a default that maps a
+	// 64 GiB disk at 64 KiB clusters (1 MiB), at least 32 clusters' worth.
+	L2CacheBytes int64
+	// RefcountCacheBytes sizes the refcount block cache; 0 picks L2CacheBytes/4
+	// (at least 4 clusters).
+	RefcountCacheBytes int64
+	// NoAutoRepair opens a dirty image without rebuilding its refcounts
+	// (it is then read-only). `img check` uses it to report what it finds.
+	NoAutoRepair bool
+}
+
+// BackingPolicy decides whether a file name stored in an image may be opened.
+// The zero value allows only files inside the directory of the top image.
+type BackingPolicy struct {
+	// Root confines backing files to this directory tree (resolved with
+	// os.Root, so "..", absolute paths elsewhere and escaping symlinks are
+	// refused). Empty means the directory holding the top image.
+	Root string
+	// AllowAnyPath lifts the confinement: any absolute or relative path is
+	// opened (the `img` CLI, on an operator's explicit request).
+	AllowAnyPath bool
+	// AllowDataFile permits images with an external data file.
+	AllowDataFile bool
+}
+
+// Preallocation modes, as qemu-img spells them.
+const (
+	PreallocOff      = "off"
+	PreallocMetadata = "metadata"
+	PreallocFalloc   = "falloc"
+	PreallocFull     = "full"
+)
+
+// CreateOptions mirror qemu-img create -f qcow2 -o ....
+type CreateOptions struct {
+	Size int64
+	// ClusterSize in bytes, a power of two 512..2 MiB; 0 means 64 KiB.
+	ClusterSize int64
+	// RefcountBits is 1, 2, 4, 8, 16, 32 or 64; 0 means 16.
+	RefcountBits int
+	// Compat is "1.1" (version 3, default) or "0.10" (version 2).
+	Compat        string
+	LazyRefcounts bool
+	// Preallocation is one of the Prealloc* constants; "" means off.
+	Preallocation string
+	// BackingFile is stored verbatim in the image; BackingFormat is
+	// "qcow2" or "raw" (probed from the file when empty).
+	BackingFile   string
+	BackingFormat string
+	// Backing is the policy used to open BackingFile at create time (to
+	// take the size from it when Size is 0, and to probe its format).
+	Backing BackingPolicy
+}
+
+// Extent is one run of the guest address space with uniform allocation,
+// as `qemu-img map` reports it.
+type Extent struct {
+	Start  int64
+	Length int64
+	// Data: the range is allocated somewhere in the chain (reads are not
+	// known to be zero). Zero: the range reads as zeros.
+	Data bool
+	Zero bool
+	// Present: some layer of the chain defines the range (allocated or a
+	// zero cluster); false where every layer leaves it unallocated.
+	Present bool
+	// Depth is the chain layer that provides the range (0 = this image);
+	// for unallocated-everywhere ranges it is the chain length.
+	Depth int
+	// Offset is the host offset in the providing layer's file, -1 if none.
+	Offset int64
+	// Compressed marks ranges stored in compressed clusters.
+	Compressed bool
+	// File is the file name of the providing layer ("" when none).
+	File string
+}

@@ -1,0 +1,107 @@
+package qcow2
+
+import (
+	"fmt"
+)
+
+// metaKind classifies a host cluster that holds metadata.
+type metaKind uint8
+
+const (
+	metaNone metaKind = iota // guest data or free
+	metaHeader
+	metaL1
+	metaL2
+	metaRefTable
+	metaRefBlock
+	metaSnapshots // snapshot table and snapshot L1 tables
+)
+
+func (k metaKind) String() string {
+	return [...]string{"data", "header", "active L1 table", "L2 table", "refcount table", "refcount block", "snapshot metadata"}[k]
+}
+
+// metadataSet knows which host clusters hold metadata, so that every write
+// can be checked against it (DESIGN.md rule 4). It is read under the
+// image's read lock and changed under its write lock.
+type metadataSet struct {
+	m map[int64]metaKind
+}
+
+func (s *metadataSet) add(c int64, k metaKind) { s.m[c] = k }
+func (s *metadataSet) remove(c int64)          { delete(s.m, c) }
+func (s *metadataSet) kind(c int64) metaKind   { return s.m[c] }
+
+func (s *metadataSet) addRange(off, n, cs int64, k metaKind) {
+	for c := off / cs; c < ceilDiv(off+n, cs); c++ {
+		s.m[c] = k
+	}
+}
+
+// build records the header, the active L1 table and its L2 tables, the
+// refcount table and blocks, and the snapshot table with the snapshots' L1
+// tables.
+func (s *metadataSet) build(img *Image) error {
+	s.m = make(map[int64]metaKind)
+	cs := img.cs
+	h := img.hdr
+	s.add(0, metaHeader)
+	s.addRange(int64(h.L1TableOffset), int64(h.L1Size)*8, cs, metaL1)
+	for _, e := range img.l1 {
+		if off := int64(e & l1OffsetMask); off != 0 && off%cs == 0 {
+			s.add(off/cs, metaL2)
+		}
+	}
+	s.addRange(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs, cs, metaRefTable)
+	for _, e := range img.rt {
+		if off := int64(e & refTableOffMask); off != 0 && off%cs == 0 {
+			s.add(off/cs, metaRefBlock)
+		}
+	}
+	return s.addSnapshots(img)
+}
+
+// checkMetaWrite verifies that a write at host offset off lands in a
+// cluster of the expected kind (metaNone for guest data). A mismatch means
+// the metadata is inconsistent: the image is marked corrupt.
+func (img *Image) checkMetaWrite(off int64, want metaKind) error {
+	if got := img.meta.kind(off / img.cs); got != want {
+		return img.corruption("a %s write at %#x would overwrite the %s", want, off, got)
+	}
+	return nil
+}
+
+// corruption marks the image corrupt (on disk, when writable) and
+// read-only, and returns an error wrapping ErrCorrupt.
+func (img *Image) corruption(format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	img.corruptMu.Lock()
+	defer img.corruptMu.Unlock()
+	if !img.corrupt.Load() && !img.readOnly {
+		incompat := img.hdrIncompat.Load() | incompatCorrupt
+		if img.hdr.Version >= 3 && img.writeU64(hdrOffIncompat, incompat) == nil {
+			img.hdrIncompat.Store(incompat)
+			_ = img.f.Sync()
+		}
+	}
+	img.corrupt.Store(true)
+	return fmt.Errorf("%w: %s; the image is now read-only (repair with `img check -r all`)", ErrCorrupt, msg)
+}
+
+// addSnapshots records the snapshot table and every snapshot's L1 table
+// (what QEMU's default "cached" overlap check covers; inactive L2 tables
+// would need every snapshot L1 read at open).
+func (s *metadataSet) addSnapshots(img *Image) error {
+	if img.hdr.NbSnapshots == 0 {
+		return nil
+	}
+	t, err := readSnapshotTable(img.f, img.hdr)
+	if err != nil {
+		return err
+	}
+	s.addRange(int64(t.Offset), t.Size, img.cs, metaSnapshots)
+	for _, e := range t.Entries {
+		s.addRange(int64(e.L1Offset), int64(e.L1Size)*8, img.cs, metaSnapshots)
+	}
+	return nil
+}

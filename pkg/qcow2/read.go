@@ -1,0 +1,123 @@
+package qcow2
+
+import "fmt"
+
+// run is a maximal stretch of guest bytes that maps uniformly.
+type run struct {
+	off, n int64
+	m      mapping // for kindData, m.host is the host offset of off itself
+}
+
+// walk calls fn for the runs covering [off, off+n), merging neighbours of
+// the same kind (and, for data, contiguous host offsets). Callers hold mu.
+func (img *Image) walk(off, n int64, fn func(r run) error) error {
+	var cur run
+	have := false
+	for pos, end := off, off+n; pos < end; {
+		vi := pos / img.cs
+		in := pos % img.cs
+		l := min(img.cs-in, end-pos)
+		m, err := img.lookup(vi)
+		if err != nil {
+			return err
+		}
+		if m.kind == kindData {
+			m.host += in
+		}
+		if have && mergeable(cur, m) {
+			cur.n += l
+		} else {
+			if have {
+				if err := fn(cur); err != nil {
+					return err
+				}
+			}
+			cur, have = run{off: pos, n: l, m: m}, true
+		}
+		pos += l
+	}
+	if have {
+		return fn(cur)
+	}
+	return nil
+}
+
+func mergeable(cur run, next mapping) bool {
+	switch {
+	case cur.m.kind != next.kind:
+		return false
+	case next.kind == kindData:
+		return cur.m.host+cur.n == next.host && cur.m.copied == next.copied
+	case next.kind == kindCompressed:
+		return false
+	default:
+		return true
+	}
+}
+
+// checkRange validates a guest range against the virtual size.
+func (img *Image) checkRange(off, n int64) error {
+	if img.closed {
+		return ErrClosed
+	}
+	if off < 0 || n < 0 || off > img.size || n > img.size-off {
+		return fmt.Errorf("%w: [%d, +%d) is outside the %d-byte image", ErrRange, off, n, img.size)
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at guest offset off.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	img.mu.RLock()
+	defer img.mu.RUnlock()
+	if err := img.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	err := img.walk(off, int64(len(p)), func(r run) error {
+		return img.readRun(p[r.off-off:r.off-off+r.n], r)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (img *Image) readRun(dst []byte, r run) error {
+	switch r.m.kind {
+	case kindData:
+		return readFull(img.f, dst, r.m.host)
+	case kindZero:
+		clear(dst)
+		return nil
+	case kindCompressed:
+		buf, err := img.readCompressed(r.m.raw)
+		if err != nil {
+			return err
+		}
+		copy(dst, buf[r.off%img.cs:])
+		return nil
+	default:
+		return img.readBacking(dst, r.off)
+	}
+}
+
+// readBacking reads guest range [off, off+len(dst)) from the backing file;
+// bytes past its end, or without one, read as zeros.
+func (img *Image) readBacking(dst []byte, off int64) error {
+	if img.backing == nil {
+		clear(dst)
+		return nil
+	}
+	bsize := img.backing.Size()
+	n := int64(len(dst))
+	if off >= bsize {
+		clear(dst)
+		return nil
+	}
+	if off+n > bsize {
+		clear(dst[bsize-off:])
+		dst = dst[:bsize-off]
+	}
+	_, err := img.backing.ReadAt(dst, off)
+	return err
+}

@@ -1,0 +1,407 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"slices"
+)
+
+var errNotInPlace = errors.New("needs allocation")
+
+// writable reports why the image cannot be written, if it cannot.
+func (img *Image) writable() error {
+	if img.readOnly {
+		return ErrReadOnly
+	}
+	if img.corrupt.Load() {
+		return errorf(ErrCorrupt, "writes are refused after corruption was detected")
+	}
+	return nil
+}
+
+// WriteAt writes p at guest offset off. It returns once the data and every
+// metadata change that maps it have been written to the file (not yet
+// flushed: that is Flush).
+func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	if err := img.writable(); err != nil {
+		return 0, err
+	}
+	img.mu.RLock()
+	done, err := img.writeInPlace(p, off)
+	img.mu.RUnlock()
+	if err != nil {
+		return 0, err
+	}
+	if done {
+		return len(p), nil
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if err := img.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if err := img.writable(); err != nil {
+		return 0, err
+	}
+	if err := img.writeLocked(p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writeInPlace writes p if every cluster it touches is owned by this image
+// alone (OFLAG_COPIED); it reports false, having written nothing, otherwise.
+func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
+	if err := img.checkRange(off, int64(len(p))); err != nil {
+		return false, err
+	}
+	var runs []run
+	err := img.walk(off, int64(len(p)), func(r run) error {
+		if r.m.kind != kindData || !r.m.copied {
+			return errNotInPlace
+		}
+		runs = append(runs, r)
+		return nil
+	})
+	if errors.Is(err, errNotInPlace) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, r := range runs {
+		if err := img.checkDataRange(r.m.host, r.n); err != nil {
+			return false, err
+		}
+		if _, err := img.f.WriteAt(p[r.off-off:r.off-off+r.n], r.m.host); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// checkDataRange verifies that no cluster in a host range holds metadata.
+func (img *Image) checkDataRange(host, n int64) error {
+	for c := host / img.cs; c < ceilDiv(host+n, img.cs); c++ {
+		if err := img.checkMetaWrite(c*img.cs, metaNone); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeBatch collects the effects of one allocating operation so that they
+// reach the file in a safe order: data, then (if a new cluster replaces
+// content that was not zeros) a sync, then L2 entries, then hole punches.
+type writeBatch struct {
+	data     []hostWrite
+	l2       []l2Update
+	punch    []clusterRun
+	frees    []int64
+	needSync bool
+}
+
+type hostWrite struct {
+	off int64
+	buf []byte
+}
+
+type l2Update struct {
+	vi    int64
+	entry uint64
+}
+
+// writeLocked is the general write path; it holds mu exclusively.
+func (img *Image) writeLocked(p []byte, off int64) error {
+	if err := img.markDirty(); err != nil {
+		return err
+	}
+	n := int64(len(p))
+	first, last := off/img.cs, (off+n-1)/img.cs
+	if err := img.ensureReserved((last - first + 1) + (last/img.l2Entries - first/img.l2Entries + 1)); err != nil {
+		return err
+	}
+	var w writeBatch
+	for vi := first; vi <= last; vi++ {
+		start := vi * img.cs
+		a, b := max(off, start), min(off+n, start+img.cs)
+		if err := img.planWrite(&w, vi, a-start, p[a-off:b-off]); err != nil {
+			return err
+		}
+	}
+	return img.commit(&w)
+}
+
+// planWrite decides how chunk reaches guest cluster vi at offset in.
+func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
+	if _, err := img.prepareL2(vi / img.l2Entries); err != nil {
+		return err
+	}
+	m, err := img.lookup(vi)
+	if err != nil {
+		return err
+	}
+	switch {
+	case m.kind == kindData && m.copied:
+		if err := img.checkDataRange(m.host, img.cs); err != nil {
+			return err
+		}
+		w.data = append(w.data, hostWrite{m.host + in, chunk})
+		return nil
+	case m.kind == kindZero && m.copied && m.host != 0:
+		// Preallocated zero cluster: fill it and clear the zero flag.
+		if err := img.checkDataRange(m.host, img.cs); err != nil {
+			return err
+		}
+		buf := make([]byte, img.cs)
+		copy(buf[in:], chunk)
+		w.data = append(w.data, hostWrite{m.host, buf})
+		w.l2 = append(w.l2, l2Update{vi, uint64(m.host) | oflagCopied})
+		// The cluster may still hold what it had before it was zeroed.
+		w.needSync = true
+		return nil
+	}
+	full := in == 0 && int64(len(chunk)) == img.cs
+	old, oldNonZero, err := img.oldContent(vi, m, full)
+	if err != nil {
+		return err
+	}
+	c, err := img.takeCluster()
+	if err != nil {
+		return err
+	}
+	host := c * img.cs
+	if err := img.checkDataRange(host, img.cs); err != nil {
+		return err
+	}
+	if old == nil {
+		// The new cluster reads as zeros already: write only the chunk.
+		w.data = append(w.data, hostWrite{host + in, chunk})
+	} else {
+		copy(old[in:], chunk)
+		w.data = append(w.data, hostWrite{host, old})
+	}
+	w.needSync = w.needSync || oldNonZero
+	w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied})
+	img.unlink(w, m, false)
+	return nil
+}
+
+// oldContent returns what guest cluster vi holds now, when a partial write
+// must preserve it (nil: zeros), and whether that content is non-zero (a
+// new cluster replacing it must then be durable before its L2 entry).
+func (img *Image) oldContent(vi int64, m mapping, full bool) ([]byte, bool, error) {
+	start := vi * img.cs
+	var old []byte
+	switch m.kind {
+	case kindZero:
+		return nil, false, nil
+	case kindUnallocated:
+		if img.backing == nil {
+			return nil, false, nil
+		}
+		if full {
+			zero, err := img.backingIsZero(start, img.cs)
+			return nil, !zero, err
+		}
+		old = make([]byte, img.cs)
+		if err := img.readBacking(old, start); err != nil {
+			return nil, false, err
+		}
+	case kindData:
+		if full {
+			return nil, true, nil
+		}
+		old = make([]byte, img.cs)
+		if err := readFull(img.f, old, m.host); err != nil {
+			return nil, false, err
+		}
+	case kindCompressed:
+		if full {
+			return nil, true, nil
+		}
+		var err error
+		if old, err = img.readCompressed(m.raw); err != nil {
+			return nil, false, err
+		}
+	}
+	if isZero(old) {
+		return nil, false, nil
+	}
+	return old, true, nil
+}
+
+// unlink schedules the release of the host clusters a replaced mapping
+// used. Exclusively owned data clusters are punched when punch is set, so
+// the space returns to the host at once.
+func (img *Image) unlink(w *writeBatch, m mapping, punch bool) {
+	switch {
+	case m.kind == kindCompressed:
+		off, n := img.compressedLocation(m.raw)
+		for c := off / img.cs; c < ceilDiv(off+n, img.cs); c++ {
+			w.frees = append(w.frees, c)
+		}
+	case m.host != 0 && (m.kind == kindData || m.kind == kindZero):
+		w.frees = append(w.frees, m.host/img.cs)
+		if punch && m.copied {
+			w.punch = append(w.punch, clusterRun{m.host / img.cs, 1})
+		}
+	}
+}
+
+// prepareL2 makes the L2 table for L1 index l1i exist and be owned by this
+// image alone, and returns its offset.
+func (img *Image) prepareL2(l1i int64) (int64, error) {
+	if l1i >= int64(len(img.l1)) {
+		return 0, errorf(ErrInvalid, "L1 index %d beyond the L1 table", l1i)
+	}
+	cur, err := img.l2Offset(l1i)
+	if err != nil {
+		return 0, err
+	}
+	if cur != 0 && img.l1[l1i]&oflagCopied != 0 {
+		return cur, nil
+	}
+	c, err := img.takeCluster()
+	if err != nil {
+		return 0, err
+	}
+	host := c * img.cs
+	if err := img.checkDataRange(host, img.cs); err != nil {
+		return 0, err
+	}
+	if cur != 0 {
+		// Shared with a snapshot: copy it, durably, before linking the copy.
+		buf := make([]byte, img.cs)
+		if err := readFull(img.f, buf, cur); err != nil {
+			return 0, err
+		}
+		if _, err := img.f.WriteAt(buf, host); err != nil {
+			return 0, err
+		}
+		if err := img.f.Sync(); err != nil {
+			return 0, err
+		}
+		img.alloc.freeLater(cur / img.cs)
+		img.l2c.drop(cur, img.cs)
+	}
+	img.meta.add(c, metaL2)
+	entryOff := int64(img.hdr.L1TableOffset) + l1i*8
+	if err := img.checkMetaWrite(entryOff, metaL1); err != nil {
+		return 0, err
+	}
+	if err := img.writeU64(entryOff, uint64(host)|oflagCopied); err != nil {
+		return 0, err
+	}
+	img.l1[l1i] = uint64(host) | oflagCopied
+	return host, nil
+}
+
+// commit writes a batch in the safe order.
+func (img *Image) commit(w *writeBatch) error {
+	slices.SortFunc(w.data, func(a, b hostWrite) int { return cmpInt64(a.off, b.off) })
+	for i := 0; i < len(w.data); {
+		j, end := i+1, w.data[i].off+int64(len(w.data[i].buf))
+		for j < len(w.data) && w.data[j].off == end {
+			end += int64(len(w.data[j].buf))
+			j++
+		}
+		buf := w.data[i].buf
+		if j > i+1 {
+			buf = make([]byte, 0, end-w.data[i].off)
+			for _, d := range w.data[i:j] {
+				buf = append(buf, d.buf...)
+			}
+		}
+		if _, err := img.f.WriteAt(buf, w.data[i].off); err != nil {
+			return err
+		}
+		i = j
+	}
+	if w.needSync && len(w.l2) > 0 {
+		if err := img.f.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := img.writeL2(w.l2); err != nil {
+		return err
+	}
+	for _, p := range w.punch {
+		if err := img.f.PunchHole(p.start*img.cs, p.n*img.cs); err != nil {
+			return err
+		}
+	}
+	for _, c := range w.frees {
+		img.alloc.freeLater(c)
+	}
+	return nil
+}
+
+// writeL2 applies L2 entry updates, one write per touched slice.
+func (img *Image) writeL2(ups []l2Update) error {
+	slices.SortFunc(ups, func(a, b l2Update) int { return cmpInt64(a.vi, b.vi) })
+	for i := 0; i < len(ups); {
+		vi := ups[i].vi
+		l2off, err := img.l2Offset(vi / img.l2Entries)
+		if err != nil {
+			return err
+		}
+		if l2off == 0 || img.l1[vi/img.l2Entries]&oflagCopied == 0 {
+			return img.corruption("L2 table for cluster %d vanished during a write", vi)
+		}
+		buf, sliceOff, err := img.l2Slice(l2off, vi)
+		if err != nil {
+			return err
+		}
+		if err := img.checkMetaWrite(sliceOff, metaL2); err != nil {
+			return err
+		}
+		sliceFirst := vi - vi%img.sliceEntries
+		lo, hi := int64(-1), int64(0)
+		for ; i < len(ups) && ups[i].vi-sliceFirst < img.sliceEntries && ups[i].vi >= sliceFirst; i++ {
+			k := ups[i].vi - sliceFirst
+			binary.BigEndian.PutUint64(buf[k*8:], ups[i].entry)
+			if lo < 0 {
+				lo = k
+			}
+			hi = k + 1
+		}
+		if _, err := img.f.WriteAt(buf[lo*8:hi*8], sliceOff+lo*8); err != nil {
+			img.l2c.drop(sliceOff, int64(len(buf)))
+			return err
+		}
+	}
+	return nil
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// backingIsZero reports whether the backing chain reads [off, off+n) as zeros,
+// from metadata alone.
+func (img *Image) backingIsZero(off, n int64) (bool, error) {
+	if img.backing == nil {
+		return true, nil
+	}
+	bsize := img.backing.Size()
+	if off >= bsize {
+		return true, nil
+	}
+	ext, err := img.backing.Map(off, min(n, bsize-off))
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ext {
+		if !e.Zero {
+			return false, nil
+		}
+	}
+	return true, nil
+}

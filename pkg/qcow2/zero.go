@@ -1,0 +1,139 @@
+package qcow2
+
+// WriteZeroes makes [off, off+n) read as zeros. With unmap, whole clusters
+// are deallocated (their host space punched out); without it, allocated
+// clusters keep their space (v3 zero flag on an allocated cluster).
+func (img *Image) WriteZeroes(off, n int64, unmap bool) error {
+	if err := img.writable(); err != nil {
+		return err
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if err := img.checkRange(off, n); err != nil {
+		return err
+	}
+	if err := img.writable(); err != nil {
+		return err
+	}
+	return img.zeroLocked(off, n, unmap)
+}
+
+// Discard deallocates [off, off+n): afterwards it reads as zeros. On a
+// version 2 image with a backing file there is no way to hide the backing
+// data without storing zeros, and discard is only a hint, so it does nothing.
+func (img *Image) Discard(off, n int64) error {
+	if img.hdr.Version < 3 && img.backing != nil {
+		img.mu.RLock()
+		defer img.mu.RUnlock()
+		return img.checkRange(off, n)
+	}
+	return img.WriteZeroes(off, n, true)
+}
+
+func (img *Image) zeroLocked(off, n int64, unmap bool) error {
+	if n == 0 {
+		return nil
+	}
+	if err := img.markDirty(); err != nil {
+		return err
+	}
+	end := off + n
+	a := ceilDiv(off, img.cs) * img.cs
+	b := end / img.cs * img.cs
+	if a > b { // inside one cluster
+		return img.zeroPartial(off, end)
+	}
+	if err := img.zeroPartial(off, a); err != nil {
+		return err
+	}
+	if err := img.zeroPartial(b, end); err != nil {
+		return err
+	}
+	for vi := a / img.cs; vi < b/img.cs; {
+		// One L2 table at a time, so that reservations stay bounded.
+		stop := min(b/img.cs, (vi/img.l2Entries+1)*img.l2Entries)
+		if err := img.zeroClusters(vi, stop, unmap); err != nil {
+			return err
+		}
+		vi = stop
+	}
+	return nil
+}
+
+// zeroPartial zeroes a range inside one cluster by writing zeros, unless it
+// reads as zeros already.
+func (img *Image) zeroPartial(from, to int64) error {
+	if from >= to {
+		return nil
+	}
+	m, err := img.lookup(from / img.cs)
+	if err != nil {
+		return err
+	}
+	switch m.kind {
+	case kindZero:
+		return nil
+	case kindUnallocated:
+		if zero, err := img.backingIsZero(from, to-from); err != nil || zero {
+			return err
+		}
+	}
+	return img.writeLocked(make([]byte, to-from), from)
+}
+
+// zeroClusters zeroes whole guest clusters [first, stop) of one L2 table.
+func (img *Image) zeroClusters(first, stop int64, unmap bool) error {
+	if err := img.ensureReserved(stop - first + 1); err != nil {
+		return err
+	}
+	var w writeBatch
+	v3 := img.hdr.Version >= 3
+	for vi := first; vi < stop; vi++ {
+		m, err := img.lookup(vi)
+		if err != nil {
+			return err
+		}
+		var want uint64
+		switch {
+		case m.kind == kindZero && (!unmap || m.host == 0):
+			continue
+		case m.kind == kindUnallocated:
+			zero, err := img.backingIsZero(vi*img.cs, img.cs)
+			if err != nil {
+				return err
+			}
+			if zero {
+				continue
+			}
+		}
+		if _, err := img.prepareL2(vi / img.l2Entries); err != nil {
+			return err
+		}
+		switch {
+		case v3 && !unmap && m.kind == kindData && m.copied:
+			want = uint64(m.host) | oflagCopied | oflagZero
+			w.l2 = append(w.l2, l2Update{vi, want})
+			continue
+		case v3:
+			want = oflagZero
+		case img.backing == nil:
+			want = 0
+		case m.kind == kindData && m.copied:
+			// Version 2 over a backing file: zeros must be stored.
+			w.punch = append(w.punch, clusterRun{m.host / img.cs, 1})
+			continue
+		default:
+			c, err := img.takeCluster()
+			if err != nil {
+				return err
+			}
+			if err := img.checkDataRange(c*img.cs, img.cs); err != nil {
+				return err
+			}
+			want = uint64(c*img.cs) | oflagCopied
+		}
+		w.l2 = append(w.l2, l2Update{vi, want})
+		img.unlink(&w, m, true)
+	}
+	return img.commit(&w)
+}
