@@ -38,7 +38,7 @@ type Header struct {
 	Bitmaps []byte
 	// unknownExts are extensions this engine does not interpret, kept in
 	// order so that a rewrite preserves them.
-	unknownExts []headerExt
+	unknownExts   []headerExt
 	hasEncryption bool
 }
 
