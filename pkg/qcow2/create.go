@@ -28,7 +28,7 @@ func CreateFile(f File, name string, opts CreateOptions) error {
 	if err != nil {
 		return err
 	}
-	if o.BackingFile != "" {
+	if o.BackingFile != "" && !o.Unsafe {
 		if err := probeBackingForCreate(name, &o); err != nil {
 			return err
 		}
@@ -138,6 +138,9 @@ func normalizeCreate(o CreateOptions) (CreateOptions, error) {
 	}
 	if o.BackingFile == "" && o.BackingFormat != "" {
 		return o, fmt.Errorf("%w: a backing format without a backing file", ErrInvalid)
+	}
+	if o.Unsafe && o.BackingFile != "" && o.BackingFormat == "" {
+		return o, fmt.Errorf("%w: an unchecked backing file needs its format", ErrInvalid)
 	}
 	if o.BackingFile != "" && o.Preallocation != PreallocOff {
 		return o, fmt.Errorf("%w: preallocation with a backing file", ErrInvalid)

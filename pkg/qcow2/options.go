@@ -61,6 +61,9 @@ type CreateOptions struct {
 	// Backing is the policy used to open BackingFile at create time (to
 	// take the size from it when Size is 0, and to probe its format).
 	Backing BackingPolicy
+	// Unsafe stores BackingFile without opening it (qemu-img create -u);
+	// BackingFormat and Size must then be given.
+	Unsafe bool
 }
 
 // Extent is one run of the guest address space with uniform allocation,

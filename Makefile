@@ -1,0 +1,33 @@
+# Build and test entry points. `make test` is what CI runs (.ci/run).
+
+GO ?= go
+# Unit, interop (qemu-img) and fuzz-seed tests. A whole run takes minutes on
+# 2 cores; the timeout only catches hangs.
+TEST_TIMEOUT ?= 20m
+# Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
+BENCHTIME ?= 2s
+
+.PHONY: all build test bench vet fmt clean
+
+all: build
+
+build:
+	$(GO) build -o bin/csi-qcow2 ./cmd/csi-qcow2
+
+test:
+	scripts/install-test-tools.sh
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./pkg/qcow2/
+
+vet:
+	$(GO) vet ./...
+
+# Lists files gofmt would change, and fails if there are any.
+fmt:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+clean:
+	rm -rf bin

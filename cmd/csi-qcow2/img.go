@@ -1,0 +1,39 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+)
+
+// imgPolicyNote is appended to the help of every img subcommand that opens
+// images: unlike the CSI driver, the CLI follows backing file names anywhere.
+const imgPolicyNote = `
+Backing files: img opens images with a wide policy (AllowAnyPath): a backing
+file named inside an image is opened wherever it points, absolute or
+relative to the image, as qemu-img does. Only use it on images you trust.
+External data files are refused.`
+
+func newImgCmd() *cobra.Command {
+	img := &cobra.Command{
+		Use:   "img",
+		Short: "Create, inspect, check, map, resize and convert disk images (a qemu-img work-alike)",
+		Long: `img mirrors the qemu-img subcommands and output formats of QEMU 7.2 for the
+qcow2 and raw formats, using the pure-Go engine in pkg/qcow2.
+
+Errors are printed as "csi-qcow2 img: ..." and exit with status 1; check uses
+qemu-img check's exit statuses.
+` + imgPolicyNote,
+	}
+	img.AddCommand(
+		newImgCreateCmd(),
+		newImgInfoCmd(),
+		newImgCheckCmd(),
+		newImgMapCmd(),
+		newImgResizeCmd(),
+		newImgConvertCmd(),
+	)
+	for _, c := range img.Commands() {
+		// Use already spells out each subcommand's flags, qemu-img style.
+		c.DisableFlagsInUseLine = true
+	}
+	return img
+}
