@@ -90,12 +90,11 @@ func (img *Image) reserve(n int64) error {
 			got = append(got, c)
 		}
 	}
-	// With lazy refcounts the dirty bit (already durable) stands in for
-	// ordered refcounts; punched holes still must be durable before reuse.
-	if len(holes) > 0 || !img.lazy() {
-		if err := img.f.Sync(); err != nil {
-			return err
-		}
+	// Even with lazy refcounts this sync stays: the file size and the
+	// punched holes must be durable before an L2 entry may point there
+	// (an entry past the end of the file is an error QEMU's check reports).
+	if err := img.f.Sync(); err != nil {
+		return err
 	}
 	a.pool = append(a.pool, got...)
 	slices.Sort(a.pool)

@@ -129,6 +129,7 @@ func (img *Image) allocRun(n int64, rt []uint64, live bool) (int64, error) {
 	}
 	// New blocks: fill in the refcounts of every run cluster they cover.
 	newBlocks := make(map[int64][]byte, len(missing))
+	blockAt := make(map[int64]int64, len(missing))
 	for i, bi := range missing {
 		blk := make([]byte, img.cs)
 		for c := max(start, bi*img.refPerBlk); c < min(end, (bi+1)*img.refPerBlk); c++ {
@@ -139,28 +140,9 @@ func (img *Image) allocRun(n int64, rt []uint64, live bool) (int64, error) {
 			return 0, err
 		}
 		newBlocks[bi] = blk
+		blockAt[bi] = at
 	}
-	if err := img.extendFile(end); err != nil {
-		return 0, err
-	}
-	if len(missing) > 0 {
-		// A table entry must never reach the disk before its block.
-		if err := img.f.Sync(); err != nil {
-			return 0, err
-		}
-		for i, bi := range missing {
-			at := (start + n + int64(i)) * img.cs
-			rt[bi] = uint64(at)
-			img.rbc.put(at, newBlocks[bi])
-			img.meta.add(at/img.cs, metaRefBlock)
-			if live {
-				if err := img.writeU64(int64(img.hdr.RefcountTableOffset)+bi*8, uint64(at)); err != nil {
-					return 0, err
-				}
-			}
-		}
-	}
-	// Existing blocks covering part of the run.
+	// Existing blocks covering part of the run (or the new blocks).
 	for c := start; c < end; {
 		bi := c / img.refPerBlk
 		stop := min(end, (bi+1)*img.refPerBlk)
@@ -171,8 +153,80 @@ func (img *Image) allocRun(n int64, rt []uint64, live bool) (int64, error) {
 		}
 		c = stop
 	}
+	if err := img.extendFile(end); err != nil {
+		return 0, err
+	}
+	if len(missing) > 0 {
+		// A table entry must never reach the disk before its block, nor
+		// before the entry of the block that counts the block's own
+		// cluster: register the blocks level by level, syncing between.
+		if err := img.f.Sync(); err != nil {
+			return 0, err
+		}
+		levels, err := img.blockLevels(missing, blockAt)
+		if err != nil {
+			return 0, err
+		}
+		for i, group := range levels {
+			if i > 0 && live {
+				if err := img.f.Sync(); err != nil {
+					return 0, err
+				}
+			}
+			for _, bi := range group {
+				at := blockAt[bi]
+				rt[bi] = uint64(at)
+				img.rbc.put(at, newBlocks[bi])
+				img.meta.add(at/img.cs, metaRefBlock)
+				if live {
+					if err := img.writeU64(int64(img.hdr.RefcountTableOffset)+bi*8, uint64(at)); err != nil {
+						return 0, err
+					}
+				}
+			}
+		}
+	}
 	img.alloc.eof = end
 	return start, nil
+}
+
+// blockLevels orders new refcount blocks so that each one's table entry
+// comes after the entry of the block holding its own refcount: level 0
+// blocks count themselves or are counted by existing blocks.
+func (img *Image) blockLevels(missing []int64, blockAt map[int64]int64) ([][]int64, error) {
+	level := make(map[int64]int, len(missing))
+	var levelOf func(bi int64, depth int) (int, error)
+	levelOf = func(bi int64, depth int) (int, error) {
+		if l, ok := level[bi]; ok {
+			return l, nil
+		}
+		if depth > len(missing) {
+			return 0, errorf(ErrInvalid, "cyclic refcount block placement")
+		}
+		dep := blockAt[bi] / img.cs / img.refPerBlk
+		l := 0
+		if _, isNew := blockAt[dep]; isNew && dep != bi {
+			d, err := levelOf(dep, depth+1)
+			if err != nil {
+				return 0, err
+			}
+			l = d + 1
+		}
+		level[bi] = l
+		return l, nil
+	}
+	var out [][]int64
+	for _, bi := range missing {
+		l, err := levelOf(bi, 0)
+		if err != nil {
+			return nil, err
+		}
+		for len(out) <= l {
+			out = append(out, nil)
+		}
+		out[l] = append(out[l], bi)
+	}
+	return out, nil
 }
 
 // extendFile makes the file at least clusters*cs long.
