@@ -16,7 +16,11 @@ func (img *Image) Map(off, n int64) ([]Extent, error) {
 		case kindCompressed:
 			out = appendExtent(out, Extent{Start: r.off, Length: r.n, Data: true, Present: true, Compressed: true, Offset: -1, File: img.name})
 		case kindZero:
-			out = appendExtent(out, Extent{Start: r.off, Length: r.n, Zero: true, Present: true, Offset: -1})
+			off := int64(-1)
+			if r.m.host != 0 { // a zero cluster that keeps its host cluster
+				off = r.m.host
+			}
+			out = appendExtent(out, Extent{Start: r.off, Length: r.n, Zero: true, Present: true, Offset: off})
 		default:
 			below, err := img.mapBacking(r.off, r.n)
 			if err != nil {
@@ -52,20 +56,10 @@ func (img *Image) mapBacking(off, n int64) ([]Extent, error) {
 	}
 	if off+n > bsize {
 		s := max(off, bsize)
-		below = append(below, Extent{Start: s, Length: off + n - s, Zero: true, Offset: -1, Depth: img.chainLength()})
+		// Past the end of the backing file this image decides: zeros.
+		below = append(below, Extent{Start: s, Length: off + n - s, Zero: true, Offset: -1})
 	}
 	return below, nil
-}
-
-// chainLength is the number of layers below this image.
-func (img *Image) chainLength() int {
-	if b, ok := img.backing.(*Image); ok {
-		return 1 + b.chainLength()
-	}
-	if img.backing != nil {
-		return 1
-	}
-	return 0
 }
 
 // appendExtent appends e, merging it into the last extent when they are

@@ -9,11 +9,12 @@ type Options struct {
 	// NoBacking opens the image without its backing chain: unallocated
 	// clusters read as zeros. Used by check, info and unsafe rebase.
 	NoBacking bool
-	// L2CacheBytes sizes the L2 table cache; 0 picks a default that maps a
-	// 64 GiB disk at 64 KiB clusters (1 MiB), at least 32 clusters' worth.
+	// L2CacheBytes sizes the L2 table cache (4 KiB slices); 0 picks enough
+	// to map the whole disk, at most 8 MiB (a 64 GiB disk at 64 KiB
+	// clusters). At least 32 slices are cached whatever the setting.
 	L2CacheBytes int64
-	// RefcountCacheBytes sizes the refcount block cache; 0 picks L2CacheBytes/4
-	// (at least 4 clusters).
+	// RefcountCacheBytes sizes the refcount block cache (whole blocks); 0
+	// picks a quarter of the L2 cache, at least 4 blocks.
 	RefcountCacheBytes int64
 	// NoAutoRepair opens a dirty image without rebuilding its refcounts
 	// (it is then read-only). `img check` uses it to report what it finds.

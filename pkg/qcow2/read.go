@@ -5,7 +5,7 @@ import "fmt"
 // run is a maximal stretch of guest bytes that maps uniformly.
 type run struct {
 	off, n int64
-	m      mapping // for kindData, m.host is the host offset of off itself
+	m      mapping // m.host, when set, is the host offset of off itself
 }
 
 // walk calls fn for the runs covering [off, off+n), merging neighbours of
@@ -21,7 +21,7 @@ func (img *Image) walk(off, n int64, fn func(r run) error) error {
 		if err != nil {
 			return err
 		}
-		if m.kind == kindData {
+		if m.host != 0 {
 			m.host += in
 		}
 		if have && mergeable(cur, m) {
@@ -46,8 +46,8 @@ func mergeable(cur run, next mapping) bool {
 	switch {
 	case cur.m.kind != next.kind:
 		return false
-	case next.kind == kindData:
-		return cur.m.host+cur.n == next.host && cur.m.copied == next.copied
+	case next.kind == kindData || cur.m.host != 0 || next.host != 0:
+		return cur.m.host != 0 && next.host != 0 && cur.m.host+cur.n == next.host && cur.m.copied == next.copied
 	case next.kind == kindCompressed:
 		return false
 	default:

@@ -326,7 +326,7 @@ func (img *Image) commit(w *writeBatch) error {
 	if err := img.writeL2(w.l2); err != nil {
 		return err
 	}
-	for _, p := range w.punch {
+	for _, p := range mergeRuns(w.punch) {
 		if err := img.f.PunchHole(p.start*img.cs, p.n*img.cs); err != nil {
 			return err
 		}
@@ -372,6 +372,20 @@ func (img *Image) writeL2(ups []l2Update) error {
 		}
 	}
 	return nil
+}
+
+// mergeRuns sorts cluster runs and joins adjacent ones.
+func mergeRuns(runs []clusterRun) []clusterRun {
+	slices.SortFunc(runs, func(a, b clusterRun) int { return cmpInt64(a.start, b.start) })
+	var out []clusterRun
+	for _, r := range runs {
+		if n := len(out); n > 0 && out[n-1].start+out[n-1].n == r.start {
+			out[n-1].n += r.n
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 func cmpInt64(a, b int64) int {
