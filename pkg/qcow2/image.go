@@ -140,7 +140,16 @@ func readHeader(f File) (*Header, error) {
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, min(fsize, int64(1)<<maxClusterBits))
+	// Read cluster 0 only: its size comes from cluster_bits at offset 20.
+	var peek [24]byte
+	if err := readFull(f, peek[:], 0); err != nil {
+		return nil, err
+	}
+	n := int64(1) << maxClusterBits
+	if cb := binary.BigEndian.Uint32(peek[20:]); cb >= minClusterBits && cb <= maxClusterBits {
+		n = int64(1) << cb
+	}
+	buf := make([]byte, min(fsize, n))
 	if err := readFull(f, buf, 0); err != nil {
 		return nil, err
 	}
