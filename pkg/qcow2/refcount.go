@@ -34,36 +34,8 @@ func (img *Image) refcount(c int64) (uint64, error) {
 	return getRefcount(blk, uint64(c%img.refPerBlk), img.refOrder), nil
 }
 
-// setRefcountIn writes the refcount of cluster c through to the refcount
-// block registered in rt; the block must exist.
-func (img *Image) setRefcountIn(rt []uint64, c int64, v uint64) error {
-	if v > refcountMax(img.refOrder) {
-		return fmt.Errorf("%w: refcount of cluster %d would exceed %d-bit refcounts", ErrUnsupported, c, 1<<img.refOrder)
-	}
-	bi := c / img.refPerBlk
-	blk, off, err := img.refBlock(rt, bi)
-	if err != nil {
-		return err
-	}
-	if blk == nil {
-		return errTableFull
-	}
-	if err := img.checkMetaWrite(off, metaRefBlock); err != nil {
-		return err
-	}
-	idx := uint64(c % img.refPerBlk)
-	setRefcount(blk, idx, img.refOrder, v)
-	width := int64(1) << img.refOrder
-	start := int64(idx) * width / 8
-	n := max(width/8, 1)
-	if _, err := img.f.WriteAt(blk[start:start+n], off+start); err != nil {
-		img.rbc.drop(off, img.cs)
-		return err
-	}
-	return nil
-}
-
-func (img *Image) setRefcountLive(c int64, v uint64) error { return img.setRefcountIn(img.rt, c, v) }
+// setRefcountLive writes the refcount of cluster c through to its block.
+func (img *Image) setRefcountLive(c int64, v uint64) error { return img.setRefcountRange(img.rt, c, 1, v) }
 
 // setRefcountRange sets the refcounts of clusters [start, start+n) to v
 // with one write per refcount block; the blocks must exist.
