@@ -76,9 +76,8 @@ type fragInfo struct {
 
 // bitmapInfo is the bitmaps header extension.
 type bitmapInfo struct {
-	n                uint32
-	dirOff, dirSize  uint64
-	ignoredExtension bool
+	n               uint32
+	dirOff, dirSize uint64
 }
 
 // checker holds one check run over an image.
@@ -86,7 +85,6 @@ type checker struct {
 	f        File
 	h        *Header
 	res      *CheckResult // receives Messages
-	quiet    bool         // drop messages (scratch passes)
 	writable bool
 
 	cs          int64
@@ -119,19 +117,19 @@ type checker struct {
 
 	bm bitmapInfo
 
+	chunk  []byte         // forEachU64's buffer
+	l2buf  []byte         // one L2 table
+	rbSlot [8]rbCacheSlot // refcount block cache
+	rbNext int
+
 	imrt           *refArray
 	nbClusters     int64
 	imageEndOffset int64
 	frag           fragInfo
-	rbCache        map[uint64][]byte
 	signaled       bool
 }
 
-func (c *checker) logf(format string, args ...any) {
-	if !c.quiet {
-		c.res.logf(format, args...)
-	}
-}
+func (c *checker) logf(format string, args ...any) { c.res.logf(format, args...) }
 
 // Check checks the qcow2 image at path like `qemu-img check`, repairing it
 // as opts.Repair says. The file is opened read-only unless a repair is
@@ -168,7 +166,7 @@ func CheckFile(f File, opts CheckOptions) (*CheckResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.Repair != RepairNone && (res.CorruptionsFixed > 0 || res.LeaksFixed > 0) {
+	if opts.Repair != RepairNone && !res.failed && (res.CorruptionsFixed > 0 || res.LeaksFixed > 0) {
 		// As qemu-img: report what a fresh check of the repaired image
 		// finds, with the counts of what was fixed.
 		again, err := checkOnce(f, 0)
@@ -176,8 +174,13 @@ func CheckFile(f File, opts CheckOptions) (*CheckResult, error) {
 			return nil, err
 		}
 		again.CorruptionsFixed, again.LeaksFixed = res.CorruptionsFixed, res.LeaksFixed
-		again.Messages = append(res.Messages, again.Messages...)
+		msgs := append(res.Messages, again.Messages...)
 		again.MessagesDropped += res.MessagesDropped
+		if len(msgs) > maxCheckMessages {
+			again.MessagesDropped += len(msgs) - maxCheckMessages
+			msgs = msgs[:maxCheckMessages]
+		}
+		again.Messages = msgs
 		return again, nil
 	}
 	return res, nil
@@ -220,7 +223,12 @@ func checkOnce(f File, fix fixFlags) (*CheckResult, error) {
 		if total.checkErrors == 0 {
 			total.checkErrors = 1
 		}
-		c.logf("Check failed: %v", failed)
+		if errors.Is(failed, errCheckAborted) {
+			c.logf("Check failed")
+		} else {
+			c.logf("Check failed: %v", failed)
+		}
+		res.failed = true
 	}
 	res.CheckErrors = total.checkErrors
 	res.Corruptions = total.corruptions
@@ -284,7 +292,7 @@ func (c *checker) open() error {
 	if err := validateTablePointer("active L1 table", c.l1Off, uint64(c.l1Size), 8, maxL1Bytes, c.cs); err != nil {
 		return err
 	}
-	need := (c.virtualSize + uint64(c.cs*c.l2Entries) - 1) / uint64(c.cs*c.l2Entries)
+	need := (h.Size + uint64(c.cs*c.l2Entries) - 1) / uint64(c.cs*c.l2Entries)
 	if need > math.MaxInt32 {
 		return fmt.Errorf("%w: image is too big", ErrInvalid)
 	}
@@ -317,7 +325,6 @@ func (c *checker) parseBitmapsExt() error {
 		return nil
 	}
 	if h.AutoclearFeatures&autoclearBitmaps == 0 {
-		c.bm.ignoredExtension = true
 		c.logf("qemu-img: warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent")
 		return nil
 	}
@@ -371,15 +378,43 @@ func (c *checker) readTable(off uint64, n int64) ([]uint64, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	buf := make([]byte, n*8)
-	if err := c.readAt(buf, off); err != nil {
+	t := make([]uint64, n)
+	err := c.forEachU64(off, n, func(i int64, v uint64) error {
+		t[i] = v
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	t := make([]uint64, n)
-	for i := range t {
-		t[i] = binary.BigEndian.Uint64(buf[i*8:])
-	}
 	return t, nil
+}
+
+// chunkBytes is the size of the reusable buffer tables are streamed
+// through, so that walking many or large tables does not allocate.
+const chunkBytes = 64 << 10
+
+// forEachU64 streams n big-endian 64-bit entries at off through fn.
+func (c *checker) forEachU64(off uint64, n int64, fn func(i int64, v uint64) error) error {
+	if off > math.MaxInt64 || uint64(n) > (math.MaxInt64-off)/8 {
+		return fmt.Errorf("%w: table at %#x out of range", ErrInvalid, off)
+	}
+	if c.chunk == nil {
+		c.chunk = make([]byte, chunkBytes)
+	}
+	for i := int64(0); i < n; {
+		k := min(n-i, chunkBytes/8)
+		buf := c.chunk[:k*8]
+		if err := c.readAt(buf, off+uint64(i)*8); err != nil {
+			return err
+		}
+		for j := int64(0); j < k; j++ {
+			if err := fn(i+j, binary.BigEndian.Uint64(buf[j*8:])); err != nil {
+				return err
+			}
+		}
+		i += k
+	}
+	return nil
 }
 
 // --- snapshot table -------------------------------------------------------
@@ -402,11 +437,8 @@ func (c *checker) checkReadSnapshotTable(cnt *checkCounts, fix fixFlags) error {
 		}
 		return errCheckAborted
 	}
-	for i := 0; i < t.ExtraDropped; i++ {
-		c.logf("Discarding too much extra metadata in a snapshot table entry")
-	}
-	if t.Discarded > 0 {
-		c.logf("Discarding %d overhanging snapshots (snapshot table is too big)", t.Discarded)
+	for _, note := range t.Notes {
+		c.logf("%s", note)
 	}
 	reduced += t.Discarded
 	c.snaps, c.snapOff, c.snapSize = t.Entries, t.Offset, t.Size
@@ -591,21 +623,16 @@ func (c *checker) inc(cnt *checkCounts, off, size uint64) {
 	}
 }
 
-// checkL1 is check_refcounts_l1.
+// checkL1 is check_refcounts_l1. The table is streamed (QEMU reads it
+// whole); the active one was loaded at open and is not read again.
 func (c *checker) checkL1(cnt *checkCounts, off uint64, n uint32, flags int, fix fixFlags, active bool) error {
 	if n == 0 {
 		return nil
 	}
 	c.inc(cnt, off, uint64(n)*8)
-	l1, err := c.readTable(off, int64(n))
-	if err != nil {
-		c.logf("ERROR: I/O error in check_refcounts_l1")
-		cnt.checkErrors++
-		return err
-	}
-	for _, e := range l1 {
+	visit := func(_ int64, e uint64) error {
 		if e == 0 {
-			continue
+			return nil
 		}
 		if e&l1ReservedMask != 0 {
 			c.logf("ERROR found L1 entry with reserved bits set: %x", e)
@@ -617,11 +644,30 @@ func (c *checker) checkL1(cnt *checkCounts, off uint64, n uint32, flags int, fix
 			c.logf("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2off)
 			cnt.corruptions++
 		}
-		if err := c.checkL2(cnt, l2off, flags, fix, active); err != nil {
-			return err
-		}
+		return c.checkL2(cnt, l2off, flags, fix, active)
 	}
-	return nil
+	if active && off == c.l1Off && n == c.l1Size {
+		for i, e := range c.l1 {
+			if err := visit(int64(i), e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// A snapshot's table: read errors are I/O errors, the rest comes
+	// from checkL2.
+	var l2err error
+	err := c.forEachU64(off, int64(n), func(i int64, e uint64) error {
+		if l2err = visit(i, e); l2err != nil {
+			return l2err
+		}
+		return nil
+	})
+	if err != nil && l2err == nil {
+		c.logf("ERROR: I/O error in check_refcounts_l1")
+		cnt.checkErrors++
+	}
+	return err
 }
 
 // l2 entry types, as qcow2_get_cluster_type.
@@ -669,7 +715,10 @@ func (c *checker) compressedRange(e uint64) (off, size uint64) {
 
 // checkL2 is check_refcounts_l2.
 func (c *checker) checkL2(cnt *checkCounts, l2off uint64, flags int, fix fixFlags, active bool) error {
-	t := make([]byte, c.cs)
+	if c.l2buf == nil {
+		c.l2buf = make([]byte, c.cs)
+	}
+	t := c.l2buf
 	if err := c.readAt(t, l2off); err != nil {
 		c.logf("ERROR: I/O error in check_refcounts_l2")
 		cnt.checkErrors++
@@ -839,16 +888,21 @@ func (c *checker) checkRefblocks(cnt *checkCounts, fix fixFlags, rebuild *bool) 
 	return nil
 }
 
+// maxRefblockGrowth bounds, in clusters, how far past the end of the file
+// a refcount block may lie for growFileFor to extend the file to it.
+const maxRefblockGrowth = 64
+
 // growFileFor extends the file so that the refcount block at off lies in
-// it (QEMU truncates the file up). Unlike QEMU, growth is refused beyond
-// twice the file size plus 1 GiB: a wild pointer then leads to a rebuild
-// instead of a giant sparse file.
+// it (QEMU truncates the file up, however far). Unlike QEMU, growth is
+// refused beyond maxRefblockGrowth clusters past the end of the file (a
+// refcount block lost in a crash lies just past it): a wild pointer then
+// leads to a rebuild instead of a giant sparse file.
 func (c *checker) growFileFor(off uint64) error {
 	if off > math.MaxInt64-uint64(c.cs) {
 		return errors.New("Invalid argument")
 	}
 	end := int64(off) + c.cs
-	if end > 2*c.fileSize+1<<30 {
+	if end > c.fileSize+maxRefblockGrowth*c.cs {
 		return errors.New("File too large")
 	}
 	if err := c.f.Truncate(end); err != nil {
@@ -884,18 +938,37 @@ func (c *checker) refBlock(ri uint64) ([]byte, error) {
 		}
 		return nil, errors.New(errnoEIO)
 	}
-	if b, ok := c.rbCache[off]; ok {
-		return b, nil
+	for i := range c.rbSlot {
+		if sl := &c.rbSlot[i]; sl.buf != nil && sl.off == off {
+			return sl.buf, nil
+		}
 	}
-	b := make([]byte, c.cs)
-	if err := c.readAt(b, off); err != nil {
+	sl := &c.rbSlot[c.rbNext]
+	c.rbNext = (c.rbNext + 1) % len(c.rbSlot)
+	if sl.buf == nil {
+		sl.buf = make([]byte, c.cs)
+	}
+	sl.off = 0
+	if err := c.readAt(sl.buf, off); err != nil {
 		return nil, errors.New(errnoEIO)
 	}
-	if c.rbCache == nil || len(c.rbCache) >= 64 {
-		c.rbCache = make(map[uint64][]byte)
+	sl.off = off
+	return sl.buf, nil
+}
+
+// rbCacheSlot is one cached refcount block. The buffers are reused, so a
+// block returned by refBlock stays valid only until refBlock loads
+// len(rbSlot) other blocks.
+type rbCacheSlot struct {
+	off uint64
+	buf []byte
+}
+
+// dropRefBlockCache forgets every cached refcount block.
+func (c *checker) dropRefBlockCache() {
+	for i := range c.rbSlot {
+		c.rbSlot[i].off = 0
 	}
-	c.rbCache[off] = b
-	return b, nil
 }
 
 // setStoredRefcount is update_refcount for an existing refcount block: set
@@ -920,7 +993,7 @@ func (c *checker) setStoredRefcount(k int64, v uint64) error {
 	hi := max(lo+1, (idx+1)*width/8)
 	off := c.rt[ri]&refTableOffMask + lo
 	if err := c.writeAt(block[lo:hi], off); err != nil {
-		delete(c.rbCache, c.rt[ri]&refTableOffMask)
+		c.dropRefBlockCache()
 		return err
 	}
 	if v == 0 {
@@ -1008,7 +1081,10 @@ func (c *checker) checkOflagCopied(cnt *checkCounts, fix fixFlags) error {
 	case fix&fixLeaks != 0:
 		repair = cnt.checkErrors == 0 && cnt.corruptions == 0 && cnt.leaks == 0
 	}
-	t := make([]byte, c.cs)
+	if c.l2buf == nil {
+		c.l2buf = make([]byte, c.cs)
+	}
+	t := c.l2buf
 	for i, e := range c.l1 {
 		l2off := e & l1OffsetMask
 		if l2off == 0 {
@@ -1126,22 +1202,24 @@ func (c *checker) checkBitmaps(cnt *checkCounts) error {
 	}
 	for _, bm := range list {
 		c.inc(cnt, bm.tableOff, uint64(bm.tableSize)*8)
-		table, err := c.readTable(bm.tableOff, int64(bm.tableSize))
-		if err == nil {
-			for _, e := range table {
-				if err = c.checkBitmapTableEntry(e); err != nil {
-					break
-				}
-			}
-		}
+		// bitmap_table_load validates every entry before any is
+		// counted: two passes over the streamed table.
+		err := c.forEachU64(bm.tableOff, int64(bm.tableSize), func(_ int64, e uint64) error {
+			return c.checkBitmapTableEntry(e)
+		})
 		if err != nil {
 			cnt.corruptions++
 			return err
 		}
-		for _, e := range table {
+		err = c.forEachU64(bm.tableOff, int64(bm.tableSize), func(_ int64, e uint64) error {
 			if off := e & bmeOffsetMask; off != 0 {
 				c.inc(cnt, off, uint64(c.cs))
 			}
+			return nil
+		})
+		if err != nil {
+			cnt.corruptions++
+			return err
 		}
 	}
 	return nil
@@ -1166,13 +1244,11 @@ func (c *checker) loadBitmapDir() ([]bitmapDirEntry, error) {
 	if size > maxBitmapDirSize {
 		return nil, fmt.Errorf("%w: requested bitmap directory size is too big", ErrInvalid)
 	}
-	dir := make([]byte, size)
-	if err := c.readAt(dir, c.bm.dirOff); err != nil {
-		return nil, fmt.Errorf("failed to read bitmap directory: %w", err)
-	}
+	r := &snapshotTableReader{f: c.f}
 	be := binary.BigEndian
 	var list []bitmapDirEntry
 	broken := fmt.Errorf("%w: broken bitmap directory", ErrInvalid)
+	var e [bitmapDirEntLen]byte
 	pos := uint64(0)
 	for pos < size {
 		if size-pos < bitmapDirEntLen {
@@ -1181,7 +1257,9 @@ func (c *checker) loadBitmapDir() ([]bitmapDirEntry, error) {
 		if uint32(len(list)) >= c.bm.n {
 			return nil, fmt.Errorf("%w: more bitmaps found than specified in header extension", ErrInvalid)
 		}
-		e := dir[pos:]
+		if err := r.read(e[:], c.bm.dirOff+pos); err != nil {
+			return nil, fmt.Errorf("failed to read bitmap directory: %w", err)
+		}
 		tableOff := be.Uint64(e[0:])
 		tableSize := be.Uint32(e[8:])
 		flags := be.Uint32(e[12:])
@@ -1202,7 +1280,9 @@ func (c *checker) loadBitmapDir() ([]bitmapDirEntry, error) {
 			flags&^3 != 0 || nameSize > 1023 || typ != 1 || phys > maxBitmapPhys ||
 			(flags&1 == 0 && c.virtualSize > (phys*8)<<gran)
 		if bad {
-			return nil, fmt.Errorf("%w: bitmap %q doesn't satisfy the constraints", ErrInvalid, e[bitmapDirEntLen:bitmapDirEntLen+nameSize])
+			name := make([]byte, nameSize)
+			_ = r.read(name, c.bm.dirOff+pos+bitmapDirEntLen)
+			return nil, fmt.Errorf("%w: bitmap %q doesn't satisfy the constraints", ErrInvalid, name)
 		}
 		list = append(list, bitmapDirEntry{tableOff: tableOff, tableSize: tableSize})
 		pos += entLen

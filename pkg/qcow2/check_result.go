@@ -69,6 +69,9 @@ type CheckResult struct {
 	// maxCheckMessages are kept; MessagesDropped counts the rest.
 	Messages        []string `json:"-"`
 	MessagesDropped int      `json:"-"`
+
+	// failed: the check was abandoned (qemu-img says "Check failed").
+	failed bool
 }
 
 // ExitCode is the exit status qemu-img check would give: 1 if the check

@@ -163,7 +163,7 @@ func (c *checker) installRefcounts(refs *refArray, snap *newSnapshotPointer) err
 	}
 	c.rtOff, c.rtClusters = rtOff, rtClusters
 	c.rt = rt.entries
-	c.rbCache = nil
+	c.dropRefBlockCache()
 	c.h.RefcountTableOffset, c.h.RefcountTableClusters = rtOff, rtClusters
 	if snap != nil {
 		c.h.NbSnapshots, c.h.SnapshotsOffset = snap.n, snap.off

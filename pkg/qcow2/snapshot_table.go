@@ -60,6 +60,8 @@ type snapshotTable struct {
 	// extra data was cut to maxSnapshotExtraData.
 	Discarded    int
 	ExtraDropped int
+	// Notes are QEMU's messages for those repairs.
+	Notes []string
 }
 
 // snapshotTableReader reads the table through a window so that a long table
@@ -124,7 +126,7 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 	be := binary.BigEndian
 	pos := off
 	var tableLen uint64
-	t.Entries = make([]snapshotEntry, 0, min(n, 1024))
+	t.Entries = make([]snapshotEntry, 0, n) // n <= maxSnapshots
 	var hdr [snapshotHeaderLen]byte
 	var extra [snapshotExtraLen]byte
 	for i := uint32(0); i < n; i++ {
@@ -155,6 +157,8 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 					ErrInvalid, i, e.ExtraDataSize, maxSnapshotExtraData)
 			}
 			t.ExtraDropped++
+			t.Notes = append(t.Notes, fmt.Sprintf("Discarding too much extra metadata in snapshot table entry %d (%d > %d)",
+				i, e.ExtraDataSize, maxSnapshotExtraData))
 			truncate = true
 		}
 		known := min(uint64(e.ExtraDataSize), snapshotExtraLen)
@@ -201,6 +205,7 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 				return nil, fmt.Errorf("%w: snapshot table is too big (more than %d bytes)", ErrInvalid, maxSnapshotTableBytes)
 			}
 			t.Discarded += int(n - i)
+			t.Notes = append(t.Notes, fmt.Sprintf("Discarding %d overhanging snapshots (snapshot table is too big)", n-i))
 			pos = preEntry
 			break
 		}
