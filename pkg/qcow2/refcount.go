@@ -35,7 +35,9 @@ func (img *Image) refcount(c int64) (uint64, error) {
 }
 
 // setRefcountLive writes the refcount of cluster c through to its block.
-func (img *Image) setRefcountLive(c int64, v uint64) error { return img.setRefcountRange(img.rt, c, 1, v) }
+func (img *Image) setRefcountLive(c int64, v uint64) error {
+	return img.setRefcountRange(img.rt, c, 1, v)
+}
 
 // setRefcountRange sets the refcounts of clusters [start, start+n) to v
 // with one write per refcount block; the blocks must exist.
