@@ -16,7 +16,7 @@ const maxSparseSize = 16 << 20
 func newImgConvertCmd() *cobra.Command {
 	var c convertCmd
 	cmd := &cobra.Command{
-		Use:   "convert [-q] [-p] [-f fmt] [-O output_fmt] [-o options] [-S sparse_size] filename output_filename",
+		Use:   "convert [-q] [-p] [-c] [-f fmt] [-O output_fmt] [-o options] [-S sparse_size] filename output_filename",
 		Short: "Copy an image to a new raw or qcow2 image, flattening its backing chain",
 		Long: `Copy the guest-visible content of an image (read through its whole backing
 chain) into a new image without a backing file, like qemu-img convert.
@@ -27,6 +27,11 @@ Only data is written: ranges the source maps as zero are skipped, and so
 is every aligned sparse_size block of read data that is all zeros (-S,
 default 4k, a multiple of 512; -S 0 writes everything, fully allocating
 the output). -p shows progress when stdout is a terminal.
+
+-c (qcow2 output only) writes every cluster that is not all zeros as a
+compressed cluster, with the output's compression_type (-o
+compression_type=zlib|zstd); a cluster that does not compress is stored
+uncompressed, as qemu-img does.
 ` + imgPolicyNote,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -39,6 +44,7 @@ the output). -p shows progress when stdout is a terminal.
 	f.StringArrayVarP(&c.opts, "options", "o", nil, "output format options, as for img create (-o help lists them)")
 	f.StringVarP(&c.sparse, "sparse-size", "S", "4k", "zero-detection block size; 0 disables sparse output")
 	f.BoolVarP(&c.progress, "progress", "p", false, "show progress")
+	f.BoolVarP(&c.compress, "compress", "c", false, "compress the output clusters (qcow2 only)")
 	f.BoolVarP(&c.quiet, "quiet", "q", false, "print nothing (overrides -p)")
 	return cmd
 }
@@ -47,6 +53,7 @@ type convertCmd struct {
 	srcFmt, dstFmt, sparse string
 	opts                   []string
 	progress, quiet        bool
+	compress               bool
 }
 
 // writeTarget is the open output image.
@@ -84,6 +91,12 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	if _, ok := o.set["size"]; ok {
 		return failf("%s: the output size is the source's; -o size is not accepted", dst)
 	}
+	if c.compress && c.dstFmt != "qcow2" {
+		return failf("Compression not supported for this file format")
+	}
+	if c.compress && o.prealloc != qcow2.PreallocOff {
+		return failf("Compression and preallocation not supported at the same time")
+	}
 
 	in, err := qcow2.OpenDisk(src, c.srcFmt, openOptions(true, false))
 	if err != nil {
@@ -103,13 +116,15 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 		return failf("%s: %v", dst, err)
 	}
 	var out writeTarget
+	var qout *qcow2.Image
 	if c.dstFmt == "raw" {
 		if err = createRaw(dst, size, o.prealloc); err == nil {
 			out, err = qcow2.OpenRaw(dst, false)
 		}
 	} else {
 		if err = qcow2.Create(dst, o.qcow2Options(size, false)); err == nil {
-			out, err = qcow2.Open(dst, openOptions(false, true))
+			qout, err = qcow2.Open(dst, openOptions(false, true))
+			out = qout
 		}
 	}
 	if err != nil {
@@ -117,7 +132,11 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	}
 
 	bar := newProgress(cmd.OutOrStdout(), c.progress && !c.quiet, size)
-	err = copyExtents(in, out, exts, sparse, bar)
+	if c.compress {
+		err = copyCompressed(in, qout, exts, size, bar)
+	} else {
+		err = copyExtents(in, out, exts, sparse, bar)
+	}
 	if err == nil {
 		err = out.Flush()
 	}
@@ -208,3 +227,67 @@ func writeNonZero(out io.WriterAt, p []byte, off, sparse int64) error {
 func isZero(b []byte) bool {
 	return len(b) == 0 || b[0] == 0 && bytes.Equal(b[1:], b[:len(b)-1])
 }
+
+// compressBatchBytes is how much guest data one compressed batch carries:
+// the engine syncs once per batch.
+const compressBatchBytes = 32 << 20
+
+// copyCompressed copies every cluster of in that is not all zeros to out
+// as a compressed cluster. Ranges the source maps as zero are not read.
+func copyCompressed(in io.ReaderAt, out *qcow2.Image, exts []qcow2.Extent, size int64, bar *progress) error {
+	cs := out.ClusterSize()
+	chunk := ceilDiv64(4<<20, cs) * cs
+	buf := make([]byte, chunk)
+	var batch []qcow2.CompressedCluster
+	var batchBytes int64
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := out.WriteCompressedClusters(batch); err != nil {
+			return failf("error while compressing clusters at byte %d: %v", batch[0].Off, err)
+		}
+		batch, batchBytes = nil, 0
+		return nil
+	}
+	ei := 0
+	for off := int64(0); off < size; off += chunk {
+		n := min(chunk, size-off)
+		// Skip chunks that only zero extents cover.
+		for ei < len(exts) && exts[ei].Start+exts[ei].Length <= off {
+			ei++
+		}
+		data := false
+		for j := ei; j < len(exts) && exts[j].Start < off+n; j++ {
+			if exts[j].Data || !exts[j].Zero {
+				data = true
+				break
+			}
+		}
+		if !data {
+			bar.add(n)
+			continue
+		}
+		p := buf[:n]
+		if _, err := in.ReadAt(p, off); err != nil && err != io.EOF {
+			return failf("error while reading at byte %d: %v", off, err)
+		}
+		for i := int64(0); i < n; i += cs {
+			cl := p[i:min(i+cs, n)]
+			if isZero(cl) {
+				continue
+			}
+			batch = append(batch, qcow2.CompressedCluster{Off: off + i, Data: bytes.Clone(cl)})
+			batchBytes += int64(len(cl))
+		}
+		if batchBytes >= compressBatchBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		bar.add(n)
+	}
+	return flush()
+}
+
+func ceilDiv64(a, b int64) int64 { return (a + b - 1) / b }

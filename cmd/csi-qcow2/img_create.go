@@ -26,7 +26,7 @@ with a backing file and no size gets the backing file's size.
 
 -o options (qcow2): size, compat (1.1|0.10), backing_file, backing_fmt,
 cluster_size, refcount_bits, lazy_refcounts (on|off), preallocation
-(off|metadata|falloc|full), compression_type (zlib), extended_l2 (off).
+(off|metadata|falloc|full), compression_type (zlib|zstd), extended_l2 (off).
 -o options (raw): size, preallocation (off|falloc|full). -o help lists them.
 -u does not open the backing file (its format must then be given with -F).
 An existing file is overwritten, as with qemu-img.

@@ -22,6 +22,7 @@ type createOpts struct {
 	prealloc      string
 	backingFile   string
 	backingFmt    string
+	compression   string // compression_type: "zlib" or "zstd"
 }
 
 // knownOpts lists the -o options each output format accepts.
@@ -38,7 +39,7 @@ var optHelp = map[string]string{
   backing_fmt=<str>      - Image format of the base image
   cluster_size=<size>    - qcow2 cluster size
   compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
-  compression_type=<str> - Compression method used for image cluster compression (zlib only)
+  compression_type=<str> - Compression method used for image cluster compression
   extended_l2=<bool (on/off)> - Extended L2 tables (off only)
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
   preallocation=<str>    - Preallocation mode (allowed values: off, metadata, falloc, full)
@@ -191,11 +192,12 @@ func (o *createOpts) validate(fmtName string) error {
 			return fmt.Errorf("extended_l2=on (subclusters) is not supported yet")
 		}
 	}
-	if v, ok := o.set["compression_type"]; ok && v != "zlib" {
-		if v == "zstd" {
-			return fmt.Errorf("compression_type=zstd is not supported yet")
+	o.compression = "zlib"
+	if v, ok := o.set["compression_type"]; ok {
+		if v != "zlib" && v != "zstd" {
+			return fmt.Errorf("Parameter 'compression-type' does not accept value '%s'", v)
 		}
-		return fmt.Errorf("Parameter 'compression_type' does not accept value '%s'", v)
+		o.compression = v
 	}
 	if o.compat == "0.10" {
 		if o.lazyRefcounts {
@@ -203,6 +205,9 @@ func (o *createOpts) validate(fmtName string) error {
 		}
 		if o.refcountBits != 16 {
 			return fmt.Errorf("Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)")
+		}
+		if o.compression != "zlib" {
+			return fmt.Errorf("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)")
 		}
 	}
 	o.backingFile = o.set["backing_file"]
@@ -253,15 +258,16 @@ func (o *createOpts) setOr(k, def string) string {
 // qcow2Options turns the parsed options into the engine's CreateOptions.
 func (o *createOpts) qcow2Options(size int64, unsafe bool) qcow2.CreateOptions {
 	return qcow2.CreateOptions{
-		Size:          size,
-		ClusterSize:   o.clusterSize,
-		RefcountBits:  o.refcountBits,
-		Compat:        o.compat,
-		LazyRefcounts: o.lazyRefcounts,
-		Preallocation: o.prealloc,
-		BackingFile:   o.backingFile,
-		BackingFormat: o.backingFmt,
-		Backing:       qcow2.BackingPolicy{AllowAnyPath: true},
-		Unsafe:        unsafe,
+		Size:            size,
+		ClusterSize:     o.clusterSize,
+		RefcountBits:    o.refcountBits,
+		Compat:          o.compat,
+		LazyRefcounts:   o.lazyRefcounts,
+		CompressionType: o.compression,
+		Preallocation:   o.prealloc,
+		BackingFile:     o.backingFile,
+		BackingFormat:   o.backingFmt,
+		Backing:         qcow2.BackingPolicy{AllowAnyPath: true},
+		Unsafe:          unsafe,
 	}
 }

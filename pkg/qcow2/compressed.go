@@ -38,6 +38,10 @@ func (img *Image) readCompressed(e uint64) ([]byte, error) {
 		defer fr.Close()
 		r = fr
 	case 1:
+		var fh zstd.Header
+		if err := fh.Decode(src); err == nil && fh.HasFCS && fh.FrameContentSize > uint64(img.cs) {
+			return nil, fmt.Errorf("%w: compressed cluster at %#x inflates to %d bytes, more than one cluster", ErrInvalid, off, fh.FrameContentSize)
+		}
 		zr, err := zstd.NewReader(bytes.NewReader(src), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(32<<20))
 		if err != nil {
 			return nil, err
@@ -47,6 +51,14 @@ func (img *Image) readCompressed(e uint64) ([]byte, error) {
 	}
 	if _, err := io.ReadFull(r, out); err != nil {
 		return nil, fmt.Errorf("%w: compressed cluster at %#x does not decompress to %d bytes: %v", ErrInvalid, off, img.cs, err)
+	}
+	if img.hdr.CompressionType == 0 {
+		// A deflate stream ends with its final block; one that goes on
+		// inflates past the cluster (a decompression bomb, or garbage).
+		var extra [1]byte
+		if n, _ := r.Read(extra[:]); n > 0 {
+			return nil, fmt.Errorf("%w: compressed cluster at %#x inflates past %d bytes", ErrInvalid, off, img.cs)
+		}
 	}
 	return out, nil
 }

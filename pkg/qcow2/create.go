@@ -52,6 +52,10 @@ func CreateFile(f File, name string, opts CreateOptions) error {
 	if o.LazyRefcounts {
 		h.CompatibleFeatures |= compatLazyRefcounts
 	}
+	if o.CompressionType == "zstd" {
+		h.CompressionType = 1
+		h.IncompatibleFeatures |= incompatCompression
+	}
 	hbuf, err := h.encode()
 	if err != nil {
 		return err
@@ -107,6 +111,9 @@ func normalizeCreate(o CreateOptions) (CreateOptions, error) {
 	if o.Preallocation == "" {
 		o.Preallocation = PreallocOff
 	}
+	if o.CompressionType == "" {
+		o.CompressionType = "zlib"
+	}
 	cs := o.ClusterSize
 	switch {
 	case cs < 1<<minClusterBits || cs > 1<<maxClusterBits || cs&(cs-1) != 0:
@@ -130,6 +137,15 @@ func normalizeCreate(o CreateOptions) (CreateOptions, error) {
 		if o.RefcountBits != 16 {
 			return o, fmt.Errorf("%w: compat 0.10 images have 16-bit refcounts only", ErrInvalid)
 		}
+	}
+	switch o.CompressionType {
+	case "zlib":
+	case "zstd":
+		if o.Compat == "0.10" {
+			return o, fmt.Errorf("%w: compression_type=zstd needs compat 1.1", ErrInvalid)
+		}
+	default:
+		return o, fmt.Errorf("%w: compression_type %q (zlib or zstd)", ErrInvalid, o.CompressionType)
 	}
 	switch o.Preallocation {
 	case PreallocOff, PreallocMetadata, PreallocFalloc, PreallocFull:

@@ -40,6 +40,7 @@ type Image struct {
 
 	alloc allocator
 	meta  metadataSet
+	cpack compressPack // where the next compressed stream goes (compress_write.go)
 
 	backing Disk
 

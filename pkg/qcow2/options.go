@@ -53,6 +53,9 @@ type CreateOptions struct {
 	// Compat is "1.1" (version 3, default) or "0.10" (version 2).
 	Compat        string
 	LazyRefcounts bool
+	// CompressionType is "zlib" (default) or "zstd" (needs compat 1.1);
+	// it is what WriteCompressed compresses with.
+	CompressionType string
 	// Preallocation is one of the Prealloc* constants; "" means off.
 	Preallocation string
 	// BackingFile is stored verbatim in the image; BackingFormat is
