@@ -30,6 +30,7 @@ qemu-img check's exit statuses.
 		newImgMapCmd(),
 		newImgResizeCmd(),
 		newImgConvertCmd(),
+		newImgSnapshotCmd(),
 		newImgCompareCmd(),
 		newImgMeasureCmd(),
 	)

@@ -322,6 +322,13 @@ func (r *rdRun) stepOnce() {
 		}
 		newSize := min(r.rc.maxSize, r.size+512*(1+rng.Int63n(4096)))
 		r.note("Resize(%d) from %d", newSize, r.size)
+		if h := r.img.Header(); h.Version == 2 && h.NbSnapshots > 0 {
+			// Refused, as by QEMU: v2 snapshots do not record their size.
+			if err := r.img.Resize(newSize); !errors.Is(err, qcow2.ErrUnsupported) {
+				r.fatalf("Resize of a v2 image with snapshots: %v, want ErrUnsupported", err)
+			}
+			return
+		}
 		if err := r.img.Resize(newSize); err != nil {
 			r.fatalf("Resize(%d) from %d: %v", newSize, r.size, err)
 		}

@@ -20,6 +20,11 @@ func (img *Image) Resize(newSize int64) error {
 	if newSize < 0 || newSize%512 != 0 || newSize > maxImageSize {
 		return fmt.Errorf("%w: new size %d must be a multiple of 512 between 0 and %d", ErrRange, newSize, maxImageSize)
 	}
+	if img.hdr.Version < 3 && img.hdr.NbSnapshots > 0 {
+		// Version 2 snapshots do not record their disk size, so QEMU
+		// could not revert one across a resize.
+		return fmt.Errorf("%w: cannot resize a version 2 image with internal snapshots", ErrUnsupported)
+	}
 	old := img.size
 	switch {
 	case newSize == old:
