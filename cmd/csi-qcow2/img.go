@@ -33,6 +33,9 @@ qemu-img check's exit statuses.
 		newImgSnapshotCmd(),
 		newImgCompareCmd(),
 		newImgMeasureCmd(),
+		newImgRebaseCmd(),
+		newImgCommitCmd(),
+		newImgAmendCmd(),
 	)
 	for _, c := range img.Commands() {
 		// Use already spells out each subcommand's flags, qemu-img style.

@@ -16,10 +16,10 @@ const maxSparseSize = 16 << 20
 func newImgConvertCmd() *cobra.Command {
 	var c convertCmd
 	cmd := &cobra.Command{
-		Use:   "convert [-q] [-p] [-c] [-f fmt] [-O output_fmt] [-o options] [-S sparse_size] filename output_filename",
-		Short: "Copy an image to a new raw or qcow2 image, flattening its backing chain",
+		Use:   "convert [-q] [-p] [-c] [-n] [-f fmt] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] filename output_filename",
+		Short: "Copy an image to a new raw or qcow2 image, flattening its backing chain (or onto a new one with -B)",
 		Long: `Copy the guest-visible content of an image (read through its whole backing
-chain) into a new image without a backing file, like qemu-img convert.
+chain) into a new image without a backing file (see -B), like qemu-img convert.
 output_fmt is qcow2 or raw (default raw); -o takes img create's options
 except size and backing_file. An existing output file is overwritten.
 
@@ -32,6 +32,16 @@ the output). -p shows progress when stdout is a terminal.
 compressed cluster, with the output's compression_type (-o
 compression_type=zlib|zstd); a cluster that does not compress is stored
 uncompressed, as qemu-img does.
+
+-B backing_file (qcow2 output only; -F or -o backing_fmt names its format)
+makes the output an overlay on backing_file: only the clusters whose
+content differs from backing_file are written, so the output reads the
+same as the source whatever backing_file holds. (qemu-img instead copies
+what the source's top layer allocates, assuming the source's backing
+chain reads like backing_file.) -o backing_file=... is the same as -B.
+
+-n writes into an existing output instead of creating it (-o is then
+ignored); everything the source reads, zeros included, is written.
 ` + imgPolicyNote,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -46,6 +56,9 @@ uncompressed, as qemu-img does.
 	f.BoolVarP(&c.progress, "progress", "p", false, "show progress")
 	f.BoolVarP(&c.compress, "compress", "c", false, "compress the output clusters (qcow2 only)")
 	f.BoolVarP(&c.quiet, "quiet", "q", false, "print nothing (overrides -p)")
+	f.StringVarP(&c.backing, "backing", "B", "", "make the output an overlay on this backing file (qcow2 output)")
+	f.StringVarP(&c.backingFmt, "backing-format", "F", "", "format of the -B backing file (qcow2 or raw)")
+	f.BoolVarP(&c.noCreate, "no-create", "n", false, "write into an existing output; do not create it")
 	return cmd
 }
 
@@ -54,6 +67,8 @@ type convertCmd struct {
 	opts                   []string
 	progress, quiet        bool
 	compress               bool
+	backing, backingFmt    string
+	noCreate               bool
 }
 
 // writeTarget is the open output image.
@@ -85,8 +100,8 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	if err != nil {
 		return failf("%s: %v", dst, err)
 	}
-	if o.backingFile != "" || o.backingFmt != "" {
-		return failf("%s: a backing file for the output is not supported by convert; the output is always flattened", dst)
+	if err := c.targetOpts(o); err != nil {
+		return err
 	}
 	if _, ok := o.set["size"]; ok {
 		return failf("%s: the output size is the source's; -o size is not accepted", dst)
@@ -112,18 +127,27 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 		return failf("%s: %v", src, err)
 	}
 
-	if err := removeExisting(dst); err != nil {
-		return failf("%s: %v", dst, err)
-	}
 	var out writeTarget
 	var qout *qcow2.Image
-	if c.dstFmt == "raw" {
-		if err = createRaw(dst, size, o.prealloc); err == nil {
-			out, err = qcow2.OpenRaw(dst, false)
+	if c.noCreate {
+		d, err := qcow2.OpenDisk(dst, c.dstFmt, openOptions(false, false))
+		if err != nil {
+			return failf("Could not open '%s': %v", dst, err)
 		}
+		out = d
+		qout, _ = d.(*qcow2.Image)
 	} else {
-		if err = qcow2.Create(dst, o.qcow2Options(size, false)); err == nil {
-			qout, err = qcow2.Open(dst, openOptions(false, true))
+		if err := removeExisting(dst); err != nil {
+			return failf("%s: %v", dst, err)
+		}
+		if c.dstFmt == "raw" {
+			if err = createRaw(dst, size, o.prealloc); err == nil {
+				out, err = qcow2.OpenRaw(dst, false)
+			}
+		} else if err = qcow2.Create(dst, o.qcow2Options(size, false)); err == nil {
+			// With -B the output is opened over its backing file, which
+			// copyDiff compares against.
+			qout, err = qcow2.Open(dst, openOptions(false, o.backingFile == ""))
 			out = qout
 		}
 	}
@@ -132,9 +156,14 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	}
 
 	bar := newProgress(cmd.OutOrStdout(), c.progress && !c.quiet, size)
-	if c.compress {
+	switch {
+	case c.compress:
 		err = copyCompressed(in, qout, exts, size, bar)
-	} else {
+	case c.noCreate:
+		err = copyAll(in, out, exts, bar)
+	case o.backingFile != "":
+		err = copyDiff(in, qout, exts, bar)
+	default:
 		err = copyExtents(in, out, exts, sparse, bar)
 	}
 	if err == nil {

@@ -47,6 +47,12 @@ func openBacking(child, name, format string, opts Options, depth int) (Disk, err
 // as in QEMU. Under a confining policy the file is opened through os.Root,
 // which refuses "..", absolute paths and symlinks that leave the root.
 func resolveBacking(child, name string, pol BackingPolicy) (*os.File, string, error) {
+	return resolveBackingFlag(child, name, pol, os.O_RDONLY)
+}
+
+// resolveBackingFlag is resolveBacking with the open flags given (commit
+// opens the backing file writable).
+func resolveBackingFlag(child, name string, pol BackingPolicy, flag int) (*os.File, string, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
 		return nil, "", fmt.Errorf("%w: empty or malformed backing file name", ErrInvalid)
 	}
@@ -58,7 +64,7 @@ func resolveBacking(child, name string, pol BackingPolicy) (*os.File, string, er
 		path = filepath.Join(filepath.Dir(child), name)
 	}
 	if pol.AllowAnyPath {
-		f, err := os.Open(path)
+		f, err := os.OpenFile(path, flag, 0)
 		return f, path, err
 	}
 	root := pol.Root
@@ -75,7 +81,7 @@ func resolveBacking(child, name string, pol BackingPolicy) (*os.File, string, er
 		return nil, "", err
 	}
 	defer r.Close()
-	f, err := r.Open(rel)
+	f, err := r.OpenFile(rel, flag, 0)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: backing file %q: %v", ErrPolicy, name, err)
 	}

@@ -1,0 +1,224 @@
+package qcow2
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Commit copies every cluster the qcow2 image at path defines (data, and
+// zero clusters as zeros) into its immediate backing file, which is opened
+// writable under pol, and makes it durable. A backing file smaller than the
+// image is grown first. Unless drop is set, the image is then emptied: all
+// its clusters are deallocated so that it reads through to the backing
+// file, as qemu-img commit does; with drop it is left unchanged.
+//
+// Crash safety: the backing file is flushed before the image loses any
+// mapping, and the image's data clusters are punched only after the
+// unmapping is durable, so a crash never loses what the image held.
+func Commit(path string, pol BackingPolicy, drop bool) error {
+	top, err := Open(path, Options{Backing: pol, NoBacking: true, ReadOnly: drop})
+	if err != nil {
+		return err
+	}
+	defer top.Close()
+	h := top.Header()
+	if h.BackingFile == "" {
+		return fmt.Errorf("%w: image does not have a backing file", ErrInvalid)
+	}
+	base, err := openBackingWritable(path, h.BackingFile, h.BackingFormat, pol)
+	if err != nil {
+		return fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
+	}
+	err = commitInto(top, base)
+	if cerr := base.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if !drop {
+		if err := top.makeEmpty(); err != nil {
+			return err
+		}
+	}
+	return top.Close()
+}
+
+// openBackingWritable opens the backing file name of image child for
+// writing, under the same policy rules as openBacking.
+func openBackingWritable(child, name, format string, pol BackingPolicy) (Disk, error) {
+	f, path, err := resolveBackingFlag(child, name, pol, os.O_RDWR)
+	if err != nil {
+		return nil, err
+	}
+	if format == "" {
+		if format, err = probeFile(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	switch format {
+	case "raw":
+		return newRaw(path, f, false)
+	case "qcow2":
+		if pol.Root == "" && !pol.AllowAnyPath {
+			pol.Root = filepath.Dir(absPath(child))
+		}
+		img, err := openFile(NewOSFile(f), path, Options{Backing: pol}, 1)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return img, nil
+	}
+	f.Close()
+	return nil, fmt.Errorf("%w: backing file format %q", ErrUnsupported, format)
+}
+
+// commitInto copies what top (opened without its chain) defines into base
+// and flushes base.
+func commitInto(top *Image, base Disk) error {
+	size := top.Size()
+	if base.Size() < size {
+		if err := growDisk(base, size); err != nil {
+			return fmt.Errorf("growing the backing file to %d bytes: %w", size, err)
+		}
+	}
+	exts, err := top.Map(0, size)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for _, e := range exts {
+		if !e.Present {
+			continue
+		}
+		for off, end := e.Start, e.Start+e.Length; off < end; {
+			n := min(end-off, int64(len(buf)))
+			p := buf[:n]
+			if e.Zero && !e.Data {
+				if err := zeroDisk(base, off, n); err != nil {
+					return err
+				}
+			} else {
+				if _, err := top.ReadAt(p, off); err != nil {
+					return err
+				}
+				if _, err := base.WriteAt(p, off); err != nil {
+					return err
+				}
+			}
+			off += n
+		}
+	}
+	return base.Flush()
+}
+
+// growDisk grows a qcow2 image or raw file to size bytes.
+func growDisk(d Disk, size int64) error {
+	switch d := d.(type) {
+	case *Image:
+		return d.Resize(ceilDiv(size, 512) * 512)
+	case *Raw:
+		if d.readOnly {
+			return ErrReadOnly
+		}
+		if err := d.f.Truncate(size); err != nil {
+			return err
+		}
+		d.size = size
+		return nil
+	}
+	return fmt.Errorf("%w: cannot grow %T", ErrUnsupported, d)
+}
+
+// zeroDisk makes [off, off+n) of d read as zeros.
+func zeroDisk(d Disk, off, n int64) error {
+	if img, ok := d.(*Image); ok {
+		return img.WriteZeroes(off, n, true)
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		m := min(n, int64(len(zero)))
+		if _, err := d.WriteAt(zero[:m], off); err != nil {
+			return err
+		}
+		off, n = off+m, n-m
+	}
+	return nil
+}
+
+// makeEmpty deallocates every cluster of the active layer (L2 entries
+// become 0, so reads fall through to the backing file). The unmapping is
+// made durable before the freed data clusters are punched, and their
+// refcounts drop at the next flush.
+func (img *Image) makeEmpty() error {
+	if err := img.writable(); err != nil {
+		return err
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if err := img.writable(); err != nil {
+		return err
+	}
+	nclusters := ceilDiv(img.size, img.cs)
+	var punch []clusterRun
+	dirty := false
+	for l1i := int64(0); l1i < int64(len(img.l1)); l1i++ {
+		l2off, err := img.l2Offset(l1i)
+		if err != nil {
+			return err
+		}
+		if l2off == 0 {
+			continue
+		}
+		var w writeBatch
+		first := l1i * img.l2Entries
+		for vi := first; vi < min(first+img.l2Entries, nclusters); vi++ {
+			m, err := img.lookup(vi)
+			if err != nil {
+				return err
+			}
+			if m.kind == kindUnallocated {
+				continue
+			}
+			w.l2 = append(w.l2, l2Update{vi, 0})
+			img.unlink(&w, m, false)
+			if m.kind == kindData && m.copied {
+				punch = append(punch, clusterRun{m.host / img.cs, 1})
+			}
+		}
+		if len(w.l2) == 0 {
+			continue
+		}
+		if !dirty {
+			if err := img.markDirty(); err != nil {
+				return err
+			}
+			dirty = true
+		}
+		// A table shared with a snapshot is copied first (one cluster).
+		if err := img.ensureReserved(1); err != nil {
+			return err
+		}
+		if _, err := img.prepareL2(l1i); err != nil {
+			return err
+		}
+		if err := img.commit(&w); err != nil {
+			return err
+		}
+	}
+	if len(punch) == 0 {
+		return nil
+	}
+	if err := img.f.Sync(); err != nil {
+		return err
+	}
+	for _, p := range mergeRuns(punch) {
+		if err := img.f.PunchHole(p.start*img.cs, p.n*img.cs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
