@@ -90,11 +90,15 @@ func (img *Image) reserve(n int64) error {
 			got = append(got, c)
 		}
 	}
-	// Even with lazy refcounts this sync stays: the file size and the
-	// punched holes must be durable before an L2 entry may point there
-	// (an entry past the end of the file is an error QEMU's check reports).
-	if err := img.f.Sync(); err != nil {
-		return err
+	// Refcounts must be durable before an L2 entry points at a cluster,
+	// and punched holes before a cluster is reused. With lazy refcounts
+	// (the dirty bit is set and durable) only the holes need it: a crash
+	// that loses the file extension is undone by the rebuild on open,
+	// which restores the size (the clusters read as zeros).
+	if len(holes) > 0 || !img.lazy() {
+		if err := img.f.Sync(); err != nil {
+			return err
+		}
 	}
 	a.pool = append(a.pool, got...)
 	slices.Sort(a.pool)

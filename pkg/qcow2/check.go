@@ -124,6 +124,13 @@ type checker struct {
 
 	imrt           *refArray
 	nbClusters     int64
+	// growLimit lets references reach up to this many bytes past the end
+	// of the file (recorded in grownEnd) instead of counting as errors:
+	// after a crash with lazy refcounts, the file may be shorter than what
+	// L2 entries point at (the extension was not yet durable; the missing
+	// clusters read as zeros). Only the refcount rebuild sets it.
+	growLimit int64
+	grownEnd  int64
 	imageEndOffset int64
 	frag           fragInfo
 	signaled       bool
@@ -601,7 +608,10 @@ func (c *checker) inc(cnt *checkCounts, off, size uint64) {
 	}
 	// "Last cluster of qcow2 image may be semi-allocated": a region may
 	// reach less than one cluster past the end of the file.
-	if off > math.MaxInt64 || size > math.MaxInt64 || off+size >= uint64(c.fileSize)+uint64(c.cs) {
+	past := off <= math.MaxInt64 && size <= math.MaxInt64 && off+size >= uint64(c.fileSize)+uint64(c.cs)
+	if past && c.growLimit > 0 && off+size <= uint64(c.fileSize+c.growLimit) {
+		c.grownEnd = max(c.grownEnd, int64(off+size))
+	} else if off > math.MaxInt64 || size > math.MaxInt64 || off+size >= uint64(c.fileSize)+uint64(c.cs) {
 		c.logf("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x", off, size)
 		cnt.corruptions++
 		return

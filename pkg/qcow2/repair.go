@@ -27,6 +27,11 @@ import (
 // If the refcounts already match, only the dirty bit is cleared. If the
 // image has damage a refcount rebuild cannot fix (bad table offsets,
 // reserved bits, ...), nothing is written and the error wraps ErrCorrupt.
+// lazyGrowLimit bounds how far past the end of the file a dirty image may
+// reference clusters: one reservation batch (maxReserveBytes) plus the
+// refcount blocks that describe it.
+const lazyGrowLimit = 2 * maxReserveBytes
+
 func rebuildRefcounts(f File, h *Header) error {
 	res := &CheckResult{}
 	c := &checker{f: f, h: h, res: res, writable: true}
@@ -49,8 +54,22 @@ func rebuildRefcounts(f File, h *Header) error {
 	var cnt checkCounts
 	rebuild := false
 	c.imrt = newRefArray(c.order, c.cs)
+	c.growLimit = lazyGrowLimit
 	if err := c.calculateRefcounts(&cnt, 0, &rebuild, false); err != nil {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if c.grownEnd > c.fileSize {
+		// Restore the file size the crash lost; the clusters read as zeros.
+		size := ceilClusters(c.grownEnd, c.cs) * c.cs
+		if err := f.Truncate(size); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		c.fileSize = size
+		c.nbClusters = max(c.nbClusters, ceilClusters(size, c.cs))
+		rebuild = true
 	}
 	var highest int64
 	c.compareRefcounts(&cnt, 0, &rebuild, &highest)

@@ -55,6 +55,18 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 	if err := img.checkRange(off, int64(len(p))); err != nil {
 		return false, err
 	}
+	if len(p) > 0 && off/img.cs == (off+int64(len(p))-1)/img.cs {
+		// One cluster: no walk (the common 4 KiB request).
+		m, err := img.lookup(off / img.cs)
+		if err != nil || m.kind != kindData || !m.copied {
+			return false, err
+		}
+		if err := img.checkMetaWrite(m.host, metaNone); err != nil {
+			return false, err
+		}
+		_, err = img.f.WriteAt(p, m.host+off%img.cs)
+		return err == nil, err
+	}
 	var runs []run
 	err := img.walk(off, int64(len(p)), func(r run) error {
 		if r.m.kind != kindData || !r.m.copied {
@@ -302,16 +314,22 @@ func (img *Image) commit(w *writeBatch) error {
 	slices.SortFunc(w.data, func(a, b hostWrite) int { return cmpInt64(a.off, b.off) })
 	for i := 0; i < len(w.data); {
 		j, end := i+1, w.data[i].off+int64(len(w.data[i].buf))
-		for j < len(w.data) && w.data[j].off == end {
-			end += int64(len(w.data[j].buf))
-			j++
-		}
 		buf := w.data[i].buf
-		if j > i+1 {
-			buf = make([]byte, 0, end-w.data[i].off)
-			for _, d := range w.data[i:j] {
-				buf = append(buf, d.buf...)
+		copied := false
+		for j < len(w.data) && w.data[j].off == end {
+			next := w.data[j].buf
+			if joined, ok := joinAdjacent(buf, next); ok && !copied {
+				// Consecutive pieces of the caller's buffer: no copy.
+				buf = joined
+			} else {
+				if !copied {
+					buf = append(make([]byte, 0, len(buf)+len(next)), buf...)
+					copied = true
+				}
+				buf = append(buf, next...)
 			}
+			end += int64(len(next))
+			j++
 		}
 		if _, err := img.f.WriteAt(buf, w.data[i].off); err != nil {
 			return err
@@ -372,6 +390,19 @@ func (img *Image) writeL2(ups []l2Update) error {
 		}
 	}
 	return nil
+}
+
+// joinAdjacent returns a and b as one slice when b directly follows a in
+// the same backing array.
+func joinAdjacent(a, b []byte) ([]byte, bool) {
+	if len(a) == 0 || len(b) == 0 || cap(a)-len(a) < len(b) {
+		return nil, false
+	}
+	joined := a[:len(a)+len(b)]
+	if &joined[len(a)] != &b[0] {
+		return nil, false
+	}
+	return joined, true
 }
 
 // mergeRuns sorts cluster runs and joins adjacent ones.
