@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 20m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test bench vet fmt clean
+.PHONY: all build test bench bench-convert vet fmt clean
 
 all: build
 
@@ -20,7 +20,11 @@ test:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./pkg/qcow2/
+	GO=$(GO) BENCHTIME=$(BENCHTIME) scripts/bench-ratios.sh
+
+# img convert against qemu-img convert on a 2 GiB half-allocated image.
+bench-convert:
+	GO=$(GO) scripts/bench-convert.sh
 
 vet:
 	$(GO) vet ./...

@@ -131,6 +131,26 @@ func (c *checker) referenceCounts() (*refArray, checkCounts, []string) {
 	return c.imrt, cnt, scratch.Messages
 }
 
+// metadataEndCluster is the first cluster past every table the header
+// names (active L1, refcount table, snapshot table and snapshot L1 tables),
+// even tables that lie past the end of the file: new structures placed at
+// the end must never land on them (QEMU's overlap check refuses that).
+func (c *checker) metadataEndCluster() int64 {
+	end := int64(0)
+	region := func(off uint64, n int64) {
+		if off <= uint64(maxHostOffset) && n >= 0 && n <= maxHostOffset {
+			end = max(end, ceilClusters(int64(off)+n, c.cs))
+		}
+	}
+	region(c.l1Off, int64(c.l1Size)*8)
+	region(c.rtOff, int64(c.rtClusters)*c.cs)
+	region(c.snapOff, c.snapSize)
+	for _, s := range c.snaps {
+		region(s.L1Offset, int64(s.L1Size)*8)
+	}
+	return end
+}
+
 // rebuildRefcountStructure replaces the refcount structure by one built
 // from the references (the -r all path of qcow2_check_refcounts).
 func (c *checker) rebuildRefcountStructure() error {
@@ -149,7 +169,7 @@ type newSnapshotPointer struct {
 // the file, syncs, and points the header at it (with snap, also at a new
 // snapshot table, in the same write), and syncs again.
 func (c *checker) installRefcounts(refs *refArray, snap *newSnapshotPointer) error {
-	start := max(ceilClusters(c.fileSize, c.cs), c.nbClusters)
+	start := max(ceilClusters(c.fileSize, c.cs), c.nbClusters, c.metadataEndCluster())
 	rt, rtClusters, err := writeRefcountBlocks(c.f, c.cbits, c.order, refs, start)
 	if err != nil {
 		return err
@@ -302,7 +322,7 @@ func (c *checker) rewriteSnapshotTable() error {
 	if err != nil {
 		return err
 	}
-	start := max(ceilClusters(c.fileSize, c.cs), c.nbClusters)
+	start := max(ceilClusters(c.fileSize, c.cs), c.nbClusters, c.metadataEndCluster())
 	off := uint64(start) << c.cbits
 	padded := make([]byte, (int64(len(buf))+c.cs-1)/c.cs*c.cs)
 	copy(padded, buf)
