@@ -122,15 +122,15 @@ type checker struct {
 	rbSlot [8]rbCacheSlot // refcount block cache
 	rbNext int
 
-	imrt           *refArray
-	nbClusters     int64
+	imrt       *refArray
+	nbClusters int64
 	// growLimit lets references reach up to this many bytes past the end
 	// of the file (recorded in grownEnd) instead of counting as errors:
 	// after a crash with lazy refcounts, the file may be shorter than what
 	// L2 entries point at (the extension was not yet durable; the missing
 	// clusters read as zeros). Only the refcount rebuild sets it.
-	growLimit int64
-	grownEnd  int64
+	growLimit      int64
+	grownEnd       int64
 	imageEndOffset int64
 	frag           fragInfo
 	signaled       bool
