@@ -77,11 +77,18 @@ type Op struct {
 	// N is the length of a punch (and of a write: len(Data)).
 	N    int64
 	Data []byte // OpWrite only
+	// Durable marks a write issued with O_DSYNC semantics (WriteAtDurable):
+	// when it returned, its bytes and the file size they need were on
+	// disk, but nothing else unsynced was.
+	Durable bool
 }
 
 func (o Op) String() string {
 	switch o.Kind {
 	case OpWrite:
+		if o.Durable {
+			return fmt.Sprintf("dsync write [%d,+%d)", o.Off, len(o.Data))
+		}
 		return fmt.Sprintf("write [%d,+%d)", o.Off, len(o.Data))
 	case OpPunch:
 		return fmt.Sprintf("punch [%d,+%d)", o.Off, o.N)
@@ -160,6 +167,21 @@ func (r *Recorder) WriteAt(p []byte, off int64) (int, error) {
 	r.cur = applyWrite(r.cur, p, off)
 	r.record(Op{Kind: OpWrite, Off: off, N: int64(len(p)), Data: clone(p)})
 	return len(p), nil
+}
+
+// WriteAtDurable writes p at off like a write with RWF_DSYNC: the crash
+// states treat it as durable once it returned, without making any other
+// operation durable.
+func (r *Recorder) WriteAtDurable(p []byte, off int64) error {
+	if _, err := r.WriteAt(p, off); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n := len(r.ops); n > 0 {
+		r.ops[n-1].Durable = true
+	}
+	return nil
 }
 
 // Truncate sets the size of the file and records it.

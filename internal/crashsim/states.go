@@ -287,6 +287,10 @@ func (rec *Recording) materialize(s State) ([]byte, []Piece) {
 		if op.Kind == OpSync {
 			continue // cannot happen: Crash <= the epoch's end
 		}
+		if op.Durable {
+			pieces = append(pieces, Piece{Op: i, Off: op.Off, N: op.N})
+			continue
+		}
 		if rng.Float64() >= keep {
 			continue
 		}
@@ -309,6 +313,7 @@ func (rec *Recording) materialize(s State) ([]byte, []Piece) {
 		}
 	}
 	rng.Shuffle(len(pieces), func(i, j int) { pieces[i], pieces[j] = pieces[j], pieces[i] })
+	pieces = dropSuperseded(rec.ops, pieces)
 	for _, pc := range pieces {
 		op := rec.ops[pc.Op]
 		switch op.Kind {
@@ -321,4 +326,30 @@ func (rec *Recording) materialize(s State) ([]byte, []Piece) {
 		}
 	}
 	return buf, pieces
+}
+
+// dropSuperseded removes pieces that the shuffle put after a durable write
+// they overlap but precede in issue order: the durable write's bytes came
+// from the page cache, which already held everything issued before it, so
+// an older write can never land on top of it.
+func dropSuperseded(ops []Op, pieces []Piece) []Piece {
+	out := pieces[:0]
+	var durable []Piece // durable pieces seen so far in apply order
+	for _, pc := range pieces {
+		superseded := false
+		for _, d := range durable {
+			if pc.Op < d.Op && ops[pc.Op].Kind != OpTruncate && pc.Off < d.Off+d.N && d.Off < pc.Off+pc.N {
+				superseded = true
+				break
+			}
+		}
+		if superseded {
+			continue
+		}
+		if ops[pc.Op].Durable {
+			durable = append(durable, pc)
+		}
+		out = append(out, pc)
+	}
+	return out
 }

@@ -19,6 +19,8 @@ type allocator struct {
 	pool    []int64 // reserved clusters, ascending
 	batch   int64   // clusters to reserve next time
 	pending []int64 // unlinked clusters, decremented after the next flush
+	// blocksCreated counts refcount blocks allocRun has created.
+	blocksCreated int
 }
 
 const (
@@ -81,6 +83,8 @@ func (img *Image) reserve(n int64) error {
 			return err
 		}
 	}
+	blocksBefore := a.blocksCreated
+	var runStart, runLen int64
 	if rest := want - int64(len(got)); rest > 0 {
 		start, err := img.allocRunLive(rest)
 		if err != nil {
@@ -89,13 +93,23 @@ func (img *Image) reserve(n int64) error {
 		for c := start; c < start+rest; c++ {
 			got = append(got, c)
 		}
+		runStart, runLen = start, rest
 	}
 	// Refcounts must be durable before an L2 entry points at a cluster,
 	// and punched holes before a cluster is reused. With lazy refcounts
 	// (the dirty bit is set and durable) only the holes need it: a crash
 	// that loses the file extension is undone by the rebuild on open,
 	// which restores the size (the clusters read as zeros).
-	if len(holes) > 0 || !img.lazy() {
+	switch {
+	case img.lazy() && len(holes) == 0:
+	case len(holes) == 0 && a.blocksCreated == blocksBefore && runLen > 0:
+		// Only refcount entries in existing blocks and the file size must
+		// be durable: write exactly those durably instead of flushing all
+		// guest data written since the last sync.
+		if err := img.makeRunDurable(runStart, runLen); err != nil {
+			return err
+		}
+	default:
 		if err := img.f.Sync(); err != nil {
 			return err
 		}
@@ -201,4 +215,31 @@ func (img *Image) releasePool() error {
 		a.eof = end
 	}
 	return nil
+}
+
+// makeRunDurable makes the refcounts of a run allocated at the end of the
+// file, and the file size that covers it, durable: the refcount bytes are
+// rewritten with RWF_DSYNC, and so is the run's last sector (zeros: the
+// run is fresh), which carries the new size with it.
+func (img *Image) makeRunDurable(start, n int64) error {
+	width := int64(1) << img.refOrder
+	for c := start; c < start+n; {
+		bi := c / img.refPerBlk
+		stop := min(start+n, (bi+1)*img.refPerBlk)
+		blk, off, err := img.refBlock(img.rt, bi)
+		if err != nil {
+			return err
+		}
+		if blk == nil {
+			return img.f.Sync()
+		}
+		lo, hi := c-bi*img.refPerBlk, stop-bi*img.refPerBlk
+		from, to := lo*width/8, ceilDiv(hi*width, 8)
+		if err := writeDurable(img.f, blk[from:to], off+from); err != nil {
+			return err
+		}
+		c = stop
+	}
+	end := (start + n) * img.cs
+	return writeDurable(img.f, make([]byte, 512), end-512)
 }

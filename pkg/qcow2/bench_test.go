@@ -198,6 +198,23 @@ func (f *benchFile) Sync() error {
 	return f.File.Sync()
 }
 
+// WriteAtDurable forwards RWF_DSYNC writes (counted as syncs), so that the
+// engine takes the same path as on a plain file.
+func (f *benchFile) WriteAtDurable(p []byte, off int64) error {
+	if f.stats != nil {
+		defer f.stats.add(statSync, time.Now())
+	}
+	if d, ok := f.File.(interface {
+		WriteAtDurable([]byte, int64) error
+	}); ok {
+		return d.WriteAtDurable(p, off)
+	}
+	if _, err := f.File.WriteAt(p, off); err != nil {
+		return err
+	}
+	return f.File.Sync()
+}
+
 func (f *benchFile) PunchHole(off, n int64) error {
 	if f.stats != nil {
 		defer f.stats.add(statPunch, time.Now())

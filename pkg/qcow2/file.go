@@ -24,10 +24,30 @@ type File interface {
 	Close() error
 }
 
+// durableWriter is implemented by Files that can make one write durable
+// without flushing anything else (pwritev2 with RWF_DSYNC): by the time it
+// returns, the bytes and the file size needed to read them are on disk.
+type durableWriter interface {
+	WriteAtDurable(p []byte, off int64) error
+}
+
+// writeDurable makes one write durable, with RWF_DSYNC where the File can,
+// else with a write and a full sync.
+func writeDurable(f File, p []byte, off int64) error {
+	if d, ok := f.(durableWriter); ok {
+		return d.WriteAtDurable(p, off)
+	}
+	if _, err := f.WriteAt(p, off); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
 // osFile is File over an *os.File.
 type osFile struct {
 	f        *os.File
 	canPunch bool
+	noDsync  bool // RWF_DSYNC refused: fall back to fdatasync
 }
 
 // NewOSFile wraps f; the returned File takes ownership of f.
@@ -45,6 +65,28 @@ func (o *osFile) Size() (int64, error) {
 		return 0, err
 	}
 	return st.Size(), nil
+}
+
+// WriteAtDurable writes with RWF_DSYNC (O_DSYNC for this write only);
+// kernels or filesystems without it get a write and an fdatasync.
+func (o *osFile) WriteAtDurable(p []byte, off int64) error {
+	if !o.noDsync {
+		n, err := unix.Pwritev2(int(o.f.Fd()), [][]byte{p}, off, unix.RWF_DSYNC)
+		if err == nil && n == len(p) {
+			return nil
+		}
+		if err == nil || (!errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL)) {
+			if err == nil {
+				err = io.ErrShortWrite
+			}
+			return err
+		}
+		o.noDsync = true
+	}
+	if _, err := o.f.WriteAt(p, off); err != nil {
+		return err
+	}
+	return o.Sync()
 }
 
 func (o *osFile) PunchHole(off, n int64) error {

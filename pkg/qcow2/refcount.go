@@ -98,6 +98,7 @@ func (img *Image) allocRun(n int64, rt []uint64, live bool) (int64, error) {
 		nb = int64(len(missing))
 	}
 	end := start + n + int64(len(missing))
+	img.alloc.blocksCreated += len(missing)
 	if end*img.cs > maxHostOffset {
 		return 0, fmt.Errorf("%w: image file would exceed %d bytes", ErrRange, maxHostOffset)
 	}
