@@ -54,6 +54,55 @@ func (img *Image) markDirty() error {
 	return nil
 }
 
+// beginDirtyOp sets the dirty bit before an operation whose refcount and
+// OFLAG_COPIED changes are not consistent on disk until it completes (the
+// snapshot operations). Lazy refcounts set it as usual (markDirty) and keep
+// it until Close; other version 3 images get it for the operation only:
+// owned reports that endDirtyOp must clear it. Version 2 has no dirty bit.
+func (img *Image) beginDirtyOp() (owned bool, err error) {
+	if img.lazy() {
+		return false, img.markDirty()
+	}
+	v := img.hdrIncompat.Load()
+	if img.hdr.Version < 3 || v&incompatDirty != 0 {
+		return false, nil
+	}
+	if err := img.writeU64(hdrOffIncompat, v|incompatDirty); err != nil {
+		return false, err
+	}
+	// Stored before the sync: should the sync fail, the bit may be on
+	// disk, and keepDirty (endDirtyOp) must keep it there.
+	img.hdrIncompat.Store(v | incompatDirty)
+	if err := img.f.Sync(); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// endDirtyOp ends an operation begun with beginDirtyOp; err is its result.
+// On success everything the operation wrote is durable already (its last
+// step was a Sync), so an owned bit is cleared and synced. On failure the
+// bit stays set, also through Close, so that the next Open rebuilds the
+// refcounts and OFLAG_COPIED flags.
+func (img *Image) endDirtyOp(owned bool, err error) error {
+	if err != nil {
+		if img.hdrIncompat.Load()&incompatDirty != 0 {
+			img.keepDirty = true
+		}
+		return err
+	}
+	if !owned || img.keepDirty {
+		return nil
+	}
+	v := img.hdrIncompat.Load() &^ incompatDirty
+	if err := img.writeU64(hdrOffIncompat, v); err != nil {
+		img.keepDirty = true
+		return err
+	}
+	img.hdrIncompat.Store(v)
+	return img.f.Sync()
+}
+
 // closeCleanLocked returns reserved clusters, makes everything durable and
 // clears the dirty bit, so that the closed image checks clean.
 func (img *Image) closeCleanLocked() error {
@@ -63,7 +112,7 @@ func (img *Image) closeCleanLocked() error {
 	if err := img.f.Sync(); err != nil {
 		return err
 	}
-	if v := img.hdrIncompat.Load(); v&incompatDirty != 0 {
+	if v := img.hdrIncompat.Load(); v&incompatDirty != 0 && !img.keepDirty {
 		if err := img.writeU64(hdrOffIncompat, v&^incompatDirty); err != nil {
 			return err
 		}

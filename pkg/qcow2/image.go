@@ -51,6 +51,9 @@ type Image struct {
 	corrupt     atomic.Bool // corruption found: no more writes
 	closed      bool
 	keepFile    bool // Close leaves f open (CreateFile's caller owns it)
+	// keepDirty: an operation failed while the dirty bit was set, so the
+	// refcounts may be wrong; Close leaves the bit set (Open rebuilds).
+	keepDirty bool
 }
 
 // Open opens the qcow2 image at path.

@@ -16,7 +16,9 @@ import (
 // reaches it, and OFLAG_COPIED in the active tree is set exactly where the
 // refcount is 1.
 //
-// Crash order (DESIGN.md rule 3), for every operation: refcount increments,
+// Crash order (DESIGN.md rule 3), for every operation: the dirty bit is set
+// (version 3, beginDirtyOp) before the first refcount or COPIED change and,
+// without lazy refcounts, cleared after the last sync; refcount increments,
 // the new tables (snapshot L1 copy, snapshot table, active L1) and the
 // COPIED flags that must be cleared are written and synced before the
 // header points at them; the header switch is one write inside the first
@@ -105,7 +107,7 @@ func (img *Image) snapshotOpStart() (*snapshotTable, error) {
 // exclusively): every write that returned before the call is in the
 // snapshot. Names must be unique (QEMU allows duplicates; this engine
 // refuses them so that a name identifies one snapshot).
-func (img *Image) CreateSnapshot(name string) (SnapshotInfo, error) {
+func (img *Image) CreateSnapshot(name string) (_ SnapshotInfo, err error) {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	t, err := img.snapshotOpStart()
@@ -153,9 +155,11 @@ func (img *Image) CreateSnapshot(name string) (SnapshotInfo, error) {
 	if err := img.checkRefDelta(refs, 1); err != nil {
 		return SnapshotInfo{}, err
 	}
-	if err := img.markDirty(); err != nil {
-		return SnapshotInfo{}, err
+	owned, err := img.beginDirtyOp()
+	if err != nil {
+		return SnapshotInfo{}, img.endDirtyOp(owned, err)
 	}
+	defer func() { err = img.endDirtyOp(owned, err) }()
 	l1Bytes := int64(len(img.l1)) * 8
 	var l1Start int64
 	if l1Bytes > 0 {
@@ -540,7 +544,7 @@ func (img *Image) flushLocked(extra []int64) error {
 // ApplySnapshot reverts the active layer to a snapshot (qemu-img snapshot
 // -a): the active L1 table becomes a copy of the snapshot's and the virtual
 // size becomes the snapshot's disk size. The snapshot is kept.
-func (img *Image) ApplySnapshot(idOrName string) error {
+func (img *Image) ApplySnapshot(idOrName string) (err error) {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	t, err := img.snapshotOpStart()
@@ -579,9 +583,11 @@ func (img *Image) ApplySnapshot(idOrName string) error {
 	if err != nil {
 		return err
 	}
-	if err := img.markDirty(); err != nil {
-		return err
+	owned, err := img.beginDirtyOp()
+	if err != nil {
+		return img.endDirtyOp(owned, err)
 	}
+	defer func() { err = img.endDirtyOp(owned, err) }()
 	var start int64
 	ncl := ceilDiv(n*8, img.cs)
 	if n > 0 {
@@ -680,7 +686,7 @@ func (img *Image) clearCopiedL2(l1i, l2off int64) error {
 
 // DeleteSnapshot removes a snapshot (found by id, then by name) and
 // releases the clusters only it referenced.
-func (img *Image) DeleteSnapshot(idOrName string) error {
+func (img *Image) DeleteSnapshot(idOrName string) (err error) {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	t, err := img.snapshotOpStart()
@@ -711,9 +717,11 @@ func (img *Image) DeleteSnapshot(idOrName string) error {
 			return err
 		}
 	}
-	if err := img.markDirty(); err != nil {
-		return err
+	owned, err := img.beginDirtyOp()
+	if err != nil {
+		return img.endDirtyOp(owned, err)
 	}
+	defer func() { err = img.endDirtyOp(owned, err) }()
 	if len(entries) > 0 {
 		start, err := img.allocRunLive(ceilDiv(int64(len(table)), img.cs))
 		if err != nil {
