@@ -8,9 +8,19 @@ import (
 )
 
 // openBacking opens the backing file named inside image `child` under the
-// caller's policy. Backing files are always opened read-only.
+// caller's policy. Backing files are opened read-only.
 func openBacking(child, name, format string, opts Options, depth int) (Disk, error) {
-	f, path, err := resolveBacking(child, name, opts.Backing)
+	return openBackingMode(child, name, format, opts, depth, false)
+}
+
+// openBackingMode is openBacking, or with writable the same for writing
+// (commit): the policy applies alike.
+func openBackingMode(child, name, format string, opts Options, depth int, writable bool) (Disk, error) {
+	flag := os.O_RDONLY
+	if writable {
+		flag = os.O_RDWR
+	}
+	f, path, err := resolveBackingFlag(child, name, opts.Backing, flag)
 	if err != nil {
 		return nil, err
 	}
@@ -22,10 +32,10 @@ func openBacking(child, name, format string, opts Options, depth int) (Disk, err
 	}
 	switch format {
 	case "raw":
-		return newRaw(path, f, true)
+		return newRaw(path, f, !writable)
 	case "qcow2":
 		bopts := opts
-		bopts.ReadOnly = true
+		bopts.ReadOnly = !writable
 		bopts.NoBacking = false
 		if bopts.Backing.Root == "" && !bopts.Backing.AllowAnyPath {
 			// Deeper layers stay confined to the top image's root.
@@ -42,16 +52,11 @@ func openBacking(child, name, format string, opts Options, depth int) (Disk, err
 	return nil, fmt.Errorf("%w: backing file format %q", ErrUnsupported, format)
 }
 
-// resolveBacking applies the policy to a backing file name and opens it.
-// Relative names resolve against the directory of the image naming them,
-// as in QEMU. Under a confining policy the file is opened through os.Root,
-// which refuses "..", absolute paths and symlinks that leave the root.
-func resolveBacking(child, name string, pol BackingPolicy) (*os.File, string, error) {
-	return resolveBackingFlag(child, name, pol, os.O_RDONLY)
-}
-
-// resolveBackingFlag is resolveBacking with the open flags given (commit
-// opens the backing file writable).
+// resolveBackingFlag applies the policy to a backing file name and opens it
+// with flag. Relative names resolve against the directory of the image
+// naming them, as in QEMU. Under a confining policy the file is opened
+// through os.Root, which refuses "..", absolute paths and symlinks that
+// leave the root.
 func resolveBackingFlag(child, name string, pol BackingPolicy, flag int) (*os.File, string, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
 		return nil, "", fmt.Errorf("%w: empty or malformed backing file name", ErrInvalid)

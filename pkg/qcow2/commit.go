@@ -2,8 +2,6 @@ package qcow2
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 )
 
 // Commit copies every cluster the qcow2 image at path defines (data, and
@@ -26,7 +24,7 @@ func Commit(path string, pol BackingPolicy, drop bool) error {
 	if h.BackingFile == "" {
 		return fmt.Errorf("%w: image does not have a backing file", ErrInvalid)
 	}
-	base, err := openBackingWritable(path, h.BackingFile, h.BackingFormat, pol)
+	base, err := openBackingMode(path, h.BackingFile, h.BackingFormat, Options{Backing: pol}, 1, true)
 	if err != nil {
 		return fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
 	}
@@ -43,37 +41,6 @@ func Commit(path string, pol BackingPolicy, drop bool) error {
 		}
 	}
 	return top.Close()
-}
-
-// openBackingWritable opens the backing file name of image child for
-// writing, under the same policy rules as openBacking.
-func openBackingWritable(child, name, format string, pol BackingPolicy) (Disk, error) {
-	f, path, err := resolveBackingFlag(child, name, pol, os.O_RDWR)
-	if err != nil {
-		return nil, err
-	}
-	if format == "" {
-		if format, err = probeFile(f); err != nil {
-			f.Close()
-			return nil, err
-		}
-	}
-	switch format {
-	case "raw":
-		return newRaw(path, f, false)
-	case "qcow2":
-		if pol.Root == "" && !pol.AllowAnyPath {
-			pol.Root = filepath.Dir(absPath(child))
-		}
-		img, err := openFile(NewOSFile(f), path, Options{Backing: pol}, 1)
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		return img, nil
-	}
-	f.Close()
-	return nil, fmt.Errorf("%w: backing file format %q", ErrUnsupported, format)
 }
 
 // commitInto copies what top (opened without its chain) defines into base

@@ -90,6 +90,14 @@ func findSnapshot(entries []snapshotEntry, idOrName string) int {
 	return -1
 }
 
+// lookupSnapshot is findSnapshot with ErrSnapshotNotFound for a miss.
+func lookupSnapshot(entries []snapshotEntry, idOrName string) (int, error) {
+	if i := findSnapshot(entries, idOrName); i >= 0 {
+		return i, nil
+	}
+	return -1, fmt.Errorf("%w: %q", ErrSnapshotNotFound, idOrName)
+}
+
 // snapshotOpStart takes the checks every modifying snapshot operation
 // shares; the caller holds mu exclusively.
 func (img *Image) snapshotOpStart() (*snapshotTable, error) {
@@ -551,9 +559,9 @@ func (img *Image) ApplySnapshot(idOrName string) (err error) {
 	if err != nil {
 		return err
 	}
-	i := findSnapshot(t.Entries, idOrName)
-	if i < 0 {
-		return fmt.Errorf("%w: %q", ErrSnapshotNotFound, idOrName)
+	i, err := lookupSnapshot(t.Entries, idOrName)
+	if err != nil {
+		return err
 	}
 	e := &t.Entries[i]
 	if e.DiskSize > uint64(maxImageSize) {
@@ -693,9 +701,9 @@ func (img *Image) DeleteSnapshot(idOrName string) (err error) {
 	if err != nil {
 		return err
 	}
-	i := findSnapshot(t.Entries, idOrName)
-	if i < 0 {
-		return fmt.Errorf("%w: %q", ErrSnapshotNotFound, idOrName)
+	i, err := lookupSnapshot(t.Entries, idOrName)
+	if err != nil {
+		return err
 	}
 	e := t.Entries[i]
 	snapL1, err := img.readSnapshotL1(&e)
@@ -781,9 +789,9 @@ func (img *Image) OpenSnapshot(idOrName string) (*SnapshotView, error) {
 	if err != nil {
 		return nil, err
 	}
-	i := findSnapshot(t.Entries, idOrName)
-	if i < 0 {
-		return nil, fmt.Errorf("%w: %q", ErrSnapshotNotFound, idOrName)
+	i, err := lookupSnapshot(t.Entries, idOrName)
+	if err != nil {
+		return nil, err
 	}
 	e := &t.Entries[i]
 	if e.DiskSize > uint64(maxImageSize) {
