@@ -17,7 +17,8 @@ type CompressedCluster struct {
 	Off int64
 	// Data is one cluster of guest data. It is shorter only for the last
 	// cluster of an image whose size is not cluster aligned (it then ends
-	// at the end of the image, and is padded with zeros, as QEMU does).
+	// at or before the end of the image, and is padded with zeros, as QEMU
+	// does).
 	Data []byte
 }
 
@@ -191,7 +192,7 @@ func (img *Image) checkCompressedShapes(cl []CompressedCluster) error {
 		switch {
 		case c.Off%img.cs != 0:
 			return errorf(ErrInvalid, "compressed write at %d: offset is not cluster aligned", c.Off)
-		case n != img.cs && !(n > 0 && n < img.cs && c.Off+n == img.size):
+		case n != img.cs && !(n > 0 && n < img.cs && c.Off+img.cs >= img.size && c.Off+n <= img.size):
 			return errorf(ErrInvalid, "compressed write at %d: %d bytes, a compressed write covers one whole %d-byte cluster", c.Off, n, img.cs)
 		case seen[c.Off]:
 			return errorf(ErrInvalid, "compressed write at %d: the cluster appears twice in one batch", c.Off)
@@ -332,10 +333,36 @@ var (
 		}
 		return w
 	}}
+	// The windowed writer codes literals with fixed Huffman tables, which
+	// cannot shrink high-entropy text; Huffman-only deflate uses no
+	// distances at all (valid for any window) and dynamic tables.
+	huffPool = sync.Pool{New: func() any {
+		w, err := flate.NewWriter(nil, flate.HuffmanOnly)
+		if err != nil {
+			panic(err)
+		}
+		return w
+	}}
 	zstdOnce sync.Once
 	zstdEnc  *zstd.Encoder
 	zstdErr  error
 )
+
+// deflateWith compresses src with a pooled deflate writer.
+func deflateWith(pool *sync.Pool, src []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.Grow(len(src) / 2)
+	fw := pool.Get().(*flate.Writer)
+	defer pool.Put(fw)
+	fw.Reset(&buf)
+	if _, err := fw.Write(src); err != nil {
+		return nil, err
+	}
+	if err := fw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
 
 // compressCluster returns the compressed stream of src, or nil if it is
 // not smaller than len(src)-1 bytes (QEMU's bound: the output buffer has
@@ -344,21 +371,23 @@ func compressCluster(src []byte, ctype uint8) ([]byte, error) {
 	limit := len(src) - 1
 	switch ctype {
 	case 0:
-		var buf bytes.Buffer
-		buf.Grow(len(src) / 2)
-		fw := flatePool.Get().(*flate.Writer)
-		defer flatePool.Put(fw)
-		fw.Reset(&buf)
-		if _, err := fw.Write(src); err != nil {
+		best, err := deflateWith(&flatePool, src)
+		if err != nil {
 			return nil, err
 		}
-		if err := fw.Close(); err != nil {
-			return nil, err
+		if len(best) > len(src)*7/8 {
+			huff, err := deflateWith(&huffPool, src)
+			if err != nil {
+				return nil, err
+			}
+			if len(huff) < len(best) {
+				best = huff
+			}
 		}
-		if buf.Len() > limit {
+		if len(best) > limit {
 			return nil, nil
 		}
-		return buf.Bytes(), nil
+		return best, nil
 	case 1:
 		// One frame with the content size and no checksum, as QEMU's
 		// ZSTD_compressStream2(..., ZSTD_e_end) writes it.
