@@ -17,6 +17,10 @@ func (img *Image) walk(off, n int64, fn func(r run) error) error {
 		vi := pos / img.cs
 		in := pos % img.cs
 		l := min(img.cs-in, end-pos)
+		if l1i := vi / img.l2Entries; l1i >= int64(len(img.l1)) || img.l1[l1i]&l1OffsetMask == 0 {
+			// No L2 table: the rest of its range is unallocated at once.
+			l = min((l1i+1)*img.l2Entries*img.cs, end) - pos
+		}
 		m, err := img.lookup(vi)
 		if err != nil {
 			return err
