@@ -110,6 +110,17 @@ func (img *Image) snapshotOpStart() (*snapshotTable, error) {
 	return readSnapshotTable(img.f, img.hdr)
 }
 
+// snapshotOpOn is snapshotOpStart for an operation on an existing snapshot:
+// it also finds the snapshot's index in the table.
+func (img *Image) snapshotOpOn(idOrName string) (*snapshotTable, int, error) {
+	t, err := img.snapshotOpStart()
+	if err != nil {
+		return nil, -1, err
+	}
+	i, err := lookupSnapshot(t.Entries, idOrName)
+	return t, i, err
+}
+
 // CreateSnapshot takes an internal snapshot of the active layer. On an
 // image open for writes it waits for in-flight writes (it holds mu
 // exclusively): every write that returned before the call is in the
@@ -555,11 +566,7 @@ func (img *Image) flushLocked(extra []int64) error {
 func (img *Image) ApplySnapshot(idOrName string) (err error) {
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	t, err := img.snapshotOpStart()
-	if err != nil {
-		return err
-	}
-	i, err := lookupSnapshot(t.Entries, idOrName)
+	t, i, err := img.snapshotOpOn(idOrName)
 	if err != nil {
 		return err
 	}
@@ -697,11 +704,7 @@ func (img *Image) clearCopiedL2(l1i, l2off int64) error {
 func (img *Image) DeleteSnapshot(idOrName string) (err error) {
 	img.mu.Lock()
 	defer img.mu.Unlock()
-	t, err := img.snapshotOpStart()
-	if err != nil {
-		return err
-	}
-	i, err := lookupSnapshot(t.Entries, idOrName)
+	t, i, err := img.snapshotOpOn(idOrName)
 	if err != nil {
 		return err
 	}
