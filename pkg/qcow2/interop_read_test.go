@@ -321,6 +321,26 @@ func TestInteropRead(t *testing.T) {
 	}
 }
 
+// iopQemuBaseAndMid makes, with qemu-img and qemu-io, dir/base.<baseFmt>
+// and dir/mid.qcow2 over it (relative name), each written with n random
+// operations.
+func iopQemuBaseAndMid(t *testing.T, rng *rand.Rand, dir string, cfg iopConfig, baseFmt string, size int64, n int) (base, mid string) {
+	t.Helper()
+	base = filepath.Join(dir, "base."+baseFmt)
+	if baseFmt == "raw" {
+		qemutest.CreateRaw(t, base, size)
+	} else {
+		qemutest.CreateImage(t, base, cfg.qemu(size))
+	}
+	qemutest.QemuIO(t, base, baseFmt, iopGenOps(rng, size, cfg.cluster, n, true)...)
+	mid = filepath.Join(dir, "mid.qcow2")
+	o := cfg.qemu(0)
+	o.BackingFile, o.BackingFormat = filepath.Base(base), baseFmt
+	qemutest.CreateImage(t, mid, o)
+	qemutest.QemuIO(t, mid, "qcow2", iopGenOps(rng, size, cfg.cluster, n, true)...)
+	return base, mid
+}
+
 func iopReadChain(t *testing.T, cfg iopConfig, baseFmt string, seed int64) {
 	rng := rand.New(rand.NewSource(seed))
 	dir := t.TempDir()
@@ -328,23 +348,11 @@ func iopReadChain(t *testing.T, cfg iopConfig, baseFmt string, seed int64) {
 	// base <- mid <- top, relative names, one directory. The top is one
 	// cluster and a sector larger than its backing chain: that tail reads
 	// as zeros.
-	base := filepath.Join(dir, "base."+baseFmt)
-	if baseFmt == "raw" {
-		qemutest.CreateRaw(t, base, size)
-	} else {
-		qemutest.CreateImage(t, base, cfg.qemu(size))
-	}
-	qemutest.QemuIO(t, base, baseFmt, iopGenOps(rng, size, cfg.cluster, 25, true)...)
-
-	mid := filepath.Join(dir, "mid.qcow2")
-	o := cfg.qemu(0)
-	o.BackingFile, o.BackingFormat = filepath.Base(base), baseFmt
-	qemutest.CreateImage(t, mid, o)
-	qemutest.QemuIO(t, mid, "qcow2", iopGenOps(rng, size, cfg.cluster, 25, true)...)
+	base, mid := iopQemuBaseAndMid(t, rng, dir, cfg, baseFmt, size, 25)
 
 	top := filepath.Join(dir, "top.qcow2")
 	topSize := size + cfg.cluster + 512
-	o = cfg.qemu(topSize)
+	o := cfg.qemu(topSize)
 	o.BackingFile, o.BackingFormat = "mid.qcow2", "qcow2"
 	qemutest.CreateImage(t, top, o)
 	qemutest.QemuIO(t, top, "qcow2", iopGenOps(rng, topSize, cfg.cluster, 25, true)...)

@@ -296,18 +296,7 @@ func TestInteropWriteQemuChain(t *testing.T) {
 			if cfg.rbits == 16 && !cfg.lazy {
 				baseFmt = "raw"
 			}
-			base := filepath.Join(dir, "base."+baseFmt)
-			if baseFmt == "raw" {
-				qemutest.CreateRaw(t, base, size)
-			} else {
-				qemutest.CreateImage(t, base, cfg.qemu(size))
-			}
-			qemutest.QemuIO(t, base, baseFmt, iopGenOps(rng, size, cfg.cluster, 20, true)...)
-			mid := filepath.Join(dir, "mid.qcow2")
-			o := cfg.qemu(0)
-			o.BackingFile, o.BackingFormat = filepath.Base(base), baseFmt
-			qemutest.CreateImage(t, mid, o)
-			qemutest.QemuIO(t, mid, "qcow2", iopGenOps(rng, size, cfg.cluster, 20, true)...)
+			_, mid := iopQemuBaseAndMid(t, rng, dir, cfg, baseFmt, size, 20)
 			ref := filepath.Join(dir, "ref.raw")
 			iopCopyGuest(t, mid, "qcow2", ref)
 
