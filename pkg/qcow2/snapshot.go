@@ -462,13 +462,9 @@ func (img *Image) fixCopied() error {
 		if l2off == 0 {
 			continue
 		}
-		rc, err := img.refcount(l2off / img.cs)
+		want, err := img.copiedFlag(le, l2off)
 		if err != nil {
 			return err
-		}
-		want := le &^ oflagCopied
-		if rc == 1 {
-			want |= oflagCopied
 		}
 		if want != le {
 			entryOff := l1off + int64(i)*8
@@ -488,6 +484,20 @@ func (img *Image) fixCopied() error {
 	return nil
 }
 
+// copiedFlag returns entry with OFLAG_COPIED set exactly when the cluster
+// at host has refcount 1.
+func (img *Image) copiedFlag(entry uint64, host int64) (uint64, error) {
+	rc, err := img.refcount(host / img.cs)
+	if err != nil {
+		return 0, err
+	}
+	want := entry &^ oflagCopied
+	if rc == 1 {
+		want |= oflagCopied
+	}
+	return want, nil
+}
+
 // fixCopiedL2 fixes the COPIED flags of the L2 table of L1 entry l1i.
 func (img *Image) fixCopiedL2(l1i, l2off int64) error {
 	first := l1i * img.l2Entries
@@ -504,13 +514,9 @@ func (img *Image) fixCopiedL2(l1i, l2off int64) error {
 			if e&oflagCompressed != 0 || host == 0 {
 				continue
 			}
-			rc, err := img.refcount(host / img.cs)
+			want, err := img.copiedFlag(e, host)
 			if err != nil {
 				return err
-			}
-			want := e &^ oflagCopied
-			if rc == 1 {
-				want |= oflagCopied
 			}
 			if want == e {
 				continue
