@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"errors"
 	"slices"
 )
 
@@ -222,23 +223,14 @@ func (img *Image) releasePool() error {
 // rewritten with RWF_DSYNC, and so is the run's last sector (zeros: the
 // run is fresh), which carries the new size with it.
 func (img *Image) makeRunDurable(start, n int64) error {
-	width := int64(1) << img.refOrder
-	for c := start; c < start+n; {
-		bi := c / img.refPerBlk
-		stop := min(start+n, (bi+1)*img.refPerBlk)
-		blk, off, err := img.refBlock(img.rt, bi)
-		if err != nil {
-			return err
-		}
-		if blk == nil {
-			return img.f.Sync()
-		}
-		lo, hi := c-bi*img.refPerBlk, stop-bi*img.refPerBlk
-		from, to := lo*width/8, ceilDiv(hi*width, 8)
-		if err := writeDurable(img.f, blk[from:to], off+from); err != nil {
-			return err
-		}
-		c = stop
+	err := img.refcountSpans(img.rt, start, n, func(s refcountSpan) error {
+		return writeDurable(img.f, s.bytes(), s.off+s.from)
+	})
+	if errors.Is(err, errTableFull) {
+		return img.f.Sync()
+	}
+	if err != nil {
+		return err
 	}
 	end := (start + n) * img.cs
 	return writeDurable(img.f, make([]byte, 512), end-512)

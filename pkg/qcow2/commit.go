@@ -105,15 +105,7 @@ func zeroDisk(d Disk, off, n int64) error {
 	if img, ok := d.(*Image); ok {
 		return img.WriteZeroes(off, n, true)
 	}
-	zero := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		m := min(n, int64(len(zero)))
-		if _, err := d.WriteAt(zero[:m], off); err != nil {
-			return err
-		}
-		off, n = off+m, n-m
-	}
-	return nil
+	return writeZeros(d, off, n)
 }
 
 // makeEmpty deallocates every cluster of the active layer (L2 entries

@@ -62,3 +62,36 @@ func OpenDisk(path, format string, opts Options) (Disk, error) {
 	}
 	return nil, fmt.Errorf("%w: image format %q (qcow2 and raw are supported)", ErrUnsupported, format)
 }
+
+// diskIsZero reports from metadata whether d reads [off, off+n) as zeros;
+// a nil d and ranges past its end read as zeros.
+func diskIsZero(d Disk, off, n int64) (bool, error) {
+	if d == nil || off >= d.Size() {
+		return true, nil
+	}
+	ext, err := d.Map(off, min(n, d.Size()-off))
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ext {
+		if !e.Zero || e.Data {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// readDisk reads [off, off+len(p)) of d; a nil d and bytes past its end
+// read as zeros.
+func readDisk(d Disk, p []byte, off int64) error {
+	if d == nil || off >= d.Size() {
+		clear(p)
+		return nil
+	}
+	if end := d.Size(); off+int64(len(p)) > end {
+		clear(p[end-off:])
+		p = p[:end-off]
+	}
+	_, err := d.ReadAt(p, off)
+	return err
+}

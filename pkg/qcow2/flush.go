@@ -67,14 +67,10 @@ func (img *Image) beginDirtyOp() (owned bool, err error) {
 	if img.hdr.Version < 3 || v&incompatDirty != 0 {
 		return false, nil
 	}
-	if err := img.writeU64(hdrOffIncompat, v|incompatDirty); err != nil {
-		return false, err
-	}
-	// Stored before the sync: should the sync fail, the bit may be on
-	// disk, and keepDirty (endDirtyOp) must keep it there.
-	img.hdrIncompat.Store(v | incompatDirty)
-	if err := img.f.Sync(); err != nil {
-		return true, err
+	if err := img.storeIncompat(v | incompatDirty); err != nil {
+		// If the bit reached hdrIncompat it may be on disk: endDirtyOp
+		// must keep it there.
+		return img.hdrIncompat.Load()&incompatDirty != 0, err
 	}
 	return true, nil
 }
@@ -94,13 +90,13 @@ func (img *Image) endDirtyOp(owned bool, err error) error {
 	if !owned || img.keepDirty {
 		return nil
 	}
-	v := img.hdrIncompat.Load() &^ incompatDirty
-	if err := img.writeU64(hdrOffIncompat, v); err != nil {
-		img.keepDirty = true
+	if err := img.storeIncompat(img.hdrIncompat.Load() &^ incompatDirty); err != nil {
+		if img.hdrIncompat.Load()&incompatDirty != 0 {
+			img.keepDirty = true // the write failed: the bit is still set
+		}
 		return err
 	}
-	img.hdrIncompat.Store(v)
-	return img.f.Sync()
+	return nil
 }
 
 // closeCleanLocked returns reserved clusters, makes everything durable and
@@ -113,11 +109,18 @@ func (img *Image) closeCleanLocked() error {
 		return err
 	}
 	if v := img.hdrIncompat.Load(); v&incompatDirty != 0 && !img.keepDirty {
-		if err := img.writeU64(hdrOffIncompat, v&^incompatDirty); err != nil {
-			return err
-		}
-		img.hdrIncompat.Store(v &^ incompatDirty)
-		return img.f.Sync()
+		return img.storeIncompat(v &^ incompatDirty)
 	}
 	return nil
+}
+
+// storeIncompat writes incompatible_features, records it in hdrIncompat
+// (before the sync: should the sync fail, the bits may be on disk) and
+// syncs.
+func (img *Image) storeIncompat(v uint64) error {
+	if err := img.writeU64(hdrOffIncompat, v); err != nil {
+		return err
+	}
+	img.hdrIncompat.Store(v)
+	return img.f.Sync()
 }

@@ -115,27 +115,6 @@ func (img *Image) readRun(dst []byte, r run) error {
 		copy(dst, buf[r.off%img.cs:])
 		return nil
 	default:
-		return img.readBacking(dst, r.off)
+		return readDisk(img.backing, dst, r.off)
 	}
-}
-
-// readBacking reads guest range [off, off+len(dst)) from the backing file;
-// bytes past its end, or without one, read as zeros.
-func (img *Image) readBacking(dst []byte, off int64) error {
-	if img.backing == nil {
-		clear(dst)
-		return nil
-	}
-	bsize := img.backing.Size()
-	n := int64(len(dst))
-	if off >= bsize {
-		clear(dst)
-		return nil
-	}
-	if off+n > bsize {
-		clear(dst[bsize-off:])
-		dst = dst[:bsize-off]
-	}
-	_, err := img.backing.ReadAt(dst, off)
-	return err
 }

@@ -151,39 +151,6 @@ func (img *Image) zeroUnallocated(vi int64) error {
 	return img.commit(&writeBatch{l2: []l2Update{{vi, oflagZero}}})
 }
 
-// diskIsZero reports from metadata whether d reads [off, off+n) as zeros;
-// a nil d and ranges past its end read as zeros.
-func diskIsZero(d Disk, off, n int64) (bool, error) {
-	if d == nil || off >= d.Size() {
-		return true, nil
-	}
-	ext, err := d.Map(off, min(n, d.Size()-off))
-	if err != nil {
-		return false, err
-	}
-	for _, e := range ext {
-		if !e.Zero || e.Data {
-			return false, nil
-		}
-	}
-	return true, nil
-}
-
-// readDisk reads [off, off+len(p)) of d; a nil d and bytes past its end
-// read as zeros.
-func readDisk(d Disk, p []byte, off int64) error {
-	if d == nil || off >= d.Size() {
-		clear(p)
-		return nil
-	}
-	if end := d.Size(); off+int64(len(p)) > end {
-		clear(p[end-off:])
-		p = p[:end-off]
-	}
-	_, err := d.ReadAt(p, off)
-	return err
-}
-
 // setBackingLocked rewrites cluster 0 so that the image names a new backing
 // file and format ("" for none). Everything else is kept as it is on disk:
 // the header is re-read from the file, so table offsets, feature bits and

@@ -45,6 +45,36 @@ func (img *Image) setRefcountRange(rt []uint64, start, n int64, v uint64) error 
 	if v > refcountMax(img.refOrder) {
 		return fmt.Errorf("%w: refcount %d exceeds %d-bit refcounts", ErrUnsupported, v, 1<<img.refOrder)
 	}
+	return img.refcountSpans(rt, start, n, func(s refcountSpan) error {
+		if err := img.checkMetaWrite(s.off, metaRefBlock); err != nil {
+			return err
+		}
+		for i := s.lo; i < s.hi; i++ {
+			setRefcount(s.blk, uint64(i), img.refOrder, v)
+		}
+		if _, err := img.f.WriteAt(s.bytes(), s.off+s.from); err != nil {
+			img.rbc.drop(s.off, img.cs)
+			return err
+		}
+		return nil
+	})
+}
+
+// refcountSpan is the part of one refcount block that covers a cluster
+// range: entries [lo, hi), stored in bytes [from, to) of blk, at host
+// offset off.
+type refcountSpan struct {
+	blk      []byte
+	off      int64
+	lo, hi   int64
+	from, to int64
+}
+
+func (s refcountSpan) bytes() []byte { return s.blk[s.from:s.to] }
+
+// refcountSpans calls fn for each refcount block covering clusters
+// [start, start+n) in table rt; a missing block is errTableFull.
+func (img *Image) refcountSpans(rt []uint64, start, n int64, fn func(refcountSpan) error) error {
 	width := int64(1) << img.refOrder
 	for c := start; c < start+n; {
 		bi := c / img.refPerBlk
@@ -56,16 +86,8 @@ func (img *Image) setRefcountRange(rt []uint64, start, n int64, v uint64) error 
 		if blk == nil {
 			return errTableFull
 		}
-		if err := img.checkMetaWrite(off, metaRefBlock); err != nil {
-			return err
-		}
 		lo, hi := c-bi*img.refPerBlk, stop-bi*img.refPerBlk
-		for i := lo; i < hi; i++ {
-			setRefcount(blk, uint64(i), img.refOrder, v)
-		}
-		from, to := lo*width/8, ceilDiv(hi*width, 8)
-		if _, err := img.f.WriteAt(blk[from:to], off+from); err != nil {
-			img.rbc.drop(off, img.cs)
+		if err := fn(refcountSpan{blk: blk, off: off, lo: lo, hi: hi, from: lo * width / 8, to: ceilDiv(hi*width, 8)}); err != nil {
 			return err
 		}
 		c = stop

@@ -877,7 +877,7 @@ func (v *SnapshotView) ReadAt(p []byte, off int64) (int, error) {
 				copy(dst, buf[in:])
 			}
 		default:
-			err = img.readBacking(dst, pos)
+			err = readDisk(img.backing, dst, pos)
 		}
 		if err != nil {
 			return 0, err

@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"slices"
@@ -213,11 +214,11 @@ func (img *Image) oldContent(vi int64, m mapping, full bool) ([]byte, bool, erro
 			return nil, false, nil
 		}
 		if full {
-			zero, err := img.backingIsZero(start, img.cs)
+			zero, err := diskIsZero(img.backing, start, img.cs)
 			return nil, !zero, err
 		}
 		old = make([]byte, img.cs)
-		if err := img.readBacking(old, start); err != nil {
+		if err := readDisk(img.backing, old, start); err != nil {
 			return nil, false, err
 		}
 	case kindData:
@@ -311,7 +312,7 @@ func (img *Image) prepareL2(l1i int64) (int64, error) {
 
 // commit writes a batch in the safe order.
 func (img *Image) commit(w *writeBatch) error {
-	slices.SortFunc(w.data, func(a, b hostWrite) int { return cmpInt64(a.off, b.off) })
+	slices.SortFunc(w.data, func(a, b hostWrite) int { return cmp.Compare(a.off, b.off) })
 	for i := 0; i < len(w.data); {
 		j, end := i+1, w.data[i].off+int64(len(w.data[i].buf))
 		buf := w.data[i].buf
@@ -357,7 +358,7 @@ func (img *Image) commit(w *writeBatch) error {
 
 // writeL2 applies L2 entry updates, one write per touched slice.
 func (img *Image) writeL2(ups []l2Update) error {
-	slices.SortFunc(ups, func(a, b l2Update) int { return cmpInt64(a.vi, b.vi) })
+	slices.SortFunc(ups, func(a, b l2Update) int { return cmp.Compare(a.vi, b.vi) })
 	for i := 0; i < len(ups); {
 		vi := ups[i].vi
 		l2off, err := img.l2Offset(vi / img.l2Entries)
@@ -407,7 +408,7 @@ func joinAdjacent(a, b []byte) ([]byte, bool) {
 
 // mergeRuns sorts cluster runs and joins adjacent ones.
 func mergeRuns(runs []clusterRun) []clusterRun {
-	slices.SortFunc(runs, func(a, b clusterRun) int { return cmpInt64(a.start, b.start) })
+	slices.SortFunc(runs, func(a, b clusterRun) int { return cmp.Compare(a.start, b.start) })
 	var out []clusterRun
 	for _, r := range runs {
 		if n := len(out); n > 0 && out[n-1].start+out[n-1].n == r.start {
@@ -417,36 +418,4 @@ func mergeRuns(runs []clusterRun) []clusterRun {
 		out = append(out, r)
 	}
 	return out
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// backingIsZero reports whether the backing chain reads [off, off+n) as zeros,
-// from metadata alone.
-func (img *Image) backingIsZero(off, n int64) (bool, error) {
-	if img.backing == nil {
-		return true, nil
-	}
-	bsize := img.backing.Size()
-	if off >= bsize {
-		return true, nil
-	}
-	ext, err := img.backing.Map(off, min(n, bsize-off))
-	if err != nil {
-		return false, err
-	}
-	for _, e := range ext {
-		if !e.Zero {
-			return false, nil
-		}
-	}
-	return true, nil
 }

@@ -74,7 +74,7 @@ func (img *Image) zeroPartial(from, to int64) error {
 	case kindZero:
 		return nil
 	case kindUnallocated:
-		if zero, err := img.backingIsZero(from, to-from); err != nil || zero {
+		if zero, err := diskIsZero(img.backing, from, to-from); err != nil || zero {
 			return err
 		}
 	}
@@ -98,7 +98,7 @@ func (img *Image) zeroClusters(first, stop int64, unmap bool) error {
 		case m.kind == kindZero && (!unmap || m.host == 0):
 			continue
 		case m.kind == kindUnallocated:
-			zero, err := img.backingIsZero(vi*img.cs, img.cs)
+			zero, err := diskIsZero(img.backing, vi*img.cs, img.cs)
 			if err != nil {
 				return err
 			}
