@@ -36,6 +36,7 @@ qemu-img check's exit statuses.
 		newImgRebaseCmd(),
 		newImgCommitCmd(),
 		newImgAmendCmd(),
+		newImgServeCmd(),
 	)
 	for _, c := range img.Commands() {
 		// Use already spells out each subcommand's flags, qemu-img style.

@@ -1,0 +1,112 @@
+// Package qcow2nbd adapts the engine's disks (pkg/qcow2) to the NBD
+// server's Backend (pkg/nbdattach), so that neither package needs to know
+// the other. It is used by `csi-qcow2 img serve` and the node plugin.
+package qcow2nbd
+
+import (
+	"errors"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+)
+
+// Image serves a qcow2 image (with its backing chain) as an NBD export.
+type Image struct {
+	img      *qcow2.Image
+	readOnly bool
+	fastZero bool
+}
+
+var _ nbdattach.Backend = (*Image)(nil)
+
+// New adapts img. readOnly refuses writes even if img was opened writable.
+func New(img *qcow2.Image, readOnly bool) *Image {
+	// Whole-cluster zeroing is a metadata update only on v3 images (the
+	// zero flag); v2 images with a backing file must write zero bytes.
+	return &Image{img: img, readOnly: readOnly || img.ReadOnly(), fastZero: img.Header().Version >= 3}
+}
+
+func (b *Image) Size() int64 { return b.img.Size() }
+
+// Caps: the engine's Flush syncs the one image file every connection
+// writes through, so several connections are safe (CAN_MULTI_CONN).
+func (b *Image) Caps() nbdattach.Caps {
+	return nbdattach.Caps{ReadOnly: b.readOnly, MultiConn: true, FUA: true, Trim: true,
+		WriteZeroes: true, FastZero: b.fastZero, BlockStatus: true}
+}
+
+func (b *Image) ReadAt(p []byte, off int64) (int, error) {
+	n, err := b.img.ReadAt(p, off)
+	return n, mapErr(err)
+}
+
+func (b *Image) WriteAt(p []byte, off int64) (int, error) {
+	if b.readOnly {
+		return 0, nbdattach.ErrReadOnly
+	}
+	n, err := b.img.WriteAt(p, off)
+	return n, mapErr(err)
+}
+
+func (b *Image) Flush() error {
+	if b.readOnly {
+		return nil
+	}
+	return mapErr(b.img.Flush())
+}
+
+func (b *Image) Trim(off, n int64) error {
+	if b.readOnly {
+		return nbdattach.ErrReadOnly
+	}
+	return mapErr(b.img.Discard(off, n))
+}
+
+// WriteZeroes deallocates whole clusters unless ZeroNoHole asks to keep
+// them. ZeroFast is refused for ranges that are not whole clusters, whose
+// edges need zero bytes written.
+func (b *Image) WriteZeroes(off, n int64, flags nbdattach.ZeroFlags) error {
+	if b.readOnly {
+		return nbdattach.ErrReadOnly
+	}
+	if flags&nbdattach.ZeroFast != 0 {
+		cs := b.img.ClusterSize()
+		if !b.fastZero || off%cs != 0 || (n%cs != 0 && off+n != b.img.Size()) {
+			return nbdattach.ErrNotFast
+		}
+	}
+	return mapErr(b.img.WriteZeroes(off, n, flags&nbdattach.ZeroNoHole == 0))
+}
+
+// BlockStatus reports the allocation over the whole backing chain, as
+// qemu-nbd does: data anywhere in the chain is allocated; zero clusters
+// and unallocated ranges are holes that read as zeros.
+func (b *Image) BlockStatus(off, n int64) ([]nbdattach.Extent, error) {
+	exts, err := b.img.Map(off, n)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return Extents(exts), nil
+}
+
+// Extents converts the engine's map to base:allocation extents.
+func Extents(exts []qcow2.Extent) []nbdattach.Extent {
+	out := make([]nbdattach.Extent, 0, len(exts))
+	for _, e := range exts {
+		out = append(out, nbdattach.Extent{Length: e.Length, Hole: !e.Data, Zero: e.Zero})
+	}
+	return out
+}
+
+// mapErr turns engine errors into the classes the NBD server reports.
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, qcow2.ErrReadOnly):
+		return errors.Join(nbdattach.ErrReadOnly, err)
+	case errors.Is(err, qcow2.ErrRange):
+		return errors.Join(nbdattach.ErrInvalid, err)
+	}
+	return err
+}

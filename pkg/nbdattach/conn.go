@@ -1,0 +1,38 @@
+package nbdattach
+
+import (
+	"bufio"
+	"net"
+)
+
+// readBufferSize is the connection's read buffer: many small request
+// headers arrive per read; larger write payloads bypass it.
+const readBufferSize = 128 << 10
+
+// connState is one client connection: what the handshake negotiated and
+// the machinery of the transmission phase.
+type connState struct {
+	srv *Server
+	nc  net.Conn
+	br  *bufio.Reader
+
+	// Negotiated during the handshake.
+	noZeroes   bool
+	structured bool
+	metaAlloc  bool   // base:allocation selected
+	metaExport string // the export SET_META_CONTEXT named
+
+	// Transmission phase.
+	backend Backend
+	caps    Caps
+	size    uint64
+	out     replyWriter
+	limit   inflight
+}
+
+func newConnState(s *Server, c net.Conn) *connState {
+	cs := &connState{srv: s, nc: c, br: bufio.NewReaderSize(c, readBufferSize)}
+	cs.out.conn = c
+	cs.limit.init(s.opts.MaxInFlightBytes, s.opts.MaxInFlightRequests)
+	return cs
+}

@@ -1,0 +1,49 @@
+package nbdattach
+
+import "sync"
+
+// inflight bounds what one connection holds at once: bytes of payload and
+// read buffers, and requests. The reader waits in acquire, which stops it
+// from reading more requests off the socket (backpressure on the client).
+type inflight struct {
+	mu       sync.Mutex
+	cond     sync.Cond
+	maxBytes int64
+	maxReqs  int
+	bytes    int64
+	reqs     int
+}
+
+func (f *inflight) init(maxBytes int64, maxReqs int) {
+	f.cond.L = &f.mu
+	f.maxBytes, f.maxReqs = maxBytes, maxReqs
+}
+
+// acquire takes n bytes and one request slot. n must not exceed maxBytes;
+// an idle connection always gets its request in.
+func (f *inflight) acquire(n int64) {
+	f.mu.Lock()
+	for f.reqs > 0 && (f.bytes+n > f.maxBytes || f.reqs >= f.maxReqs) {
+		f.cond.Wait()
+	}
+	f.bytes += n
+	f.reqs++
+	f.mu.Unlock()
+}
+
+func (f *inflight) release(n int64) {
+	f.mu.Lock()
+	f.bytes -= n
+	f.reqs--
+	f.mu.Unlock()
+	f.cond.Signal()
+}
+
+// wait blocks until no request is in flight.
+func (f *inflight) wait() {
+	f.mu.Lock()
+	for f.reqs > 0 {
+		f.cond.Wait()
+	}
+	f.mu.Unlock()
+}
