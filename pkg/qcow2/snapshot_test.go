@@ -12,10 +12,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -488,11 +485,7 @@ func TestSnapshotErrors(t *testing.T) {
 func TestSnapshotLive(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	const (
-		workers = 4
-		region  = 1 << 20 // each writer owns one region, so its writes are ordered
-		nWrites = 80
-	)
+	const workers, region = 4, 1 << 20
 	path := filepath.Join(t.TempDir(), "live.qcow2")
 	if err := qcow2.Create(path, qcow2.CreateOptions{Size: workers * region, ClusterSize: 65536}); err != nil {
 		t.Fatal(err)
@@ -501,91 +494,18 @@ func TestSnapshotLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type wr struct {
-		off int64
-		p   []byte
-	}
-	plans := make([][]wr, workers)
-	for g := range plans {
-		rng := rand.New(rand.NewSource(int64(g)))
-		for range nWrites {
-			n := 1 + rng.Int63n(150000)
-			p := make([]byte, n)
-			rng.Read(p)
-			plans[g] = append(plans[g], wr{int64(g)*region + rng.Int63n(region-n+1), p})
-		}
-	}
-	var done [workers]atomic.Int64
-	// No writer gets past half its writes before the snapshot is called,
-	// so that every one of them is mid-stream when it is taken.
-	var limit atomic.Int64
-	limit.Store(nWrites / 2)
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for g := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i, w := range plans[g] {
-				for int64(i) >= limit.Load() {
-					runtime.Gosched()
-				}
-				if _, err := img.WriteAt(w.p, w.off); err != nil {
-					errs <- err
-					return
-				}
-				done[g].Add(1)
-			}
-		}()
-	}
-	// Wait until every writer is well under way.
-	for g := range workers {
-		for done[g].Load() < nWrites/4 {
-			time.Sleep(100 * time.Microsecond)
-		}
-	}
-	var before [workers]int64
-	for g := range workers {
-		before[g] = done[g].Load()
-	}
-	limit.Store(nWrites)
-	if _, err := img.CreateSnapshot("live"); err != nil {
-		t.Fatal(err)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	apply := func(buf []byte, g int, ws []wr) {
-		for _, w := range ws {
-			copy(buf[w.off-int64(g)*region:], w.p)
-		}
-	}
+	lw := newLiveWriters(workers, region, 80)
+	lw.run(t, img, func() error { _, err := img.CreateSnapshot("live"); return err })
 	v, err := img.OpenSnapshot("live")
 	if err != nil {
 		t.Fatal(err)
 	}
+	zeros := make([]byte, workers*region)
 	snap := snapReadAll(t, v, v.Size())
+	lw.checkSnapshot(t, zeros, snap)
 	live := snapReadAll(t, img, img.Size())
-	for g := range workers {
-		got := snap[g*region : (g+1)*region]
-		state := make([]byte, region)
-		apply(state, g, plans[g][:before[g]])
-		k := before[g]
-		for !bytes.Equal(state, got) && k < nWrites {
-			apply(state, g, plans[g][k:k+1])
-			k++
-		}
-		if !bytes.Equal(state, got) {
-			t.Errorf("writer %d: the snapshot is no prefix of its writes extending the %d that returned before CreateSnapshot", g, before[g])
-		}
-		full := make([]byte, region)
-		apply(full, g, plans[g])
-		if d := qemutest.DiffBytes(full, live[g*region:(g+1)*region], int64(g)*region); d != "" {
-			t.Errorf("writer %d: live image: %s", g, d)
-		}
-		t.Logf("writer %d: %d writes before the call, %d in the snapshot", g, before[g], k)
+	if d := qemutest.DiffBytes(lw.final(zeros), live, 0); d != "" {
+		t.Errorf("live image: %s", d)
 	}
 	if err := img.Close(); err != nil {
 		t.Fatal(err)

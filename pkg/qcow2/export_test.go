@@ -1,0 +1,6 @@
+package qcow2
+
+// SetFreezeHook makes l call fn after each durable step of a Freeze
+// ("settled", "linked", "created", "renamed"); an error from fn fails the
+// Freeze at that point.
+func SetFreezeHook(l *Live, fn func(step string) error) { l.stepHook = fn }
