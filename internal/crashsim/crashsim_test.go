@@ -356,3 +356,60 @@ func TestPointerBeforeDataCaughtByPrefix(t *testing.T) {
 		t.Fatal("prefix states did not catch a pointer written before its data")
 	}
 }
+
+// TestGroupStates: with two files on one Clock, a file's Sync orders its
+// own earlier writes before everything issued later, in any file, and
+// covers nothing of the other file.
+func TestGroupStates(t *testing.T) {
+	var c Clock
+	a, b := NewRecorderOn(&c, nil), NewRecorderOn(&c, nil)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := a.WriteAt(fill('a', SectorSize), 0) // seq 0
+	must(err)
+	must(a.Sync())                               // seq 1: covers a's write
+	_, err = b.WriteAt(fill('b', SectorSize), 0) // seq 2
+	must(err)
+	_, err = a.WriteAt(fill('A', SectorSize), 0) // seq 3: never synced
+	must(err)
+	must(b.Sync()) // seq 4: covers b's write, not a's second
+	if got := c.Now(); got != 5 {
+		t.Fatalf("clock at %d after 5 operations", got)
+	}
+	recs := []*Recording{a.Recording(), b.Recording()}
+	states := GroupStates(recs, Plan{Seed: 7, ReorderedPerEpoch: 50, Prefixes: 5})
+	var bWithoutA, bSyncedAUnsynced, neither bool
+	for _, s := range states {
+		ga, gb := recs[0].Materialize(s.Files[0]), recs[1].Materialize(s.Files[1])
+		va, vb := byte(0), byte(0)
+		if len(ga) > 0 {
+			va = ga[0]
+		}
+		if len(gb) > 0 {
+			vb = gb[0]
+		}
+		if vb == 'b' && va == 0 {
+			t.Fatalf("%v: b's write (issued after a's sync) persisted without a's first write", s)
+		}
+		if s.Crash > 1 && va == 0 {
+			t.Fatalf("%v: a's synced write lost", s)
+		}
+		if s.Crash > 4 && vb != 'b' {
+			t.Fatalf("%v: b's synced write lost", s)
+		}
+		if s.Crash <= 1 && s.Kind == Boundary && (va != 0 || vb != 0) {
+			t.Fatalf("%v: boundary before any sync holds data", s)
+		}
+		bWithoutA = bWithoutA || vb == 'b' && va == 'a'
+		bSyncedAUnsynced = bSyncedAUnsynced || s.Crash > 4 && va == 'a'
+		neither = neither || va == 0 && vb == 0
+	}
+	if !bWithoutA || !bSyncedAUnsynced || !neither {
+		t.Fatalf("missing states: b without a's later write %v, b synced while a's later write lost %v, nothing %v (of %d states)",
+			bWithoutA, bSyncedAUnsynced, neither, len(states))
+	}
+}

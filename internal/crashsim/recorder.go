@@ -81,6 +81,9 @@ type Op struct {
 	// when it returned, its bytes and the file size they need were on
 	// disk, but nothing else unsynced was.
 	Durable bool
+	// Seq places the operation in the order of every Recorder sharing a
+	// Clock (group.go); without a Clock it is the operation's index.
+	Seq int64
 }
 
 func (o Op) String() string {
@@ -108,6 +111,7 @@ type Recorder struct {
 	cur    []byte
 	ops    []Op
 	closed bool
+	clock  *Clock // nil: Seq is the index in ops
 	// OnOp, if set, runs (under the recorder's lock) after each recorded
 	// operation with its index. Tests use it to fail an operation stream
 	// at a chosen point; it must not call back into the Recorder.
@@ -122,6 +126,10 @@ func NewRecorder(base []byte) *Recorder {
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
 
 func (r *Recorder) record(op Op) {
+	op.Seq = int64(len(r.ops))
+	if r.clock != nil {
+		op.Seq = r.clock.tick()
+	}
 	r.ops = append(r.ops, op)
 	if r.OnOp != nil {
 		r.OnOp(len(r.ops)-1, op)

@@ -28,7 +28,13 @@ func Commit(path string, pol BackingPolicy, drop bool) error {
 	if err != nil {
 		return fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
 	}
-	err = commitInto(top, base)
+	return commitImages(top, base, drop)
+}
+
+// commitImages commits top (opened without its chain; read-only with
+// drop) into base, opened writable, and closes base, then top.
+func commitImages(top *Image, base Disk, drop bool) error {
+	err := commitInto(top, base)
 	if cerr := base.Close(); err == nil {
 		err = cerr
 	}

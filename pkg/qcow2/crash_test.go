@@ -1025,16 +1025,7 @@ func (r *crashRun) checkState(s crashsim.State, qemuImg string, withQemu bool) e
 
 // readGuest opens the image read-only and reads the whole guest.
 func readGuest(path string) ([]byte, error) {
-	img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
-	if err != nil {
-		return nil, fmt.Errorf("read-only Open failed: %w", err)
-	}
-	defer img.Close()
-	got := make([]byte, img.Size())
-	if _, err := img.ReadAt(got, 0); err != nil {
-		return nil, fmt.Errorf("reading the guest content: %w", err)
-	}
-	return got, nil
+	return readGuestOpts(path, qcow2.Options{ReadOnly: true})
 }
 
 // checkImage runs the engine's Check and, when withQemu, qemu-img check.

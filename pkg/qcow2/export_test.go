@@ -4,3 +4,7 @@ package qcow2
 // ("settled", "linked", "created", "renamed"); an error from fn fails the
 // Freeze at that point.
 func SetFreezeHook(l *Live, fn func(step string) error) { l.stepHook = fn }
+
+// CommitImages is Commit on images already open: top without its chain
+// (read-only with drop), base writable. It closes both.
+func CommitImages(top *Image, base Disk, drop bool) error { return commitImages(top, base, drop) }
