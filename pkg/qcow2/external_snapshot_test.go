@@ -266,6 +266,11 @@ func checkFreezeState(t *testing.T, dir, snapRel, step string, model []byte) {
 	frozen := step == "renamed"
 	cs := &freezeStore{root: dir, vol: filepath.Join(dir, "volumes/v.qcow2"), opts: qcow2.Options{Backing: qcow2.BackingPolicy{Root: dir}}}
 	snap := cs.path(snapRel)
+	if step == "linked" || step == "created" {
+		if _, err := qcow2.OpenLive(cs.vol, cs.opts); !errors.Is(err, qcow2.ErrInvalid) {
+			t.Fatalf("OpenLive of a volume with a second name (before RecoverFreeze): %v", err)
+		}
+	}
 	got, err := qcow2.RecoverFreeze(cs.vol, snap)
 	if err != nil {
 		t.Fatalf("RecoverFreeze: %v", err)

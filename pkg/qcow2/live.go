@@ -1,6 +1,10 @@
 package qcow2
 
-import "sync"
+import (
+	"os"
+	"sync"
+	"syscall"
+)
 
 // Live is a long-lived handle on a writable image whose top layer can be
 // switched underneath it: Freeze turns the current top into a read-only
@@ -24,10 +28,17 @@ type Live struct {
 var _ Disk = (*Live)(nil)
 
 // OpenLive opens the qcow2 image at path writable, backing chain included,
-// as a Live handle.
+// as a Live handle. It refuses a file with a second name: that is what a
+// Freeze interrupted by a crash leaves (call RecoverFreeze first), and
+// writing it would change the snapshot too.
 func OpenLive(path string, opts Options) (*Live, error) {
 	if opts.ReadOnly || opts.NoBacking {
 		return nil, errorf(ErrInvalid, "a live handle needs a writable image with its backing chain")
+	}
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 {
+		return nil, errorf(ErrInvalid, "%s has %d names (an interrupted Freeze? RecoverFreeze settles it)", path, sys.Nlink)
 	}
 	img, err := Open(absPath(path), opts)
 	if err != nil {
@@ -48,7 +59,8 @@ func (l *Live) with(fn func(img *Image) error) error {
 
 // WithImage runs fn on the current top image while no Freeze can switch
 // it (for internal snapshots, checks, queries). I/O through the handle goes
-// on meanwhile; fn must not keep the *Image after it returns.
+// on meanwhile; fn must not keep the *Image after it returns, nor call
+// Freeze or Close (they wait for fn).
 func (l *Live) WithImage(fn func(img *Image) error) error { return l.with(fn) }
 
 // ReadAt reads guest data through the whole chain.
