@@ -418,3 +418,53 @@ func TestFreezeRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLiveHandle: the handle's own methods follow the current top across
+// a Freeze and refuse use after Close.
+func TestLiveHandle(t *testing.T) {
+	t.Parallel()
+	s := newFreezeStore(t, 1<<20, qcow2.CreateOptions{ClusterSize: 4096, Compat: "0.10"})
+	live := s.open(t)
+	if _, err := qcow2.OpenLive(s.vol, qcow2.Options{Backing: s.opts.Backing, ReadOnly: true}); !errors.Is(err, qcow2.ErrInvalid) {
+		t.Errorf("OpenLive read-only: %v", err)
+	}
+	if err := live.Freeze(s.path("snapshots/a.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	if live.ClusterSize() != 4096 || live.Header().Version != 2 || live.ReadOnly() || live.Size() != 1<<20 {
+		t.Errorf("after a freeze: cluster size %d, version %d, read-only %v, size %d",
+			live.ClusterSize(), live.Header().Version, live.ReadOnly(), live.Size())
+	}
+	if err := live.WriteZeroes(0, 8192, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Discard(8192, 4096); err != nil {
+		t.Fatal(err)
+	}
+	// Version 2 stores the zeros as data over a backing file.
+	ext, err := live.Map(0, 1<<20)
+	if err != nil || len(ext) == 0 || ext[0].Depth != 0 || ext[0].Length != 8192 {
+		t.Errorf("Map after zeroing: %v, %v", ext, err)
+	}
+	if got := snapReadAll(t, live, 8192); !bytes.Equal(got, make([]byte, 8192)) {
+		t.Error("zeroed range does not read as zeros")
+	}
+	if err := live.WithImage(func(img *qcow2.Image) error { _, err := img.CreateSnapshot("internal"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.WriteAt([]byte{1}, 0); !errors.Is(err, qcow2.ErrClosed) {
+		t.Errorf("write after Close: %v", err)
+	}
+	if err := live.Freeze(s.path("snapshots/b.qcow2")); !errors.Is(err, qcow2.ErrClosed) {
+		t.Errorf("Freeze after Close: %v", err)
+	}
+	if !live.ReadOnly() || live.Size() != 0 || live.Close() == nil {
+		t.Error("a closed handle still reports a usable top")
+	}
+}

@@ -101,6 +101,27 @@ func (l *Live) Size() (size int64) {
 	return size
 }
 
+// ClusterSize returns the cluster size of the top (a Freeze keeps it).
+func (l *Live) ClusterSize() (cs int64) {
+	_ = l.with(func(img *Image) error { cs = img.ClusterSize(); return nil })
+	return cs
+}
+
+// Header returns a copy of the current top's header (a Freeze keeps the
+// version, cluster size and refcount width).
+func (l *Live) Header() (h Header) {
+	_ = l.with(func(img *Image) error { h = img.Header(); return nil })
+	return h
+}
+
+// ReadOnly reports whether writes are refused (corruption was detected in
+// the top, or the handle is closed).
+func (l *Live) ReadOnly() (ro bool) {
+	ro = true
+	_ = l.with(func(img *Image) error { ro = img.ReadOnly(); return nil })
+	return ro
+}
+
 // Info describes the current top (the zero Info once closed).
 func (l *Live) Info() (in Info) {
 	_ = l.with(func(img *Image) error { in = img.Info(); return nil })
