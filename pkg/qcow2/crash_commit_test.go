@@ -16,7 +16,7 @@ package qcow2_test
 //	(k) after the whole commit the backing file reads the chain's content,
 //	    and the top is empty (or, with drop, untouched).
 //
-// Knobs: QCOW2_CRASH_SEED and QCOW2_CRASH_STATES (default 60 per
+// Knobs: QCOW2_CRASH_SEED and QCOW2_CRASH_STATES (default 32 per
 // configuration) as for TestCrashStates; the backing files are qcow2
 // (a raw backing file is written with pwrite and one fdatasync).
 
@@ -70,7 +70,7 @@ type commitRun struct {
 func TestCrashStatesCommit(t *testing.T) {
 	qemuImg := testtools.Need(t, "qemu-img")[0]
 	seed := envUint(t, "QCOW2_CRASH_SEED", uint64(time.Now().UnixNano()))
-	perConfig := int(envUint(t, "QCOW2_CRASH_STATES", 60))
+	perConfig := int(envUint(t, "QCOW2_CRASH_STATES", 32))
 	t.Logf("seed %d (set QCOW2_CRASH_SEED=%d to repeat this run)", seed, seed)
 	for i, cfg := range commitCrashConfigs() {
 		t.Run(cfg.name, func(t *testing.T) {
@@ -112,7 +112,7 @@ func TestCrashCommitHarnessCatchesEarlyEmptying(t *testing.T) {
 	cfg := commitCrashConfigs()[0]
 	run := recordCommit(t, cfg, 99, func(r *crashsim.Recorder) qcow2.File { return noSyncFile{r} })
 	caught := 0
-	states := crashsim.GroupStates(run.recs, crashsim.Plan{Seed: 1, ReorderedPerEpoch: 12, NoBoundaries: true})
+	states := crashsim.GroupStates(run.recs, crashsim.Plan{Seed: 1, ReorderedPerEpoch: 6, NoBoundaries: true})
 	for _, s := range states {
 		if err := run.check(s, qemuImg, false); err != nil && strings.Contains(err.Error(), "(i)") {
 			caught++
