@@ -36,6 +36,9 @@ qemu-img check's exit statuses.
 		newImgRebaseCmd(),
 		newImgCommitCmd(),
 		newImgAmendCmd(),
+		newImgAttachCmd(),
+		newImgDetachCmd(),
+		newImgListCmd(),
 		newImgServeCmd(),
 	)
 	for _, c := range img.Commands() {

@@ -19,6 +19,13 @@ var debianPackage = map[string]string{
 	"nbdinfo":            "libnbd-bin",
 	"nbdcopy":            "libnbd-bin",
 	"fio":                "fio",
+	"busybox":            "busybox-static",
+	"cpio":               "cpio",
+	"xz":                 "xz-utils",
+	"mke2fs":             "e2fsprogs",
+	"e2fsck":             "e2fsprogs",
+	"mkfs.xfs":           "xfsprogs",
+	"blkdiscard":         "util-linux",
 }
 
 // InCI reports whether the tests run under CI (CI=true).

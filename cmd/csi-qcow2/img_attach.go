@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
+	"github.com/spf13/cobra"
+)
+
+func newImgAttachCmd() *cobra.Command {
+	var (
+		format, device, id       string
+		readOnly, useIoctl       bool
+		connections              int
+		blockSize                uint64
+		timeout, deadConnTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "attach [-f fmt] [-r] [--device /dev/nbdN] [--id ID] [--connections N] filename",
+		Short: "Attach an image to a kernel nbd device and serve it in the foreground (like qemu-nbd -c)",
+		Long: `Attach an image to a kernel /dev/nbdN through the generic-netlink nbd family
+and serve it from this process until the device is detached ("img detach",
+SIGINT or SIGTERM), like qemu-nbd -c but in the foreground: the device lives
+as long as this process serves it. The device path is printed on stdout once
+the kernel has it.
+
+The device carries a backend identifier (--id, by default the image's
+absolute path), shown in /sys/block/nbdN/backend. When a device with that
+identifier already exists and its server is gone (killed, crashed), attach
+re-adopts it: the image is opened again and the kernel gets new sockets by
+RECONFIGURE, so I/O held by the kernel continues without errors as long as
+this happens within --dead-conn-timeout. Use the same --connections as the
+first attach. A connection that breaks while this process runs (a request
+that exceeded --timeout) is replaced the same way.
+
+Without the netlink family (old kernels) the NBD ioctls are used: then there
+is no backend identifier and no re-adoption (--ioctl forces this).
+
+The process marks itself PR_SET_IO_FLUSHER so that memory reclaim never
+waits on the device it serves.
+` + imgPolicyNote,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			if id == "" {
+				abs, err := filepath.Abs(args[0])
+				if err != nil {
+					return failf("%v", err)
+				}
+				id = abs
+			}
+			backend, closeFn, err := openServeBackend(args[0], format, readOnly)
+			if err != nil {
+				return err
+			}
+			opts := nbdattach.AttachOptions{
+				BackendID:       id,
+				Size:            uint64(backend.Size()),
+				BlockSize:       blockSize,
+				Flags:           nbdattach.ExportFlags(backend),
+				Connections:     connections,
+				Device:          device,
+				Timeout:         timeout,
+				DeadConnTimeout: deadConnTimeout,
+				UseIoctl:        useIoctl,
+			}
+			err = attachAndServe(cmd.OutOrStdout(), cmd.ErrOrStderr(), backend, opts)
+			if cerr := closeFn(); err == nil && cerr != nil {
+				err = failf("closing '%s': %v", args[0], cerr)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&format, "format", "f", "", "image format (qcow2 or raw); probed when empty")
+	f.BoolVarP(&readOnly, "read-only", "r", false, "attach read-only")
+	f.StringVar(&device, "device", "", "the /dev/nbdN to use; the kernel picks a free one when empty")
+	f.StringVar(&id, "id", "", "backend identifier (default: the image's absolute path)")
+	f.IntVar(&connections, "connections", 1, "sockets between the kernel and this server (1-16)")
+	f.Uint64Var(&blockSize, "block-size", nbdattach.DefaultBlockSize, "logical block size of the device (512-4096)")
+	f.DurationVar(&timeout, "timeout", nbdattach.DefaultTimeout, "kernel request timeout; a connection whose request exceeds it is replaced")
+	f.DurationVar(&deadConnTimeout, "dead-conn-timeout", nbdattach.DefaultDeadConnTimeout, "how long the kernel holds I/O for a restarted server before failing it")
+	f.BoolVar(&useIoctl, "ioctl", false, "use the legacy NBD ioctls instead of netlink")
+	return cmd
+}
+
+// attachAndServe attaches, prints the device, and serves until the device
+// is detached or a signal asks for a detach.
+func attachAndServe(stdout, stderr io.Writer, backend nbdattach.Backend, opts nbdattach.AttachOptions) error {
+	logf := func(f string, a ...any) { fmt.Fprintf(stderr, errPrefix+f+"\n", a...) }
+	opts.Logf = logf
+	srv := nbdattach.NewServer(nbdattach.Options{Logf: logf})
+	if err := srv.AddExport(&nbdattach.Export{Backend: backend}); err != nil {
+		return failf("%v", err)
+	}
+	serve := func(c net.Conn) error { return srv.ServeTransmission(c, "") }
+	// Signals are caught before the device exists, so none can end the
+	// process between CONNECT and the handler.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	att, err := nbdattach.Attach(opts, serve)
+	if err != nil {
+		return failf("%v", err)
+	}
+	if att.Reattached {
+		logf("re-adopted %s (backend %s)", att.Path, opts.BackendID)
+	}
+	fmt.Fprintln(stdout, att.Path)
+	done := make(chan error, 1)
+	go func() { done <- att.Wait() }()
+	select {
+	case <-ctx.Done():
+		err = att.Detach()
+	case err = <-done:
+	}
+	srv.Close()
+	if err != nil {
+		return failf("%s: %v", att.Path, err)
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+package nbdattach
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// ConnServer serves one kernel connection in NBD transmission mode until it
+// ends (Server.ServeTransmission). The kernel client never negotiates:
+// Attach tells the kernel the export's size and flags itself, so the
+// server starts at the first request.
+type ConnServer func(conn net.Conn) error
+
+// Attachment is a backend attached to a kernel nbd device and served by
+// this process.
+type Attachment struct {
+	Index int
+	Path  string // "/dev/nbdN"
+	// Reattached is true when the device already existed with this backend
+	// identifier (a restarted server) and got new sockets by RECONFIGURE.
+	Reattached bool
+	// Netlink is false when the legacy ioctl interface is in use.
+	Netlink bool
+
+	opts  AttachOptions
+	serve ConnServer
+	nl    *netlinkClient
+	ioctl *ioctlDevice
+
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	stopping bool
+	errs     []error
+	relinks  []time.Time
+}
+
+// Relinks allowed within relinkWindow before a broken connection is given
+// up (the device then fails I/O after DeadConnTimeout).
+const (
+	maxRelinks   = 10
+	relinkWindow = time.Minute
+)
+
+// Attach serves a backend to a kernel nbd device: it makes one socketpair
+// per connection, serves our ends with serve, and gives the other ends to
+// the kernel. With netlink, a device that already carries opts.BackendID
+// and whose server is gone is re-adopted with RECONFIGURE instead of a new
+// CONNECT, so a restarted server continues where the old one died.
+func Attach(opts AttachOptions, serve ConnServer) (*Attachment, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if err := SetIOFlusher(); err != nil {
+		opts.Logf("warning: %v", err)
+	}
+	a := &Attachment{opts: opts, serve: serve}
+	if !opts.UseIoctl {
+		nl, err := dialNetlink()
+		switch {
+		case err == nil:
+			a.nl, a.Netlink = nl, true
+			if err := a.attachNetlink(); err != nil {
+				nl.Close()
+				return nil, err
+			}
+			return a, nil
+		case errors.Is(err, ErrNoNetlinkFamily):
+			opts.Logf("no nbd netlink family: falling back to ioctls (no backend identifier, no reattach)")
+		default:
+			return nil, err
+		}
+	}
+	if err := a.attachIoctl(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Attachment) attachNetlink() error {
+	existing, found, err := FindByBackend(a.opts.SysBlock, a.opts.BackendID)
+	if err != nil {
+		return err
+	}
+	index := a.opts.deviceIndex()
+	if found {
+		if index >= 0 && index != existing.Index {
+			return fmt.Errorf("nbdattach: backend %q is already attached to %s, not %s", a.opts.BackendID, existing.Path, a.opts.Device)
+		}
+		if existing.ServerAlive() && existing.PID != os.Getpid() {
+			return fmt.Errorf("nbdattach: backend %q is attached to %s and served by the live process %d", a.opts.BackendID, existing.Path, existing.PID)
+		}
+		index = existing.Index
+	}
+	socks, err := newKernelSockets(a.opts.Connections)
+	if err != nil {
+		return err
+	}
+	cfg := a.opts.kernelConfig(index)
+	if found {
+		err = a.nl.reconfigure(cfg, kernelFDs(socks))
+	} else {
+		index, err = a.nl.connect(cfg, kernelFDs(socks))
+	}
+	if err != nil {
+		closeKernelSockets(socks)
+		return err
+	}
+	a.Index, a.Path, a.Reattached = index, "/dev/nbd"+strconv.Itoa(index), found
+	for _, s := range socks {
+		a.startSlot(s)
+	}
+	return nil
+}
+
+// startSlot serves one socket, and when its connection breaks while the
+// device is still ours, hands the kernel a replacement.
+func (a *Attachment) startSlot(s *kernelSocket) {
+	s.releaseKernelEnd()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		for s != nil {
+			err := a.serve(s.conn)
+			s.conn.Close()
+			if a.isStopping() {
+				return
+			}
+			s = a.relink(err)
+		}
+	}()
+}
+
+// relink replaces a broken connection through RECONFIGURE: the kernel
+// marks a connection dead when it breaks or a request times out, and holds
+// I/O for DeadConnTimeout waiting for a new one.
+func (a *Attachment) relink(cause error) *kernelSocket {
+	if a.nl == nil {
+		a.addErr(fmt.Errorf("nbdattach: %s: connection lost (ioctl mode cannot reconnect): %w", a.Path, cause))
+		return nil
+	}
+	if !a.allowRelink() {
+		a.addErr(fmt.Errorf("nbdattach: %s: connection lost %d times within %v, giving up: %w", a.Path, maxRelinks, relinkWindow, cause))
+		return nil
+	}
+	if !a.stillConfigured() {
+		// Disconnected (by img detach, say): nothing to serve any more.
+		return nil
+	}
+	a.opts.Logf("%s: connection lost (%v); reconnecting", a.Path, cause)
+	s, err := newKernelSocket()
+	if err != nil {
+		a.addErr(err)
+		return nil
+	}
+	if err := a.nl.reconfigure(a.opts.kernelConfig(a.Index), []int{s.kernelFD}); err != nil {
+		s.closeAll()
+		a.addErr(err)
+		return nil
+	}
+	s.releaseKernelEnd()
+	return s
+}
+
+// detachGrace is how long a device whose connection ended may take to
+// drop its configuration before the end counts as a broken link. The
+// server returns nil both for NBD_CMD_DISC and for end of file, so a
+// disconnect is recognised by the kernel tearing the device down, which it
+// does as soon as the connections' receive threads see the shutdown.
+const detachGrace = time.Second
+
+// stillConfigured reports whether the device keeps our backend identifier
+// for detachGrace: then it is waiting for a new connection.
+func (a *Attachment) stillConfigured() bool {
+	name := "nbd" + strconv.Itoa(a.Index)
+	deadline := time.Now().Add(detachGrace)
+	for {
+		dev, err := readDevice(a.opts.SysBlock, name, a.Index)
+		if err != nil || !dev.Configured() || dev.Backend != a.opts.BackendID {
+			return false
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (a *Attachment) allowRelink() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	recent := a.relinks[:0]
+	for _, t := range a.relinks {
+		if now.Sub(t) < relinkWindow {
+			recent = append(recent, t)
+		}
+	}
+	a.relinks = recent
+	if len(recent) >= maxRelinks {
+		return false
+	}
+	a.relinks = append(a.relinks, now)
+	return true
+}
+
+func (a *Attachment) isStopping() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stopping
+}
+
+func (a *Attachment) addErr(err error) {
+	a.mu.Lock()
+	a.errs = append(a.errs, err)
+	a.mu.Unlock()
+}
+
+// Wait blocks until every connection has ended (the device was detached,
+// or its connections broke beyond repair) and returns what went wrong.
+func (a *Attachment) Wait() error {
+	a.wg.Wait()
+	if a.nl != nil {
+		a.nl.Close()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return errors.Join(a.errs...)
+}
+
+// Detach disconnects the device (the kernel sends NBD_CMD_DISC on every
+// connection after the requests in flight) and waits for the connections
+// to end.
+func (a *Attachment) Detach() error {
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
+	var err error
+	if a.nl != nil {
+		err = a.nl.disconnect(a.Index)
+	} else {
+		err = a.ioctl.disconnect()
+	}
+	return errors.Join(err, a.Wait())
+}
+
+// Detach disconnects the device named by arg ("/dev/nbdN", "nbdN" or a
+// backend identifier) on behalf of another process: its server sees
+// NBD_CMD_DISC and ends.
+func Detach(sysBlock, arg string) (Device, error) {
+	dev, err := ResolveDevice(sysBlock, arg)
+	if err != nil {
+		return Device{}, err
+	}
+	nl, err := dialNetlink()
+	if errors.Is(err, ErrNoNetlinkFamily) {
+		return dev, disconnectByIoctl(dev.Path)
+	}
+	if err != nil {
+		return Device{}, err
+	}
+	defer nl.Close()
+	return dev, nl.disconnect(dev.Index)
+}
+
+// Status asks the kernel which nbd devices it has and which are
+// connected (netlink STATUS).
+func Status() ([]DeviceStatus, error) {
+	nl, err := dialNetlink()
+	if err != nil {
+		return nil, err
+	}
+	defer nl.Close()
+	return nl.status(-1)
+}

@@ -1,0 +1,225 @@
+package nbdattach
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/mdlayher/genetlink"
+	"github.com/mdlayher/netlink"
+)
+
+// ErrNoNetlinkFamily means the kernel has no generic-netlink "nbd" family:
+// the nbd module is not loaded, or the kernel predates the family (4.12).
+var ErrNoNetlinkFamily = errors.New("nbdattach: the kernel has no generic-netlink nbd family (is the nbd module loaded?)")
+
+// netlinkClient speaks the kernel's generic-netlink nbd family.
+type netlinkClient struct {
+	conn   *genetlink.Conn
+	family genetlink.Family
+}
+
+// dialNetlink opens a generic-netlink socket and resolves the nbd family.
+func dialNetlink() (*netlinkClient, error) {
+	conn, err := genetlink.Dial(nil)
+	if err != nil {
+		return nil, fmt.Errorf("nbdattach: open generic netlink: %w", err)
+	}
+	fam, err := conn.GetFamily(nbdFamilyName)
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, ErrNoNetlinkFamily
+		}
+		return nil, fmt.Errorf("nbdattach: resolve the nbd netlink family: %w", err)
+	}
+	return &netlinkClient{conn: conn, family: fam}, nil
+}
+
+func (c *netlinkClient) Close() error { return c.conn.Close() }
+
+// kernelConfig is what CONNECT and RECONFIGURE tell the kernel about a device.
+type kernelConfig struct {
+	index           int // -1: CONNECT lets the kernel choose
+	size            uint64
+	blockSize       uint64
+	timeout         time.Duration
+	deadConnTimeout time.Duration
+	serverFlags     uint64
+	backendID       string
+}
+
+// connect configures a device with the given sockets and returns its index.
+// The kernel takes its own reference to each socket: the caller may close
+// its copies of fds afterwards.
+func (c *netlinkClient) connect(cfg kernelConfig, fds []int) (int, error) {
+	ae := netlink.NewAttributeEncoder()
+	if cfg.index >= 0 {
+		ae.Uint32(nbdAttrIndex, uint32(cfg.index))
+	}
+	ae.Uint64(nbdAttrSizeBytes, cfg.size)
+	ae.Uint64(nbdAttrBlockSizeBytes, cfg.blockSize)
+	encodeTimeouts(ae, cfg)
+	ae.Uint64(nbdAttrServerFlags, cfg.serverFlags)
+	// Client flags stay 0: no DESTROY_ON_DISCONNECT, so a detached device
+	// stays in place for the next CONNECT instead of being removed behind
+	// the back of whoever lists or reuses it (see docs/attach.md).
+	ae.Uint64(nbdAttrClientFlags, 0)
+	if cfg.backendID != "" {
+		ae.String(nbdAttrBackendIdentifier, cfg.backendID)
+	}
+	encodeSockets(ae, fds)
+	msgs, err := c.execute(nbdCmdConnect, ae)
+	if err != nil {
+		return -1, fmt.Errorf("nbdattach: netlink CONNECT: %w", err)
+	}
+	for _, m := range msgs {
+		ad, err := netlink.NewAttributeDecoder(m.Data)
+		if err != nil {
+			return -1, fmt.Errorf("nbdattach: CONNECT reply: %w", err)
+		}
+		for ad.Next() {
+			if ad.Type() == nbdAttrIndex {
+				return int(ad.Uint32()), nil
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return -1, fmt.Errorf("nbdattach: CONNECT reply: %w", err)
+		}
+	}
+	return -1, errors.New("nbdattach: netlink CONNECT: the reply names no device index")
+}
+
+// reconfigure hands new sockets to a configured device whose connections
+// died. The kernel fills dead slots only and silently ignores sockets beyond
+// them; it refuses the request when backendID does not match the one the
+// device was connected with.
+func (c *netlinkClient) reconfigure(cfg kernelConfig, fds []int) error {
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint32(nbdAttrIndex, uint32(cfg.index))
+	encodeTimeouts(ae, cfg)
+	if cfg.backendID != "" {
+		ae.String(nbdAttrBackendIdentifier, cfg.backendID)
+	}
+	encodeSockets(ae, fds)
+	if _, err := c.execute(nbdCmdReconfigure, ae); err != nil {
+		return fmt.Errorf("nbdattach: netlink RECONFIGURE of nbd%d: %w", cfg.index, err)
+	}
+	return nil
+}
+
+// disconnect asks the kernel to send NBD_CMD_DISC and drop the device's
+// sockets; the servers of those sockets then see end of file.
+func (c *netlinkClient) disconnect(index int) error {
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint32(nbdAttrIndex, uint32(index))
+	if _, err := c.execute(nbdCmdDisconnect, ae); err != nil {
+		return fmt.Errorf("nbdattach: netlink DISCONNECT of nbd%d: %w", index, err)
+	}
+	return nil
+}
+
+// DeviceStatus is one entry of the kernel's STATUS reply.
+type DeviceStatus struct {
+	Index     int
+	Connected bool
+}
+
+// status lists every nbd device the kernel has (index < 0) or one device.
+func (c *netlinkClient) status(index int) ([]DeviceStatus, error) {
+	ae := netlink.NewAttributeEncoder()
+	if index >= 0 {
+		ae.Uint32(nbdAttrIndex, uint32(index))
+	}
+	msgs, err := c.execute(nbdCmdStatus, ae)
+	if err != nil {
+		return nil, fmt.Errorf("nbdattach: netlink STATUS: %w", err)
+	}
+	var out []DeviceStatus
+	for _, m := range msgs {
+		devs, err := decodeDeviceList(m.Data)
+		if err != nil {
+			return nil, fmt.Errorf("nbdattach: STATUS reply: %w", err)
+		}
+		out = append(out, devs...)
+	}
+	return out, nil
+}
+
+func (c *netlinkClient) execute(cmd uint8, ae *netlink.AttributeEncoder) ([]genetlink.Message, error) {
+	data, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
+	req := genetlink.Message{
+		Header: genetlink.Header{Command: cmd, Version: nbdFamilyVersion},
+		Data:   data,
+	}
+	return c.conn.Execute(req, c.family.ID, netlink.Request|netlink.Acknowledge)
+}
+
+// encodeTimeouts adds the timeouts that are set; the kernel counts whole
+// seconds, so a positive duration below one second is rounded up.
+func encodeTimeouts(ae *netlink.AttributeEncoder, cfg kernelConfig) {
+	if cfg.timeout > 0 {
+		ae.Uint64(nbdAttrTimeout, ceilSeconds(cfg.timeout))
+	}
+	if cfg.deadConnTimeout > 0 {
+		ae.Uint64(nbdAttrDeadConnTimeout, ceilSeconds(cfg.deadConnTimeout))
+	}
+}
+
+func ceilSeconds(d time.Duration) uint64 {
+	return uint64((d + time.Second - 1) / time.Second)
+}
+
+func encodeSockets(ae *netlink.AttributeEncoder, fds []int) {
+	ae.Nested(nbdAttrSockets, func(nae *netlink.AttributeEncoder) error {
+		for _, fd := range fds {
+			nae.Nested(nbdSockItem, func(item *netlink.AttributeEncoder) error {
+				item.Uint32(nbdSockFD, uint32(fd))
+				return nil
+			})
+		}
+		return nil
+	})
+}
+
+// decodeDeviceList reads NBD_ATTR_DEVICE_LIST out of a STATUS reply.
+func decodeDeviceList(b []byte) ([]DeviceStatus, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return nil, err
+	}
+	var out []DeviceStatus
+	for ad.Next() {
+		if ad.Type() != nbdAttrDeviceList {
+			continue
+		}
+		ad.Nested(func(list *netlink.AttributeDecoder) error {
+			for list.Next() {
+				if list.Type() != nbdDeviceItem {
+					continue
+				}
+				d := DeviceStatus{Index: -1}
+				list.Nested(func(item *netlink.AttributeDecoder) error {
+					for item.Next() {
+						switch item.Type() {
+						case nbdDeviceIndex:
+							d.Index = int(item.Uint32())
+						case nbdDeviceConnected:
+							d.Connected = item.Uint8() != 0
+						}
+					}
+					return nil
+				})
+				if d.Index >= 0 {
+					out = append(out, d)
+				}
+			}
+			return nil
+		})
+	}
+	return out, ad.Err()
+}

@@ -1,0 +1,126 @@
+package vm
+
+import (
+	"embed"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+//go:embed guest
+var guestFiles embed.FS
+
+// guestModules are the modules the guest loads, dependencies first.
+// crc32c_generic is a soft dependency of ext4 and libcrc32c (xfs): the
+// .modinfo "depends" list does not name it.
+var guestModules = []string{"crc32c_generic", "nbd", "ext4", "xfs"}
+
+// guestTools are host programs copied into the guest with their libraries.
+var guestTools = []string{"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard"}
+
+// TestNames lists the guest test scripts ("00-boot", ...) in run order.
+func TestNames() ([]string, error) {
+	entries, err := fs.ReadDir(guestFiles, "guest/tests")
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".sh") {
+			names = append(names, strings.TrimSuffix(e.Name(), ".sh"))
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// BuildInitramfs stages and packs the guest root filesystem into out:
+// busybox, the static csi-qcow2 (built from moduleRoot), the tools, the
+// kernel's modules and the guest scripts.
+func BuildInitramfs(k Kernel, moduleRoot, stageDir, out string) error {
+	r := &Initramfs{Dir: stageDir}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		return err
+	}
+	if err := r.AddFile(busybox, "/bin/busybox", 0o755); err != nil {
+		return err
+	}
+	if err := buildStatic(moduleRoot, filepath.Join(stageDir, "usr/bin/csi-qcow2")); err != nil {
+		return err
+	}
+	for _, tool := range guestTools {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			return err
+		}
+		if err := r.AddProgram(p); err != nil {
+			return err
+		}
+	}
+	if err := addModules(r, k); err != nil {
+		return err
+	}
+	if err := addGuestScripts(r); err != nil {
+		return err
+	}
+	return r.Pack(out)
+}
+
+// buildStatic builds csi-qcow2 without cgo: a static binary that runs on
+// the guest's bare busybox userland.
+func buildStatic(moduleRoot, out string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/csi-qcow2")
+	cmd.Dir = moduleRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build csi-qcow2: %v\n%s", err, b)
+	}
+	return nil
+}
+
+func addModules(r *Initramfs, k Kernel) error {
+	builtinList, err := os.ReadFile(filepath.Join(k.ModulesDir(), "..", "modules.builtin"))
+	if err != nil {
+		return err
+	}
+	order, err := ModuleLoadOrder(k.ModulesDir(), builtinModules(builtinList), guestModules...)
+	if err != nil {
+		return err
+	}
+	var list strings.Builder
+	for _, p := range order {
+		name := filepath.Base(p)
+		if err := r.AddFile(p, "/modules/"+name, 0o644); err != nil {
+			return err
+		}
+		list.WriteString(name + "\n")
+	}
+	return r.AddBytes([]byte(list.String()), "/modules/order", 0o644)
+}
+
+func addGuestScripts(r *Initramfs) error {
+	copies := map[string]string{"guest/init": "/init", "guest/lib.sh": "/lib/vmtest.sh"}
+	names, err := TestNames()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		copies[path.Join("guest/tests", n+".sh")] = "/tests/" + n + ".sh"
+	}
+	for src, dst := range copies {
+		b, err := guestFiles.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		if err := r.AddBytes(b, dst, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
