@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 )
 
 func newImgAttachCmd() *cobra.Command {
@@ -44,7 +46,9 @@ that exceeded --timeout) is replaced the same way.
 Without the netlink family (old kernels) the NBD ioctls are used: then there
 is no backend identifier and no re-adoption (--ioctl forces this).
 
-The process marks itself PR_SET_IO_FLUSHER so that memory reclaim never
+While it serves, the process holds an exclusive flock on the image, so a
+second attach of the same image fails instead of serving it twice. It marks
+itself PR_SET_IO_FLUSHER so that memory reclaim never
 waits on the device it serves.
 ` + imgPolicyNote,
 		Args: cobra.ExactArgs(1),
@@ -59,6 +63,11 @@ waits on the device it serves.
 				}
 				id = abs
 			}
+			lock, err := lockForServing(args[0])
+			if err != nil {
+				return err
+			}
+			defer lock.Close()
 			backend, closeFn, err := openServeBackend(args[0], format, readOnly)
 			if err != nil {
 				return err
@@ -128,4 +137,24 @@ func attachAndServe(stdout, stderr io.Writer, backend nbdattach.Backend, opts nb
 		return failf("%s: %v", att.Path, err)
 	}
 	return nil
+}
+
+// lockForServing takes an exclusive flock on the image for as long as the
+// returned file stays open (the process's life: kill -9 releases it). Two
+// servers of one image would each cache and allocate on their own and
+// corrupt it; the kernel's record of a device's server is not enough to
+// prevent that (it keeps the first server's pid after a re-adoption).
+func lockForServing(filename string) (*os.File, error) {
+	f, err := os.Open(filename)
+	if err != nil {
+		return nil, failf("Could not open '%s': %v", filename, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, failf("'%s' is being served by another process (it holds the image's lock)", filename)
+		}
+		return nil, failf("lock '%s': %v", filename, err)
+	}
+	return f, nil
 }

@@ -34,13 +34,27 @@ type Device struct {
 // the pid file exists only then.
 func (d Device) Configured() bool { return d.PID > 0 }
 
-// ServerAlive reports whether the recorded process still exists.
+// ServerAlive reports whether the recorded process still runs (a zombie
+// whose parent has not reaped it yet counts as dead: its sockets are
+// closed). The kernel records the process that configured the device and
+// keeps that number after a RECONFIGURE by another process, so a live
+// server is not always the recorded one: callers that must not serve a
+// device twice hold a lock of their own (img attach locks the image).
 func (d Device) ServerAlive() bool {
 	if d.PID <= 0 {
 		return false
 	}
-	_, err := os.Stat("/proc/" + strconv.Itoa(d.PID))
-	return err == nil
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(d.PID) + "/stat")
+	if err != nil {
+		return false
+	}
+	// "pid (comm) S ...": the state follows the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return false
+	}
+	state := b[i+2]
+	return state != 'Z' && state != 'X'
 }
 
 // ListDevices returns every nbd device under sysBlock ("" means

@@ -54,6 +54,23 @@ type kernelConfig struct {
 // The kernel takes its own reference to each socket: the caller may close
 // its copies of fds afterwards.
 func (c *netlinkClient) connect(cfg kernelConfig, fds []int) (int, error) {
+	msgs, err := c.execute(nbdCmdConnect, connectAttrs(cfg, fds))
+	if err != nil {
+		return -1, fmt.Errorf("nbdattach: netlink CONNECT: %w", err)
+	}
+	for _, m := range msgs {
+		if idx, ok, err := decodeIndex(m.Data); err != nil {
+			return -1, fmt.Errorf("nbdattach: CONNECT reply: %w", err)
+		} else if ok {
+			return idx, nil
+		}
+	}
+	return -1, errors.New("nbdattach: netlink CONNECT: the reply names no device index")
+}
+
+// connectAttrs are CONNECT's attributes: the kernel requires the size and
+// at least one socket.
+func connectAttrs(cfg kernelConfig, fds []int) *netlink.AttributeEncoder {
 	ae := netlink.NewAttributeEncoder()
 	if cfg.index >= 0 {
 		ae.Uint32(nbdAttrIndex, uint32(cfg.index))
@@ -70,25 +87,21 @@ func (c *netlinkClient) connect(cfg kernelConfig, fds []int) (int, error) {
 		ae.String(nbdAttrBackendIdentifier, cfg.backendID)
 	}
 	encodeSockets(ae, fds)
-	msgs, err := c.execute(nbdCmdConnect, ae)
+	return ae
+}
+
+// decodeIndex finds NBD_ATTR_INDEX in a reply.
+func decodeIndex(b []byte) (int, bool, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
-		return -1, fmt.Errorf("nbdattach: netlink CONNECT: %w", err)
+		return -1, false, err
 	}
-	for _, m := range msgs {
-		ad, err := netlink.NewAttributeDecoder(m.Data)
-		if err != nil {
-			return -1, fmt.Errorf("nbdattach: CONNECT reply: %w", err)
-		}
-		for ad.Next() {
-			if ad.Type() == nbdAttrIndex {
-				return int(ad.Uint32()), nil
-			}
-		}
-		if err := ad.Err(); err != nil {
-			return -1, fmt.Errorf("nbdattach: CONNECT reply: %w", err)
+	for ad.Next() {
+		if ad.Type() == nbdAttrIndex {
+			return int(ad.Uint32()), true, nil
 		}
 	}
-	return -1, errors.New("nbdattach: netlink CONNECT: the reply names no device index")
+	return -1, false, ad.Err()
 }
 
 // reconfigure hands new sockets to a configured device whose connections
@@ -96,6 +109,16 @@ func (c *netlinkClient) connect(cfg kernelConfig, fds []int) (int, error) {
 // them; it refuses the request when backendID does not match the one the
 // device was connected with.
 func (c *netlinkClient) reconfigure(cfg kernelConfig, fds []int) error {
+	if _, err := c.execute(nbdCmdReconfigure, reconfigureAttrs(cfg, fds)); err != nil {
+		return fmt.Errorf("nbdattach: netlink RECONFIGURE of nbd%d: %w", cfg.index, err)
+	}
+	return nil
+}
+
+// reconfigureAttrs name the device and its backend (the kernel refuses a
+// RECONFIGURE without the identifier the device was connected with) and
+// carry the new sockets; size and flags cannot change.
+func reconfigureAttrs(cfg kernelConfig, fds []int) *netlink.AttributeEncoder {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(nbdAttrIndex, uint32(cfg.index))
 	encodeTimeouts(ae, cfg)
@@ -103,10 +126,7 @@ func (c *netlinkClient) reconfigure(cfg kernelConfig, fds []int) error {
 		ae.String(nbdAttrBackendIdentifier, cfg.backendID)
 	}
 	encodeSockets(ae, fds)
-	if _, err := c.execute(nbdCmdReconfigure, ae); err != nil {
-		return fmt.Errorf("nbdattach: netlink RECONFIGURE of nbd%d: %w", cfg.index, err)
-	}
-	return nil
+	return ae
 }
 
 // disconnect asks the kernel to send NBD_CMD_DISC and drop the device's

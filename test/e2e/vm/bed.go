@@ -20,7 +20,9 @@ var guestFiles embed.FS
 // .modinfo "depends" list does not name it.
 var guestModules = []string{"crc32c_generic", "nbd", "ext4", "xfs"}
 
-// guestTools are host programs copied into the guest with their libraries.
+// guestTools are host programs copied into the guest's /usr/sbin with their
+// libraries. Debian's busybox shell runs its own applets before anything on
+// PATH, so scripts call these by their full path (lib.sh names them).
 var guestTools = []string{"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard"}
 
 // TestNames lists the guest test scripts ("00-boot", ...) in run order.
@@ -59,7 +61,7 @@ func BuildInitramfs(k Kernel, moduleRoot, stageDir, out string) error {
 		if err != nil {
 			return err
 		}
-		if err := r.AddProgram(p); err != nil {
+		if err := r.AddProgram(p, "/usr/sbin/"+tool); err != nil {
 			return err
 		}
 	}

@@ -54,10 +54,10 @@ func (r *Initramfs) writeFrom(in io.Reader, dst string, mode fs.FileMode) error 
 // "/lib64/ld-linux-x86-64.so.2 (0x...)".
 var lddLib = regexp.MustCompile(`(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)`)
 
-// AddProgram copies a host program to the same path in the guest with the
-// shared libraries ldd lists for it (the guest has no other libc).
-func (r *Initramfs) AddProgram(path string) error {
-	if err := r.AddFile(path, path, 0o755); err != nil {
+// AddProgram copies a host program to dst in the guest with the shared
+// libraries ldd lists for it (the guest has no other libc).
+func (r *Initramfs) AddProgram(path, dst string) error {
+	if err := r.AddFile(path, dst, 0o755); err != nil {
 		return err
 	}
 	out, err := exec.Command("ldd", path).Output()

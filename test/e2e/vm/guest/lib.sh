@@ -1,7 +1,19 @@
 # Helpers for the guest test scripts (sourced; scripts run under sh -e).
 
+# The real tools: busybox's shell prefers its own applets of the same names
+# (mke2fs, blkdiscard) to anything on PATH.
+MKE2FS=/usr/sbin/mke2fs
+E2FSCK=/usr/sbin/e2fsck
+BLKDISCARD=/usr/sbin/blkdiscard
+
 fail() {
 	echo "FAIL: $*"
+	local f
+	for f in attach-*.log; do
+		[ -s "$f" ] || continue
+		echo "--- $f"
+		cat "$f"
+	done
 	exit 1
 }
 
@@ -59,4 +71,74 @@ detach() {
 # allocated FILE: bytes the file occupies (st_blocks * 512).
 allocated() {
 	echo $(($(stat -c %b "$1") * 512))
+}
+
+# mkfs_dev FSTYPE DEV: makes an ext4 or xfs filesystem.
+mkfs_dev() {
+	case $1 in
+	ext4) $MKE2FS -q -t ext4 -F "$2" ;;
+	xfs) /usr/sbin/mkfs.xfs -q -f "$2" ;;
+	*) fail "mkfs_dev: unknown filesystem $1" ;;
+	esac
+}
+
+# make_files DIR COUNT KIB: COUNT files of random data, KIB KiB each.
+make_files() {
+	local i=0
+	mkdir -p "$1"
+	while [ "$i" -lt "$2" ]; do
+		dd if=/dev/urandom of="$1/f$i" bs=1k count="$3" 2>/dev/null
+		i=$((i + 1))
+	done
+}
+
+# no_io_errors: fails when the kernel logged an I/O error or a filesystem
+# error. (A restart logs "Receive control failed" and "Connection timed out,
+# retrying": those are the kernel noticing the dead server and requeueing,
+# not errors reaching anyone.)
+no_io_errors() {
+	if dmesg | grep -iE "i/o error|EXT4-fs error|XFS .*(error|corrupt)"; then
+		fail "the kernel logged I/O errors"
+	fi
+}
+
+# fs_roundtrip FSTYPE SIZE: attach a new qcow2 image through netlink, make
+# a filesystem, write files, detach, re-attach, verify their checksums, and
+# check the image.
+fs_roundtrip() {
+	local fstype=$1
+	ID=vol-$fstype
+	csi-qcow2 img create -f qcow2 disk.qcow2 "$2" >/dev/null
+	attach disk.qcow2 "$ID"
+	mkfs_dev "$fstype" "$DEV"
+	mkdir -p mnt
+	mount -t "$fstype" "$DEV" mnt
+	make_files mnt/data 8 512
+	(cd mnt && sha256sum data/*) >sums
+	umount mnt
+	detach
+	csi-qcow2 img check disk.qcow2 || fail "image not clean after the first detach"
+	attach disk.qcow2 "$ID"
+	mount -t "$fstype" "$DEV" mnt
+	(cd mnt && sha256sum -c ../sums) || fail "checksums differ after re-attach"
+	umount mnt
+	detach
+	csi-qcow2 img check disk.qcow2 || fail "image not clean at the end"
+	no_io_errors
+}
+
+# image_checks_clean_after_crash IMAGE: an image a killed server wrote may
+# leak clusters but nothing worse (check exits 0, or 3 for leaks only);
+# after "check -r leaks" it checks clean.
+image_checks_clean_after_crash() {
+	local rc=0
+	csi-qcow2 img check "$1" >check.out 2>&1 || rc=$?
+	grep -v "^Leaked cluster" check.out
+	case $rc in
+	0) return 0 ;;
+	3) ;;
+	*) fail "img check of $1 exited $rc: corruption or check error" ;;
+	esac
+	csi-qcow2 img check -r leaks "$1" >/dev/null 2>&1 || fail "img check -r leaks $1 failed"
+	csi-qcow2 img check "$1" || fail "$1 not clean after repairing leaks"
 }

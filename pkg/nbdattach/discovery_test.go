@@ -1,0 +1,128 @@
+package nbdattach
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeSysBlock builds a /sys/block look-alike.
+func fakeSysBlock(t *testing.T, devs map[string]map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for name, attrs := range devs {
+		dir := filepath.Join(root, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range attrs {
+			if err := os.WriteFile(filepath.Join(dir, k), []byte(v), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return root
+}
+
+func TestListDevicesAndFindByBackend(t *testing.T) {
+	self := strconv.Itoa(os.Getpid())
+	root := fakeSysBlock(t, map[string]map[string]string{
+		"nbd10":  {"size": "0\n"},
+		"nbd2":   {"size": "2048\n", "pid": self + "\n", "backend": "vol-a\n"},
+		"nbd0":   {"size": "8\n", "pid": "999999999\n", "backend": "vol-b\n"},
+		"nbd0p1": {"size": "4\n"},
+		"sda":    {"size": "100\n"},
+	})
+	devs, err := ListDevices(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 3 || devs[0].Index != 0 || devs[1].Index != 2 || devs[2].Index != 10 {
+		t.Fatalf("devices %+v: want nbd0, nbd2, nbd10 in order (no partitions, no sda)", devs)
+	}
+	a := devs[1]
+	if a.Path != "/dev/nbd2" || a.Size != 2048*512 || a.Backend != "vol-a" || !a.Configured() || !a.ServerAlive() {
+		t.Errorf("nbd2 = %+v", a)
+	}
+	if devs[0].ServerAlive() {
+		t.Error("a pid that does not exist counts as alive")
+	}
+	if devs[2].Configured() || devs[2].Backend != "" {
+		t.Errorf("nbd10 = %+v, want unconfigured", devs[2])
+	}
+
+	d, ok, err := FindByBackend(root, "vol-b")
+	if err != nil || !ok || d.Index != 0 {
+		t.Errorf("FindByBackend(vol-b) = %+v %v %v", d, ok, err)
+	}
+	if _, ok, err := FindByBackend(root, "vol-x"); ok || err != nil {
+		t.Errorf("FindByBackend(vol-x) = %v %v", ok, err)
+	}
+	if _, err := ResolveDevice(root, "/dev/nbd2"); err != nil {
+		t.Error(err)
+	}
+	if d, err := ResolveDevice(root, "vol-a"); err != nil || d.Index != 2 {
+		t.Errorf("ResolveDevice(vol-a) = %+v %v", d, err)
+	}
+	if _, err := ResolveDevice(root, "/dev/nbd7"); err == nil {
+		t.Error("ResolveDevice of a missing device succeeded")
+	}
+}
+
+func TestFindByBackendRefusesDuplicates(t *testing.T) {
+	root := fakeSysBlock(t, map[string]map[string]string{
+		"nbd0": {"size": "8", "pid": "1", "backend": "vol"},
+		"nbd1": {"size": "8", "pid": "1", "backend": "vol"},
+	})
+	if _, _, err := FindByBackend(root, "vol"); err == nil {
+		t.Fatal("two devices with one backend identifier were not reported")
+	}
+}
+
+func TestZombieServerIsDead(t *testing.T) {
+	// A server killed with -9 stays a zombie until its parent reaps it; its
+	// sockets are closed already, so it must count as dead.
+	cmd := exec.Command("sleep", "0.05")
+	if err := cmd.Start(); err != nil {
+		t.Skip(err)
+	}
+	dev := Device{PID: cmd.Process.Pid}
+	if !dev.ServerAlive() {
+		t.Error("a running child counts as dead")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(dev.PID) + "/stat")
+		if strings.Contains(string(b), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("child did not become a zombie")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if dev.ServerAlive() {
+		t.Error("a zombie counts as alive")
+	}
+	cmd.Wait()
+	if dev.ServerAlive() {
+		t.Error("a reaped process counts as alive")
+	}
+}
+
+func TestNbdIndex(t *testing.T) {
+	for name, want := range map[string]int{"nbd0": 0, "nbd15": 15} {
+		if got, ok := nbdIndex(name); !ok || got != want {
+			t.Errorf("nbdIndex(%q) = %d %v", name, got, ok)
+		}
+	}
+	for _, bad := range []string{"nbd", "nbd0p1", "nbd01", "nbd-1", "loop0", "nbdx"} {
+		if _, ok := nbdIndex(bad); ok {
+			t.Errorf("nbdIndex(%q) accepted", bad)
+		}
+	}
+}
