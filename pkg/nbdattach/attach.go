@@ -29,7 +29,6 @@ type Attachment struct {
 
 	opts  AttachOptions
 	serve ConnServer
-	nl    *netlinkClient
 	ioctl *ioctlDevice
 
 	wg       sync.WaitGroup
@@ -64,9 +63,10 @@ func Attach(opts AttachOptions, serve ConnServer) (*Attachment, error) {
 		nl, err := dialNetlink()
 		switch {
 		case err == nil:
-			a.nl, a.Netlink = nl, true
-			if err := a.attachNetlink(); err != nil {
-				nl.Close()
+			a.Netlink = true
+			err = a.attachNetlink(nl)
+			nl.Close()
+			if err != nil {
 				return nil, err
 			}
 			return a, nil
@@ -82,7 +82,7 @@ func Attach(opts AttachOptions, serve ConnServer) (*Attachment, error) {
 	return a, nil
 }
 
-func (a *Attachment) attachNetlink() error {
+func (a *Attachment) attachNetlink(nl *netlinkClient) error {
 	existing, found, err := FindByBackend(a.opts.SysBlock, a.opts.BackendID)
 	if err != nil {
 		return err
@@ -103,9 +103,9 @@ func (a *Attachment) attachNetlink() error {
 	}
 	cfg := a.opts.kernelConfig(index)
 	if found {
-		err = a.nl.reconfigure(cfg, kernelFDs(socks))
+		err = nl.reconfigure(cfg, kernelFDs(socks))
 	} else {
-		index, err = a.nl.connect(cfg, kernelFDs(socks))
+		index, err = nl.connect(cfg, kernelFDs(socks))
 	}
 	if err != nil {
 		closeKernelSockets(socks)
@@ -140,7 +140,7 @@ func (a *Attachment) startSlot(s *kernelSocket) {
 // marks a connection dead when it breaks or a request times out, and holds
 // I/O for DeadConnTimeout waiting for a new one.
 func (a *Attachment) relink(cause error) *kernelSocket {
-	if a.nl == nil {
+	if !a.Netlink {
 		a.addErr(fmt.Errorf("nbdattach: %s: connection lost (ioctl mode cannot reconnect): %w", a.Path, cause))
 		return nil
 	}
@@ -158,7 +158,7 @@ func (a *Attachment) relink(cause error) *kernelSocket {
 		a.addErr(err)
 		return nil
 	}
-	if err := a.nl.reconfigure(a.opts.kernelConfig(a.Index), []int{s.kernelFD}); err != nil {
+	if err := reconfigureOnce(a.opts.kernelConfig(a.Index), s.kernelFD); err != nil {
 		s.closeAll()
 		a.addErr(err)
 		return nil
@@ -225,9 +225,6 @@ func (a *Attachment) addErr(err error) {
 // or its connections broke beyond repair) and returns what went wrong.
 func (a *Attachment) Wait() error {
 	a.wg.Wait()
-	if a.nl != nil {
-		a.nl.Close()
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return errors.Join(a.errs...)
@@ -241,8 +238,8 @@ func (a *Attachment) Detach() error {
 	a.stopping = true
 	a.mu.Unlock()
 	var err error
-	if a.nl != nil {
-		err = a.nl.disconnect(a.Index)
+	if a.Netlink {
+		_, err = Detach(a.opts.SysBlock, a.Path)
 	} else {
 		err = a.ioctl.disconnect()
 	}
@@ -277,4 +274,15 @@ func Status() ([]DeviceStatus, error) {
 	}
 	defer nl.Close()
 	return nl.status(-1)
+}
+
+// reconfigureOnce hands one socket to a device over a netlink connection of
+// its own (relinks happen from several goroutines, long after Attach).
+func reconfigureOnce(cfg kernelConfig, fd int) error {
+	nl, err := dialNetlink()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	return nl.reconfigure(cfg, []int{fd})
 }

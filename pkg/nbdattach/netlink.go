@@ -54,7 +54,7 @@ type kernelConfig struct {
 // The kernel takes its own reference to each socket: the caller may close
 // its copies of fds afterwards.
 func (c *netlinkClient) connect(cfg kernelConfig, fds []int) (int, error) {
-	msgs, err := c.execute(nbdCmdConnect, connectAttrs(cfg, fds))
+	msgs, err := c.execute(nbdCmdConnect, connectAttrs(cfg, fds), withReply)
 	if err != nil {
 		return -1, fmt.Errorf("nbdattach: netlink CONNECT: %w", err)
 	}
@@ -109,7 +109,7 @@ func decodeIndex(b []byte) (int, bool, error) {
 // them; it refuses the request when backendID does not match the one the
 // device was connected with.
 func (c *netlinkClient) reconfigure(cfg kernelConfig, fds []int) error {
-	if _, err := c.execute(nbdCmdReconfigure, reconfigureAttrs(cfg, fds)); err != nil {
+	if _, err := c.execute(nbdCmdReconfigure, reconfigureAttrs(cfg, fds), ackOnly); err != nil {
 		return fmt.Errorf("nbdattach: netlink RECONFIGURE of nbd%d: %w", cfg.index, err)
 	}
 	return nil
@@ -134,7 +134,7 @@ func reconfigureAttrs(cfg kernelConfig, fds []int) *netlink.AttributeEncoder {
 func (c *netlinkClient) disconnect(index int) error {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(nbdAttrIndex, uint32(index))
-	if _, err := c.execute(nbdCmdDisconnect, ae); err != nil {
+	if _, err := c.execute(nbdCmdDisconnect, ae, ackOnly); err != nil {
 		return fmt.Errorf("nbdattach: netlink DISCONNECT of nbd%d: %w", index, err)
 	}
 	return nil
@@ -152,7 +152,7 @@ func (c *netlinkClient) status(index int) ([]DeviceStatus, error) {
 	if index >= 0 {
 		ae.Uint32(nbdAttrIndex, uint32(index))
 	}
-	msgs, err := c.execute(nbdCmdStatus, ae)
+	msgs, err := c.execute(nbdCmdStatus, ae, withReply)
 	if err != nil {
 		return nil, fmt.Errorf("nbdattach: netlink STATUS: %w", err)
 	}
@@ -167,7 +167,21 @@ func (c *netlinkClient) status(index int) ([]DeviceStatus, error) {
 	return out, nil
 }
 
-func (c *netlinkClient) execute(cmd uint8, ae *netlink.AttributeEncoder) ([]genetlink.Message, error) {
+// replyKind says whether a command answers with a message of its own.
+type replyKind bool
+
+const (
+	// withReply: CONNECT and STATUS answer with a message. No ACK is asked
+	// for: the kernel would send it as a second message after the reply,
+	// left unread on the socket, and the next request on the connection
+	// would read it as a reply with the wrong sequence number. An error
+	// still comes back as NLMSG_ERROR.
+	withReply replyKind = true
+	// ackOnly: RECONFIGURE and DISCONNECT answer with the ACK alone.
+	ackOnly replyKind = false
+)
+
+func (c *netlinkClient) execute(cmd uint8, ae *netlink.AttributeEncoder, kind replyKind) ([]genetlink.Message, error) {
 	data, err := ae.Encode()
 	if err != nil {
 		return nil, err
@@ -176,7 +190,11 @@ func (c *netlinkClient) execute(cmd uint8, ae *netlink.AttributeEncoder) ([]gene
 		Header: genetlink.Header{Command: cmd, Version: nbdFamilyVersion},
 		Data:   data,
 	}
-	return c.conn.Execute(req, c.family.ID, netlink.Request|netlink.Acknowledge)
+	flags := netlink.Request
+	if kind == ackOnly {
+		flags |= netlink.Acknowledge
+	}
+	return c.conn.Execute(req, c.family.ID, flags)
 }
 
 // encodeTimeouts adds the timeouts that are set; the kernel counts whole

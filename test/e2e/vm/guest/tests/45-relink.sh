@@ -1,0 +1,22 @@
+# A server that stops answering (SIGSTOP) past the kernel's request timeout
+# gets its connection marked dead by the kernel; when it runs again it sees
+# the socket shut down, hands the device a new one by RECONFIGURE, and the
+# I/O the kernel held completes without errors.
+. /lib/vmtest.sh
+ID=vol-relink
+csi-qcow2 img create -f qcow2 disk.qcow2 128M >/dev/null
+attach disk.qcow2 "$ID" --timeout 1s --dead-conn-timeout 60s
+dd if=/dev/urandom of=data bs=1M count=4 2>/dev/null
+kill -STOP "$SERVER_PID"
+dd if=data of="$DEV" bs=1M seek=8 conv=fsync 2>dd.err &
+writer=$!
+sleep 4
+kill -CONT "$SERVER_PID"
+wait "$writer" || { cat dd.err; fail "write through a relinked connection failed"; }
+grep -q "reconnecting" "attach-$ID.log" || fail "the server did not reconnect"
+dmesg | grep -q "Connection timed out" || fail "the kernel never timed out: the test did not test"
+dd if="$DEV" bs=1M skip=8 count=4 2>/dev/null | cmp -n $((4 * 1048576)) - data || fail "data differs"
+kill -0 "$SERVER_PID" || fail "the server exited"
+detach
+csi-qcow2 img check disk.qcow2 || fail "image not clean"
+no_io_errors
