@@ -141,16 +141,22 @@ func (a *Attachment) startSlot(s *kernelSocket) {
 // I/O for DeadConnTimeout waiting for a new one.
 func (a *Attachment) relink(cause error) *kernelSocket {
 	if !a.Netlink {
-		a.addErr(fmt.Errorf("nbdattach: %s: connection lost (ioctl mode cannot reconnect): %w", a.Path, cause))
+		// NBD_DO_IT ends with the connections; a clean end is a detach.
+		if cause != nil {
+			a.addErr(fmt.Errorf("nbdattach: %s: connection lost (ioctl mode cannot reconnect): %w", a.Path, cause))
+		}
 		return nil
 	}
 	if !a.allowRelink() {
-		a.addErr(fmt.Errorf("nbdattach: %s: connection lost %d times within %v, giving up: %w", a.Path, maxRelinks, relinkWindow, cause))
+		a.addErr(fmt.Errorf("nbdattach: %s: connection lost %d times within %v, giving up (last: %v)", a.Path, maxRelinks, relinkWindow, cause))
 		return nil
 	}
 	if !a.stillConfigured() {
 		// Disconnected (by img detach, say): nothing to serve any more.
 		return nil
+	}
+	if cause == nil {
+		cause = errors.New("end of file")
 	}
 	a.opts.Logf("%s: connection lost (%v); reconnecting", a.Path, cause)
 	s, err := newKernelSocket()
