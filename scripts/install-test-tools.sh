@@ -4,7 +4,19 @@
 set -euo pipefail
 
 need_pkgs=()
-command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
+need() { # need PROGRAM PACKAGE
+	command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2")
+}
+need qemu-img qemu-utils
+# The VM test bed (test/e2e/vm): QEMU, the guest's userland and the tools
+# copied into it. The kernel itself is fetched with apt-get download.
+need qemu-system-x86_64 qemu-system-x86
+need busybox busybox-static
+need cpio cpio
+need xz xz-utils
+need mke2fs e2fsprogs
+need mkfs.xfs xfsprogs
+need blkdiscard util-linux
 
 if [ "${#need_pkgs[@]}" -eq 0 ]; then
 	exit 0

@@ -15,7 +15,7 @@ External data files are refused.`
 func newImgCmd() *cobra.Command {
 	img := &cobra.Command{
 		Use:   "img",
-		Short: "Create, inspect, check, map, resize, convert, compare and measure disk images (a qemu-img work-alike)",
+		Short: "Create, inspect, check, map, resize, convert, compare and measure disk images (a qemu-img work-alike); serve and attach them over NBD",
 		Long: `img mirrors the qemu-img subcommands and output formats of QEMU 7.2 for the
 qcow2 and raw formats, using the pure-Go engine in pkg/qcow2.
 

@@ -50,7 +50,9 @@ func BuildInitramfs(k Kernel, moduleRoot, stageDir, out string) error {
 	if err != nil {
 		return err
 	}
-	if err := r.AddFile(busybox, "/bin/busybox", 0o755); err != nil {
+	// AddProgram: a dynamically linked busybox (Debian's "busybox" rather
+	// than "busybox-static") brings its libraries along.
+	if err := r.AddProgram(busybox, "/bin/busybox"); err != nil {
 		return err
 	}
 	if err := buildStatic(moduleRoot, filepath.Join(stageDir, "usr/bin/csi-qcow2")); err != nil {
