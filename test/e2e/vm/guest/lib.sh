@@ -102,14 +102,26 @@ no_io_errors() {
 	fi
 }
 
-# fs_roundtrip FSTYPE SIZE: attach a new qcow2 image through netlink, make
-# a filesystem, write files, detach, re-attach, verify their checksums, and
-# check the image.
+# listed_as_served: img list shows DEV connected (netlink STATUS), its
+# server alive and its backend identifier.
+listed_as_served() {
+	csi-qcow2 img list >list.out
+	grep -qE "^$DEV +[0-9]+ +yes +[0-9]+ +alive +$ID\$" list.out || {
+		cat list.out
+		fail "img list does not show $DEV served with backend $ID"
+	}
+}
+
+# fs_roundtrip FSTYPE SIZE [ATTACH ARGS...]: attach a new qcow2 image
+# through netlink, make a filesystem, write files, detach, re-attach,
+# verify their checksums, and check the image.
 fs_roundtrip() {
-	local fstype=$1
+	local fstype=$1 size=$2
+	shift 2
 	ID=vol-$fstype
-	csi-qcow2 img create -f qcow2 disk.qcow2 "$2" >/dev/null
-	attach disk.qcow2 "$ID"
+	csi-qcow2 img create -f qcow2 disk.qcow2 "$size" >/dev/null
+	attach disk.qcow2 "$ID" "$@"
+	listed_as_served
 	mkfs_dev "$fstype" "$DEV"
 	mkdir -p mnt
 	mount -t "$fstype" "$DEV" mnt
@@ -118,7 +130,7 @@ fs_roundtrip() {
 	umount mnt
 	detach
 	csi-qcow2 img check disk.qcow2 || fail "image not clean after the first detach"
-	attach disk.qcow2 "$ID"
+	attach disk.qcow2 "$ID" "$@"
 	mount -t "$fstype" "$DEV" mnt
 	(cd mnt && sha256sum -c ../sums) || fail "checksums differ after re-attach"
 	umount mnt
