@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 20m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test bench bench-convert vet fmt clean
+.PHONY: all build test test-vm bench bench-convert vet fmt clean
 
 all: build
 
@@ -18,6 +18,12 @@ test:
 	scripts/install-test-tools.sh
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Only the VM test bed (docs/vm-testbed.md), verbose: every guest test's
+# output. CSI_QCOW2_VM_RUN / CSI_QCOW2_VM_STRESS select and lengthen.
+test-vm:
+	scripts/install-test-tools.sh
+	$(GO) test -count=1 -v -timeout 45m ./test/e2e/vm/
 
 bench:
 	GO=$(GO) BENCHTIME=$(BENCHTIME) scripts/bench-ratios.sh

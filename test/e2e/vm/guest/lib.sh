@@ -47,6 +47,9 @@ device_of() {
 attach() {
 	local img=$1 id=$2
 	shift 2
+	# Removed here, not truncated by the background job's redirection: a
+	# wait that ran first would read the previous server's device.
+	rm -f "attach-$id.out"
 	csi-qcow2 img attach "$img" --id "$id" "$@" >"attach-$id.out" 2>>"attach-$id.log" &
 	SERVER_PID=$!
 	if ! wait_for 30 grep -q /dev/nbd "attach-$id.out"; then
