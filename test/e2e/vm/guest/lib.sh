@@ -57,6 +57,8 @@ attach() {
 		fail "attach $img: no device after 30 s"
 	fi
 	DEV=$(cat "attach-$id.out")
+	# A warning here would be PR_SET_IO_FLUSHER failing.
+	! grep -q warning "attach-$id.log" || fail "img attach warned: $(cat "attach-$id.log")"
 	[ "$(device_of "$id")" = "$DEV" ] || fail "sysfs backend of $DEV is not $id"
 	echo "attached $img as $DEV (server $SERVER_PID)"
 }
