@@ -26,7 +26,8 @@ with a backing file and no size gets the backing file's size.
 
 -o options (qcow2): size, compat (1.1|0.10), backing_file, backing_fmt,
 cluster_size, refcount_bits, lazy_refcounts (on|off), preallocation
-(off|metadata|falloc|full), compression_type (zlib|zstd), extended_l2 (off).
+(off|metadata|falloc|full), compression_type (zlib|zstd), extended_l2
+(on|off; on needs compat 1.1 and cluster_size >= 16k).
 -o options (raw): size, preallocation (off|falloc|full). -o help lists them.
 -u does not open the backing file (its format must then be given with -F).
 An existing file is overwritten, as with qemu-img.
@@ -88,7 +89,7 @@ func (c *createCmd) run(cmd *cobra.Command, args []string) error {
 	if o.backingFile != "" && o.backingFmt == "" {
 		return fileErr("Backing file specified without backing format")
 	}
-	if o.backingFile != "" && o.prealloc != qcow2.PreallocOff {
+	if o.backingFile != "" && o.prealloc != qcow2.PreallocOff && !o.extendedL2 {
 		return fileErr("Backing file and preallocation can only be used at the same time if extended_l2 is on")
 	}
 

@@ -23,6 +23,7 @@ type createOpts struct {
 	backingFile   string
 	backingFmt    string
 	compression   string // compression_type: "zlib" or "zstd"
+	extendedL2    bool
 }
 
 // knownOpts lists the -o options each output format accepts.
@@ -40,7 +41,7 @@ var optHelp = map[string]string{
   cluster_size=<size>    - qcow2 cluster size
   compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
   compression_type=<str> - Compression method used for image cluster compression
-  extended_l2=<bool (on/off)> - Extended L2 tables (off only)
+  extended_l2=<bool (on/off)> - Extended L2 tables
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
   preallocation=<str>    - Preallocation mode (allowed values: off, metadata, falloc, full)
   refcount_bits=<num>    - Width of a reference count entry in bits
@@ -188,9 +189,7 @@ func (o *createOpts) validate(fmtName string) error {
 		if err != nil {
 			return err
 		}
-		if b {
-			return fmt.Errorf("extended_l2=on (subclusters) is not supported yet")
-		}
+		o.extendedL2 = b
 	}
 	o.compression = "zlib"
 	if v, ok := o.set["compression_type"]; ok {
@@ -209,6 +208,12 @@ func (o *createOpts) validate(fmtName string) error {
 		if o.compression != "zlib" {
 			return fmt.Errorf("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)")
 		}
+		if o.extendedL2 {
+			return fmt.Errorf("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)")
+		}
+	}
+	if o.extendedL2 && o.clusterSize < 16384 {
+		return fmt.Errorf("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
 	}
 	o.backingFile = o.set["backing_file"]
 	o.backingFmt = o.set["backing_fmt"]
@@ -264,6 +269,7 @@ func (o *createOpts) qcow2Options(size int64, unsafe bool) qcow2.CreateOptions {
 		Compat:          o.compat,
 		LazyRefcounts:   o.lazyRefcounts,
 		CompressionType: o.compression,
+		ExtendedL2:      o.extendedL2,
 		Preallocation:   o.prealloc,
 		BackingFile:     o.backingFile,
 		BackingFormat:   o.backingFmt,

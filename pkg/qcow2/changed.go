@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -138,13 +137,18 @@ func (img *Image) AllocatedRanges(snapshot string) ([]Range, error) {
 			if off >= tree.size {
 				break
 			}
-			m, err := img.decodeL2(off/img.cs, binary.BigEndian.Uint64(buf[k*8:]))
+			e, bitmap := img.entryAt(buf, k)
+			m, err := img.decodeL2(off/img.cs, e, bitmap)
 			if err != nil {
 				return nil, err
 			}
-			if m.kind != kindUnallocated {
-				out.add(off, min(img.cs, tree.size-off))
-			}
+			// Subcluster granularity on extended L2 images.
+			_ = img.clusterRuns(m, 0, min(img.cs, tree.size-off), func(in, l int64, sm mapping) error {
+				if sm.kind != kindUnallocated {
+					out.add(off+in, l)
+				}
+				return nil
+			})
 		}
 	}
 	return out, nil
@@ -157,29 +161,36 @@ type clusterState struct {
 	key  uint64      // host offset (data) or descriptor (compressed)
 }
 
-// state classifies L2 entry e; past the tree's size the guest reads zeros
-// (the shorter layer is compared as if zero-extended, like qemu-img
-// compare does), and so do unallocated clusters when there is no backing
-// file.
-func (img *Image) state(vi int64, e uint64, past, backing bool) (clusterState, error) {
+// state classifies the subcluster at offset in of a cluster mapped by m
+// (the whole cluster without extended L2 entries); past the tree's size
+// the guest reads zeros (the shorter layer is compared as if
+// zero-extended, like qemu-img compare does), and so do unallocated
+// clusters when there is no backing file.
+func (img *Image) state(m mapping, in int64, past, backing bool) clusterState {
 	if past {
-		return clusterState{kind: kindZero}, nil
+		return clusterState{kind: kindZero}
 	}
-	m, err := img.decodeL2(vi, e)
-	if err != nil {
-		return clusterState{}, err
-	}
-	switch m.kind {
+	sm := img.subMapping(m, in)
+	switch sm.kind {
 	case kindData:
-		return clusterState{kind: kindData, key: uint64(m.host)}, nil
+		return clusterState{kind: kindData, key: uint64(sm.host)}
 	case kindCompressed:
-		return clusterState{kind: kindCompressed, key: e &^ oflagCopied}, nil
+		return clusterState{kind: kindCompressed, key: m.raw &^ oflagCopied}
 	case kindUnallocated:
 		if backing {
-			return clusterState{kind: kindUnallocated}, nil
+			return clusterState{kind: kindUnallocated}
 		}
 	}
-	return clusterState{kind: kindZero}, nil
+	return clusterState{kind: kindZero}
+}
+
+// decodeUnlessPast decodes an L2 entry of a tree, unless the cluster lies
+// past the tree's size (its entry is then not looked at).
+func (img *Image) decodeUnlessPast(vi int64, e, bitmap uint64, past bool) (mapping, error) {
+	if past {
+		return mapping{}, nil
+	}
+	return img.decodeL2(vi, e, bitmap)
 }
 
 // ChangedRanges returns the guest ranges whose content may differ between
@@ -243,25 +254,28 @@ func (img *Image) ChangedRanges(fromSnapshot, toSnapshot string) ([]Range, error
 			if off >= size {
 				break
 			}
-			var ea, eb uint64
+			var ea, eb, bma, bmb uint64
 			if okA {
-				ea = binary.BigEndian.Uint64(bufA[k*8:])
+				ea, bma = img.entryAt(bufA, k)
 			}
 			if okB {
-				eb = binary.BigEndian.Uint64(bufB[k*8:])
+				eb, bmb = img.entryAt(bufB, k)
 			}
 			n := min(img.cs, size-off)
 			if la != lb || off+img.cs > common {
-				sa, err := img.state(off/img.cs, ea, off >= a.size, backing)
+				ma, err := img.decodeUnlessPast(off/img.cs, ea, bma, off >= a.size)
 				if err != nil {
 					return nil, err
 				}
-				sb, err := img.state(off/img.cs, eb, off >= b.size, backing)
+				mb, err := img.decodeUnlessPast(off/img.cs, eb, bmb, off >= b.size)
 				if err != nil {
 					return nil, err
 				}
-				if sa != sb {
-					out.add(off, n)
+				// One step per subcluster on extended L2 images.
+				for in := int64(0); in < n; in += img.scs {
+					if img.state(ma, in, off >= a.size, backing) != img.state(mb, in, off >= b.size, backing) {
+						out.add(off+in, min(img.scs, n-in))
+					}
 				}
 			}
 			if common > off && common < off+n {

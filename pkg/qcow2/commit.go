@@ -148,9 +148,9 @@ func (img *Image) makeEmpty() error {
 			if m.kind == kindUnallocated {
 				continue
 			}
-			w.l2 = append(w.l2, l2Update{vi, 0})
+			w.l2 = append(w.l2, l2Update{vi, 0, 0})
 			img.unlink(&w, m, false)
-			if m.kind == kindData && m.copied {
+			if (m.kind == kindData || m.kind == kindSub) && m.copied && m.host != 0 {
 				punch = append(punch, clusterRun{m.host / img.cs, 1})
 			}
 		}

@@ -150,7 +150,7 @@ func (img *Image) WriteCompressedClusters(cl []CompressedCluster) error {
 			return err
 		}
 		w.data = append(w.data, hostWrite{host, s})
-		w.l2 = append(w.l2, l2Update{vi, entry})
+		w.l2 = append(w.l2, l2Update{vi, entry, 0})
 		img.unlink(&w, olds[i], false)
 		lastVI, lastEntry = vi, entry
 	}

@@ -298,7 +298,7 @@ func TestCompressedBombRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := img.writeL2([]l2Update{{0, e}}); err != nil {
+			if err := img.writeL2([]l2Update{{0, e, 0}}); err != nil {
 				t.Fatal(err)
 			}
 			img.mu.Unlock()

@@ -56,6 +56,9 @@ func CreateFile(f File, name string, opts CreateOptions) error {
 		h.CompressionType = 1
 		h.IncompatibleFeatures |= incompatCompression
 	}
+	if o.ExtendedL2 {
+		h.IncompatibleFeatures |= incompatExtendedL2
+	}
 	hbuf, err := h.encode()
 	if err != nil {
 		return err
@@ -158,8 +161,15 @@ func normalizeCreate(o CreateOptions) (CreateOptions, error) {
 	if o.Unsafe && o.BackingFile != "" && o.BackingFormat == "" {
 		return o, fmt.Errorf("%w: an unchecked backing file needs its format", ErrInvalid)
 	}
-	if o.BackingFile != "" && o.Preallocation != PreallocOff {
-		return o, fmt.Errorf("%w: preallocation with a backing file", ErrInvalid)
+	if o.ExtendedL2 {
+		if o.Compat == "0.10" {
+			return o, fmt.Errorf("%w: extended L2 entries need compat 1.1", ErrInvalid)
+		}
+		if cs < 1<<minExtendedClusterBits {
+			return o, fmt.Errorf("%w: extended L2 entries need a cluster size of at least %d bytes", ErrInvalid, 1<<minExtendedClusterBits)
+		}
+	} else if o.BackingFile != "" && o.Preallocation != PreallocOff {
+		return o, fmt.Errorf("%w: preallocation with a backing file needs extended L2 entries", ErrInvalid)
 	}
 	return o, nil
 }

@@ -28,6 +28,9 @@ type Image struct {
 	cs           int64  // cluster size
 	l2Entries    int64  // entries per L2 table
 	sliceEntries int64  // entries per cached L2 slice
+	ext          bool   // extended L2 entries (subcluster.go)
+	l2es         int64  // bytes per L2 entry: 8, or 16 when ext
+	scs          int64  // subcluster size: cs/32 when ext, else cs
 	size         int64  // virtual size
 
 	l1  []uint64
@@ -92,8 +95,8 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 		}
 		return nil, fmt.Errorf("%w: external data files", ErrUnsupported)
 	}
-	if h.IncompatibleFeatures&incompatExtendedL2 != 0 {
-		return nil, fmt.Errorf("%w: extended L2 entries (subclusters)", ErrUnsupported)
+	if err := checkExtendedL2(h); err != nil {
+		return nil, err
 	}
 	readOnly := opts.ReadOnly
 	if h.IncompatibleFeatures&incompatCorrupt != 0 && !readOnly {
@@ -166,8 +169,13 @@ func (img *Image) loadTables() error {
 	h := img.hdr
 	img.cb = h.ClusterBits
 	img.cs = int64(1) << h.ClusterBits
-	img.l2Entries = img.cs / 8
-	img.sliceEntries = min(img.l2Entries, 4096/8)
+	img.ext = h.IncompatibleFeatures&incompatExtendedL2 != 0
+	img.l2es, img.scs = l2EntrySize(img.ext), img.cs
+	if img.ext {
+		img.scs = img.cs / subclusters
+	}
+	img.l2Entries = img.cs / img.l2es
+	img.sliceEntries = min(img.l2Entries, 4096/img.l2es)
 	img.size = int64(h.Size)
 	img.refOrder = h.RefcountOrder
 	img.refPerBlk = int64(refcountEntriesPerBlock(uint64(img.cs), h.RefcountOrder))
@@ -216,7 +224,7 @@ func (img *Image) loadTables() error {
 		// Enough to map the whole disk, up to 64 GiB at 64 KiB clusters.
 		l2Bytes = min(8<<20, max(need*img.cs, 1<<16))
 	}
-	img.l2c = newTableCache(int(img.sliceEntries*8), l2Bytes, 32)
+	img.l2c = newTableCache(int(img.sliceEntries*img.l2es), l2Bytes, 32)
 	rbBytes := img.opts.RefcountCacheBytes
 	if rbBytes <= 0 {
 		rbBytes = max(l2Bytes/4, 4*img.cs)

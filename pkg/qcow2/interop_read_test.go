@@ -27,6 +27,7 @@ type iopConfig struct {
 	cluster int64
 	rbits   int
 	lazy    bool
+	ext     bool // extended L2 entries (subclusters)
 }
 
 func (c iopConfig) v2() bool { return c.compat == "0.10" }
@@ -40,17 +41,20 @@ func (c iopConfig) String() string {
 	if c.lazy {
 		s += "-lazy"
 	}
+	if c.ext {
+		s += "-extl2"
+	}
 	return s
 }
 
 // qemu returns qemu-img create options for c.
 func (c iopConfig) qemu(size int64) qemutest.ImageOptions {
-	return qemutest.ImageOptions{Size: size, ClusterSize: c.cluster, Compat: c.compat, RefcountBits: c.rbits, LazyRefcounts: c.lazy}
+	return qemutest.ImageOptions{Size: size, ClusterSize: c.cluster, Compat: c.compat, RefcountBits: c.rbits, LazyRefcounts: c.lazy, ExtendedL2: c.ext}
 }
 
 // engine returns qcow2.Create options for c.
 func (c iopConfig) engine(size int64) qcow2.CreateOptions {
-	return qcow2.CreateOptions{Size: size, ClusterSize: c.cluster, Compat: c.compat, RefcountBits: c.rbits, LazyRefcounts: c.lazy}
+	return qcow2.CreateOptions{Size: size, ClusterSize: c.cluster, Compat: c.compat, RefcountBits: c.rbits, LazyRefcounts: c.lazy, ExtendedL2: c.ext}
 }
 
 // iopMatrix is v2 (compat 0.10) and v3 (compat 1.1) x cluster sizes 512,
@@ -376,7 +380,7 @@ func iopReadChain(t *testing.T, cfg iopConfig, baseFmt string, seed int64) {
 			t.Errorf("%s: Size() = %d, ClusterSize() = %d; want %d, %d", layer.path, img.Size(), img.ClusterSize(), layer.size, cfg.cluster)
 		}
 		info := img.Info()
-		if info.Compat != cfg.compat || info.RefcountBits != cfg.rbits || info.LazyRefcounts != cfg.lazy ||
+		if info.Compat != cfg.compat || info.RefcountBits != cfg.rbits || info.LazyRefcounts != cfg.lazy || info.ExtendedL2 != cfg.ext ||
 			info.BackingFilename != layer.backing || info.BackingFormat != layer.backingFmt || info.Format != "qcow2" {
 			t.Errorf("%s: Info() = %+v", layer.path, info)
 		}

@@ -233,7 +233,7 @@ func iopCheckCreated(t *testing.T, path string, cfg iopConfig, backing, backingF
 	info := qemutest.Info(t, path, "qcow2")
 	d := info.FormatSpecific.Data
 	if info.Format != "qcow2" || info.ClusterSize != cfg.cluster || d.Compat != cfg.compat ||
-		d.RefcountBits != cfg.rbits || d.LazyRefcounts != cfg.lazy || info.BackingFilename != backing ||
+		d.RefcountBits != cfg.rbits || d.LazyRefcounts != cfg.lazy || d.ExtendedL2 != cfg.ext || info.BackingFilename != backing ||
 		(backingFmt != "" && info.BackingFilenameFmt != backingFmt) || info.DirtyFlag || d.Corrupt {
 		t.Errorf("qemu-img info of engine-created %s (%s, backing %q %q): %+v", path, cfg, backing, backingFmt, info)
 	}
@@ -247,36 +247,42 @@ func TestInteropWriteEngineChain(t *testing.T) {
 	for _, cfg := range iopMatrix() {
 		t.Run(cfg.String(), func(t *testing.T) {
 			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			size := iopSize(cfg.cluster)
-			ref := filepath.Join(dir, "ref.raw")
-			qemutest.CreateRaw(t, ref, size)
-
-			base := iopLayer{path: filepath.Join(dir, "base.qcow2"), ref: ref, cluster: cfg.cluster}
-			iopCreate(t, base.path, cfg.engine(size))
-			if err := qcow2.Create(base.path, cfg.engine(size)); err == nil {
-				t.Errorf("Create over an existing image succeeded")
-			}
-			iopCheckCreated(t, base.path, cfg, "", "")
-			qemutest.MustCheckClean(t, base.path, "qcow2")
-			ops := iopEngineOps(rng, size, cfg.cluster, 25, false)
-			base.write(t, qcow2.Options{}, ops)
-			base.verify(t, ops)
-
-			for i, name := range []string{"mid.qcow2", "top.qcow2"} {
-				backing := filepath.Base(base.path)
-				l := iopLayer{path: filepath.Join(dir, name), ref: ref, cluster: cfg.cluster, discardKeeps: cfg.v2()}
-				o := cfg.engine(0)
-				o.BackingFile, o.BackingFormat = backing, "qcow2"
-				iopCreate(t, l.path, o)
-				iopCheckCreated(t, l.path, cfg, backing, "qcow2")
-				ops := iopEngineOps(rng, size, cfg.cluster, 25, i == 1)
-				l.write(t, qcow2.Options{}, ops)
-				l.verify(t, ops)
-				base = l
-			}
+			iopWriteEngineChain(t, cfg)
 		})
+	}
+}
+
+// iopWriteEngineChain creates base, mid and top with the engine and
+// writes each with random operations, checking every layer with qemu-img.
+func iopWriteEngineChain(t *testing.T, cfg iopConfig) {
+	rng := rand.New(rand.NewSource(iopSeed(t.Name())))
+	dir := t.TempDir()
+	size := iopSize(cfg.cluster)
+	ref := filepath.Join(dir, "ref.raw")
+	qemutest.CreateRaw(t, ref, size)
+
+	base := iopLayer{path: filepath.Join(dir, "base.qcow2"), ref: ref, cluster: cfg.cluster}
+	iopCreate(t, base.path, cfg.engine(size))
+	if err := qcow2.Create(base.path, cfg.engine(size)); err == nil {
+		t.Errorf("Create over an existing image succeeded")
+	}
+	iopCheckCreated(t, base.path, cfg, "", "")
+	qemutest.MustCheckClean(t, base.path, "qcow2")
+	ops := iopEngineOps(rng, size, cfg.cluster, 25, false)
+	base.write(t, qcow2.Options{}, ops)
+	base.verify(t, ops)
+
+	for i, name := range []string{"mid.qcow2", "top.qcow2"} {
+		backing := filepath.Base(base.path)
+		l := iopLayer{path: filepath.Join(dir, name), ref: ref, cluster: cfg.cluster, discardKeeps: cfg.v2()}
+		o := cfg.engine(0)
+		o.BackingFile, o.BackingFormat = backing, "qcow2"
+		iopCreate(t, l.path, o)
+		iopCheckCreated(t, l.path, cfg, backing, "qcow2")
+		ops := iopEngineOps(rng, size, cfg.cluster, 25, i == 1)
+		l.write(t, qcow2.Options{}, ops)
+		l.verify(t, ops)
+		base = l
 	}
 }
 
@@ -289,34 +295,40 @@ func TestInteropWriteQemuChain(t *testing.T) {
 	for _, cfg := range iopMatrix() {
 		t.Run(cfg.String(), func(t *testing.T) {
 			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			size := iopSize(cfg.cluster)
-			baseFmt := "qcow2"
-			if cfg.rbits == 16 && !cfg.lazy {
-				baseFmt = "raw"
-			}
-			_, mid := iopQemuBaseAndMid(t, rng, dir, cfg, baseFmt, size, 20)
-			ref := filepath.Join(dir, "ref.raw")
-			iopCopyGuest(t, mid, "qcow2", ref)
-
-			// The engine writes into the qemu-made mid.
-			l := iopLayer{path: mid, ref: ref, cluster: cfg.cluster, discardKeeps: cfg.v2()}
-			ops := iopEngineOps(rng, size, cfg.cluster, 20, false)
-			l.write(t, qcow2.Options{}, ops)
-			l.verify(t, ops)
-
-			// The engine creates a top over the qemu chain and writes it.
-			l.path = filepath.Join(dir, "top.qcow2")
-			eo := cfg.engine(0)
-			eo.BackingFile, eo.BackingFormat = "mid.qcow2", "qcow2"
-			iopCreate(t, l.path, eo)
-			iopCheckCreated(t, l.path, cfg, "mid.qcow2", "qcow2")
-			ops = iopEngineOps(rng, size, cfg.cluster, 25, true)
-			l.write(t, qcow2.Options{}, ops)
-			l.verify(t, ops)
+			iopWriteQemuChain(t, cfg)
 		})
 	}
+}
+
+// iopWriteQemuChain: qemu makes and writes base and mid, the engine writes
+// into mid and then creates and writes a top over it.
+func iopWriteQemuChain(t *testing.T, cfg iopConfig) {
+	rng := rand.New(rand.NewSource(iopSeed(t.Name())))
+	dir := t.TempDir()
+	size := iopSize(cfg.cluster)
+	baseFmt := "qcow2"
+	if cfg.rbits == 16 && !cfg.lazy {
+		baseFmt = "raw"
+	}
+	_, mid := iopQemuBaseAndMid(t, rng, dir, cfg, baseFmt, size, 20)
+	ref := filepath.Join(dir, "ref.raw")
+	iopCopyGuest(t, mid, "qcow2", ref)
+
+	// The engine writes into the qemu-made mid.
+	l := iopLayer{path: mid, ref: ref, cluster: cfg.cluster, discardKeeps: cfg.v2()}
+	ops := iopEngineOps(rng, size, cfg.cluster, 20, false)
+	l.write(t, qcow2.Options{}, ops)
+	l.verify(t, ops)
+
+	// The engine creates a top over the qemu chain and writes it.
+	l.path = filepath.Join(dir, "top.qcow2")
+	eo := cfg.engine(0)
+	eo.BackingFile, eo.BackingFormat = "mid.qcow2", "qcow2"
+	iopCreate(t, l.path, eo)
+	iopCheckCreated(t, l.path, cfg, "mid.qcow2", "qcow2")
+	ops = iopEngineOps(rng, size, cfg.cluster, 25, true)
+	l.write(t, qcow2.Options{}, ops)
+	l.verify(t, ops)
 }
 
 // TestInteropWriteRawBacking: an engine-created v2 and v3 overlay straight

@@ -1,7 +1,5 @@
 package qcow2
 
-import "encoding/binary"
-
 // clusterKind is what an L2 entry says about one guest cluster.
 type clusterKind uint8
 
@@ -10,6 +8,9 @@ const (
 	kindZero                           // reads as zeros (v3 zero flag)
 	kindData                           // stored at a host offset
 	kindCompressed                     // stored compressed
+	// kindSub: an extended L2 cluster whose subclusters are not all in
+	// one state; subKind says what each of them is (subcluster.go).
+	kindSub
 )
 
 // mapping is the decoded L2 entry of one guest cluster.
@@ -18,12 +19,13 @@ type mapping struct {
 	host   int64 // host offset of the cluster (kindData; kindZero if preallocated)
 	copied bool  // OFLAG_COPIED: refcount is exactly 1, writable in place
 	raw    uint64
+	bitmap uint64 // extended L2: the subcluster allocation/zero bitmap
 }
 
 // l2Slice returns the cached L2 slice holding entry vi of the table at l2off.
 func (img *Image) l2Slice(l2off, vi int64) ([]byte, int64, error) {
 	idx := vi % img.l2Entries
-	sliceOff := l2off + (idx/img.sliceEntries)*img.sliceEntries*8
+	sliceOff := l2off + (idx/img.sliceEntries)*img.sliceEntries*img.l2es
 	buf, err := img.l2c.get(sliceOff, func(b []byte) error { return readFull(img.f, b, sliceOff) })
 	return buf, sliceOff, err
 }
@@ -42,8 +44,8 @@ func (img *Image) lookup(vi int64) (mapping, error) {
 	if err != nil {
 		return mapping{}, err
 	}
-	e := binary.BigEndian.Uint64(buf[(vi%img.sliceEntries)*8:])
-	return img.decodeL2(vi, e)
+	e, bm := img.entryAt(buf, vi%img.sliceEntries)
+	return img.decodeL2(vi, e, bm)
 }
 
 // l2Offset returns the validated host offset of L2 table l1i (0: none).
@@ -55,8 +57,8 @@ func (img *Image) l2Offset(l1i int64) (int64, error) {
 	return off, nil
 }
 
-func (img *Image) decodeL2(vi int64, e uint64) (mapping, error) {
-	m := mapping{raw: e, copied: e&oflagCopied != 0}
+func (img *Image) decodeL2(vi int64, e, bitmap uint64) (mapping, error) {
+	m := mapping{raw: e, copied: e&oflagCopied != 0, bitmap: bitmap}
 	if e&oflagCompressed != 0 {
 		m.kind = kindCompressed
 		m.copied = false
@@ -67,6 +69,8 @@ func (img *Image) decodeL2(vi int64, e uint64) (mapping, error) {
 		return m, img.corruptionOrInvalid("cluster %d is mapped to unaligned host offset %#x", vi, m.host)
 	}
 	switch {
+	case img.ext:
+		return img.decodeExt(vi, m)
 	case e&oflagZero != 0 && img.hdr.Version >= 3:
 		m.kind = kindZero
 	case m.host != 0:

@@ -24,7 +24,8 @@ func Measure(size int64, opts CreateOptions, allocated int64) (required, full in
 		return 0, 0, fmt.Errorf("%w: size %d is too large", ErrRange, size)
 	}
 	virtual := ceilDiv(size, cs) * cs
-	l2Tables := ceilDiv(virtual/cs, cs/8)
+	es := l2EntrySize(o.ExtendedL2)
+	l2Tables := ceilDiv(virtual/cs, cs/es)
 	if l2Tables*8 > maxL1Bytes {
 		return 0, 0, fmt.Errorf("%w: The image size is too large (try using a larger cluster size)", ErrRange)
 	}
@@ -32,7 +33,7 @@ func Measure(size int64, opts CreateOptions, allocated int64) (required, full in
 	for 1<<refOrder < o.RefcountBits {
 		refOrder++
 	}
-	full = preallocSize(virtual, cs, refOrder)
+	full = preallocSize(virtual, cs, refOrder, es)
 	if o.Preallocation == PreallocFull || o.Preallocation == PreallocFalloc {
 		allocated = virtual
 	}
@@ -42,11 +43,12 @@ func Measure(size int64, opts CreateOptions, allocated int64) (required, full in
 // preallocSize is the file size of a fully allocated image: the header,
 // L2 tables for every cluster, the L1 table (whole clusters), refcount
 // metadata for all of it, and the data.
-func preallocSize(virtual, cs, refOrder int64) int64 {
-	perTable := cs / 8
-	l2Entries := ceilDiv(virtual/cs, perTable) * perTable
-	l1Entries := ceilDiv(l2Entries*8/cs, perTable) * perTable
-	meta := cs + l2Entries*8 + l1Entries*8
+func preallocSize(virtual, cs, refOrder, es int64) int64 {
+	perL2 := cs / es
+	l2Entries := ceilDiv(virtual/cs, perL2) * perL2
+	perL1 := cs / 8
+	l1Entries := ceilDiv(l2Entries*es/cs, perL1) * perL1
+	meta := cs + l2Entries*es + l1Entries*8
 	meta += refcountMetaSize((meta+virtual)/cs, cs, refOrder)
 	return meta + virtual
 }

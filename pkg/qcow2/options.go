@@ -58,6 +58,12 @@ type CreateOptions struct {
 	CompressionType string
 	// Preallocation is one of the Prealloc* constants; "" means off.
 	Preallocation string
+	// ExtendedL2 stores 128-bit L2 entries that split each cluster into
+	// 32 subclusters (qemu-img's extended_l2=on): needs compat 1.1 and a
+	// cluster size of at least 16 KiB. Only these images may combine
+	// preallocation with a backing file (preallocated subclusters stay
+	// unallocated and read through).
+	ExtendedL2 bool
 	// BackingFile is stored verbatim in the image; BackingFormat is
 	// "qcow2" or "raw" (probed from the file when empty).
 	BackingFile   string

@@ -3,7 +3,9 @@ package qcow2
 import "golang.org/x/sys/unix"
 
 // preallocate allocates every L2 table and data cluster of a new image
-// (metadata), and with falloc/full also the host space for the data.
+// (metadata), and with falloc/full also the host space for the data. On
+// extended L2 images the subclusters stay unallocated (bitmap 0), as
+// QEMU leaves them: they read through to the backing file, if any.
 func (img *Image) preallocate(mode string) error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
@@ -21,7 +23,7 @@ func (img *Image) preallocate(mode string) error {
 		}
 		ups := make([]l2Update, n)
 		for k := range n {
-			ups[k] = l2Update{vi + k, uint64((start+k)*img.cs) | oflagCopied}
+			ups[k] = l2Update{vi + k, uint64((start+k)*img.cs) | oflagCopied, 0}
 		}
 		if err := img.writeL2(ups); err != nil {
 			return err

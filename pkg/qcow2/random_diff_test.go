@@ -15,6 +15,7 @@ package qcow2_test
 // overrides the number of operations per configuration (for soak runs).
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -70,8 +71,10 @@ type rdConfig struct {
 	// prep: "" (empty engine-created image), "snapshot" (qemu writes
 	// into it and takes internal snapshot s1, which must survive the
 	// random ops intact) or "compressed" (the image is made by qemu-img
-	// convert -c, zstd, from qemu-written patterns; no backing) or
-	// "prealloc" (created by the engine with preallocation=metadata).
+	// convert -c, zstd, from qemu-written patterns; no backing),
+	// "engine-compressed" (the same patterns, every cluster written by
+	// the engine's WriteCompressedClusters) or "prealloc" (created by the
+	// engine with preallocation=metadata).
 	prep string
 }
 
@@ -80,6 +83,9 @@ func rdConfigs() []rdConfig {
 	v2 := func(cl int64) iopConfig { return iopConfig{compat: "0.10", cluster: cl, rbits: 16} }
 	v3 := func(cl int64, rb int, lazy bool) iopConfig {
 		return iopConfig{compat: "1.1", cluster: cl, rbits: rb, lazy: lazy}
+	}
+	ext := func(cl int64, rb int, lazy bool) iopConfig {
+		return iopConfig{compat: "1.1", cluster: cl, rbits: rb, lazy: lazy, ext: true}
 	}
 	return []rdConfig{
 		{"v3-c512-rb16-smallcache", 1, v3(512, 16, false), "", true, 8 * M, 12 * M, 2000, ""},
@@ -99,6 +105,14 @@ func rdConfigs() []rdConfig {
 		{"v2-c512-rb16-snapshot-qcow2backing-smallcache", 12, v2(512), "qcow2", true, 8 * M, 12 * M, 2000, "snapshot"},
 		{"v3-c4K-rb16-lazy-compressed-zstd", 13, v3(4<<10, 16, true), "", false, 16 * M, 24 * M, 2000, "compressed"},
 		{"v2-c4K-rb16-prealloc-metadata-smallcache", 14, v2(4 << 10), "", true, 16 * M, 24 * M, 2000, "prealloc"},
+		// Extended L2 entries: 512 B subclusters at 16K clusters, 2 KiB
+		// at 64K; compressed images with and without them.
+		{"v3-c16K-rb16-extl2-qcow2backing-smallcache", 15, ext(16<<10, 16, false), "qcow2", true, 16 * M, 24 * M, 2000, ""},
+		{"v3-c64K-rb64-lazy-extl2-rawbacking", 16, ext(64<<10, 64, true), "raw", false, 32 * M, 48 * M, 1500, ""},
+		{"v3-c64K-rb16-extl2-compressed-zstd", 17, ext(64<<10, 16, false), "", false, 16 * M, 24 * M, 1500, "compressed"},
+		{"v3-c64K-rb16-extl2-prealloc-qcow2backing", 18, ext(64<<10, 16, false), "qcow2", false, 16 * M, 24 * M, 1500, "prealloc"},
+		{"v3-c16K-rb16-engine-compressed", 19, v3(16<<10, 16, false), "", false, 16 * M, 24 * M, 1500, "engine-compressed"},
+		{"v3-c64K-rb16-extl2-engine-compressed", 20, ext(64<<10, 16, false), "", false, 16 * M, 24 * M, 1500, "engine-compressed"},
 	}
 }
 
@@ -170,6 +184,38 @@ func (r *rdRun) makeBacking() (name, format string) {
 		t.Fatal(err)
 	}
 	return name, format
+}
+
+// rdWriteCompressed creates an engine image with options co and writes
+// every cluster of the raw file ref into it with WriteCompressedClusters
+// (clusters of zeros are left unallocated).
+func rdWriteCompressed(t *testing.T, ref, path string, co qcow2.CreateOptions) {
+	t.Helper()
+	data, err := os.ReadFile(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := qcow2.Create(path, co); err != nil {
+		t.Fatalf("Create(%+v): %v", co, err)
+	}
+	img, err := qcow2.Open(path, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := img.ClusterSize()
+	var batch []qcow2.CompressedCluster
+	for off := int64(0); off < int64(len(data)); off += cs {
+		c := data[off:min(off+cs, int64(len(data)))]
+		if !bytes.Equal(c, make([]byte, len(c))) {
+			batch = append(batch, qcow2.CompressedCluster{Off: off, Data: c})
+		}
+	}
+	if err := img.WriteCompressedClusters(batch); err != nil {
+		t.Fatalf("WriteCompressedClusters: %v", err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (r *rdRun) open() {
@@ -395,6 +441,9 @@ func TestRandomDiff(t *testing.T) {
 				o := rc.cfg.qemu(0)
 				o.Extra = []string{"compression_type=zstd"}
 				qemutest.ConvertCompressed(t, r.refPath, "raw", r.path, o)
+			case "engine-compressed":
+				qemutest.QemuIO(t, r.refPath, "raw", iopGenOps(r.rng, rc.size, rc.cfg.cluster, 200, false)...)
+				rdWriteCompressed(t, r.refPath, r.path, co)
 			default:
 				if rc.prep == "prealloc" {
 					co.Preallocation = qcow2.PreallocMetadata

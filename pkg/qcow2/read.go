@@ -25,18 +25,21 @@ func (img *Image) walk(off, n int64, fn func(r run) error) error {
 		if err != nil {
 			return err
 		}
-		if m.host != 0 {
-			m.host += in
-		}
-		if have && mergeable(cur, m) {
-			cur.n += l
-		} else {
+		err = img.clusterRuns(m, in, l, func(sin, sl int64, sm mapping) error {
+			if have && mergeable(cur, sm) {
+				cur.n += sl
+				return nil
+			}
 			if have {
 				if err := fn(cur); err != nil {
 					return err
 				}
 			}
-			cur, have = run{off: pos, n: l, m: m}, true
+			cur, have = run{off: pos - in + sin, n: sl, m: sm}, true
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		pos += l
 	}
@@ -83,10 +86,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if m.host != 0 {
-			m.host += off % img.cs
-		}
-		if err := img.readRun(p, run{off: off, n: int64(len(p)), m: m}); err != nil {
+		if err := img.readCluster(p, off, m); err != nil {
 			return 0, err
 		}
 		return len(p), nil

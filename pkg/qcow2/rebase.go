@@ -148,7 +148,8 @@ func (img *Image) zeroUnallocated(vi int64) error {
 	if _, err := img.prepareL2(vi / img.l2Entries); err != nil {
 		return err
 	}
-	return img.commit(&writeBatch{l2: []l2Update{{vi, oflagZero}}})
+	e, bitmap := img.zeroEntry()
+	return img.commit(&writeBatch{l2: []l2Update{{vi, e, bitmap}}})
 }
 
 // setBackingLocked rewrites cluster 0 so that the image names a new backing

@@ -336,7 +336,7 @@ func (img *Image) treeRefs(l1 []uint64) ([]int64, error) {
 			return nil, err
 		}
 		for k := int64(0); k < img.l2Entries; k++ {
-			e := binary.BigEndian.Uint64(buf[k*8:])
+			e, _ := img.entryAt(buf, k)
 			if e&oflagCompressed != 0 {
 				off, n := img.compressedLocation(e)
 				if off+n > maxHostOffset {
@@ -507,9 +507,9 @@ func (img *Image) fixCopiedL2(l1i, l2off int64) error {
 			return err
 		}
 		lo, hi := int64(-1), int64(0)
-		var newVals []uint64
+		var out []byte
 		for k := int64(0); k < img.sliceEntries; k++ {
-			e := binary.BigEndian.Uint64(buf[k*8:])
+			e, bitmap := img.entryAt(buf, k)
 			host := int64(e & l2OffsetMask)
 			if e&oflagCompressed != 0 || host == 0 {
 				continue
@@ -523,12 +523,9 @@ func (img *Image) fixCopiedL2(l1i, l2off int64) error {
 			}
 			if lo < 0 {
 				lo = k
-				newVals = make([]uint64, img.sliceEntries)
-				for j := range newVals {
-					newVals[j] = binary.BigEndian.Uint64(buf[j*8:])
-				}
+				out = slices.Clone(buf)
 			}
-			newVals[k] = want
+			img.putEntry(out, k, want, bitmap)
 			hi = k + 1
 		}
 		if lo < 0 {
@@ -537,13 +534,12 @@ func (img *Image) fixCopiedL2(l1i, l2off int64) error {
 		if err := img.checkMetaWrite(sliceOff, metaL2); err != nil {
 			return err
 		}
-		out := make([]byte, (hi-lo)*8)
-		putU64s(out, newVals[lo:hi])
-		if _, err := img.f.WriteAt(out, sliceOff+lo*8); err != nil {
+		es := img.l2es
+		if _, err := img.f.WriteAt(out[lo*es:hi*es], sliceOff+lo*es); err != nil {
 			img.l2c.drop(sliceOff, int64(len(buf)))
 			return err
 		}
-		copy(buf[lo*8:hi*8], out) // write-through: the file first
+		copy(buf[lo*es:hi*es], out[lo*es:hi*es]) // write-through: the file first
 	}
 	return nil
 }
@@ -684,9 +680,9 @@ func (img *Image) clearCopiedL2(l1i, l2off int64) error {
 		out := slices.Clone(buf)
 		changed := false
 		for k := int64(0); k < img.sliceEntries; k++ {
-			e := binary.BigEndian.Uint64(out[k*8:])
+			e, bitmap := img.entryAt(out, k)
 			if e&oflagCopied != 0 {
-				binary.BigEndian.PutUint64(out[k*8:], e&^oflagCopied)
+				img.putEntry(out, k, e&^oflagCopied, bitmap)
 				changed = true
 			}
 		}
@@ -863,21 +859,8 @@ func (v *SnapshotView) ReadAt(p []byte, off int64) (int, error) {
 		l := min(img.cs-in, off+n-pos)
 		dst := p[pos-off : pos-off+l]
 		m, err := v.lookup(vi)
-		if err != nil {
-			return 0, err
-		}
-		switch m.kind {
-		case kindData:
-			err = readFull(img.f, dst, m.host+in)
-		case kindZero:
-			clear(dst)
-		case kindCompressed:
-			var buf []byte
-			if buf, err = img.readCompressed(m.raw); err == nil {
-				copy(dst, buf[in:])
-			}
-		default:
-			err = readDisk(img.backing, dst, pos)
+		if err == nil {
+			err = img.readCluster(dst, pos, m)
 		}
 		if err != nil {
 			return 0, err
@@ -904,5 +887,6 @@ func (v *SnapshotView) lookup(vi int64) (mapping, error) {
 	if err != nil {
 		return mapping{}, err
 	}
-	return img.decodeL2(vi, binary.BigEndian.Uint64(buf[(vi%img.sliceEntries)*8:]))
+	e, bitmap := img.entryAt(buf, vi%img.sliceEntries)
+	return img.decodeL2(vi, e, bitmap)
 }

@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"cmp"
-	"encoding/binary"
 	"errors"
 	"slices"
 )
@@ -59,14 +58,17 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 	if len(p) > 0 && off/img.cs == (off+int64(len(p))-1)/img.cs {
 		// One cluster: no walk (the common 4 KiB request).
 		m, err := img.lookup(off / img.cs)
-		if err != nil || m.kind != kindData || !m.copied {
+		if err != nil || (m.kind != kindData && m.kind != kindSub) || !m.copied {
 			return false, err
 		}
-		if err := img.checkMetaWrite(m.host, metaNone); err != nil {
-			return false, err
+		if m.kind == kindData {
+			if err := img.checkMetaWrite(m.host, metaNone); err != nil {
+				return false, err
+			}
+			_, err = img.f.WriteAt(p, m.host+off%img.cs)
+			return err == nil, err
 		}
-		_, err = img.f.WriteAt(p, m.host+off%img.cs)
-		return err == nil, err
+		// Subclusters: the walk below tells whether all are stored.
 	}
 	var runs []run
 	err := img.walk(off, int64(len(p)), func(r run) error {
@@ -120,8 +122,9 @@ type hostWrite struct {
 }
 
 type l2Update struct {
-	vi    int64
-	entry uint64
+	vi     int64
+	entry  uint64
+	bitmap uint64 // extended L2 only
 }
 
 // writeLocked is the general write path; it holds mu exclusively.
@@ -154,6 +157,9 @@ func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
 	if err != nil {
 		return err
 	}
+	if img.ext {
+		return img.planWriteExt(w, vi, in, chunk, m)
+	}
 	switch {
 	case m.kind == kindData && m.copied:
 		if err := img.checkDataRange(m.host, img.cs); err != nil {
@@ -169,7 +175,7 @@ func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
 		buf := make([]byte, img.cs)
 		copy(buf[in:], chunk)
 		w.data = append(w.data, hostWrite{m.host, buf})
-		w.l2 = append(w.l2, l2Update{vi, uint64(m.host) | oflagCopied})
+		w.l2 = append(w.l2, l2Update{vi, uint64(m.host) | oflagCopied, 0})
 		// The cluster may still hold what it had before it was zeroed.
 		w.needSync = true
 		return nil
@@ -195,7 +201,7 @@ func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
 		w.data = append(w.data, hostWrite{host, old})
 	}
 	w.needSync = w.needSync || oldNonZero
-	w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied})
+	w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied, 0})
 	img.unlink(w, m, false)
 	return nil
 }
@@ -254,7 +260,7 @@ func (img *Image) unlink(w *writeBatch, m mapping, punch bool) {
 		for c := off / img.cs; c < ceilDiv(off+n, img.cs); c++ {
 			w.frees = append(w.frees, c)
 		}
-	case m.host != 0 && (m.kind == kindData || m.kind == kindZero):
+	case m.host != 0:
 		w.frees = append(w.frees, m.host/img.cs)
 		if punch && m.copied {
 			w.punch = append(w.punch, clusterRun{m.host / img.cs, 1})
@@ -379,13 +385,13 @@ func (img *Image) writeL2(ups []l2Update) error {
 		lo, hi := int64(-1), int64(0)
 		for ; i < len(ups) && ups[i].vi-sliceFirst < img.sliceEntries && ups[i].vi >= sliceFirst; i++ {
 			k := ups[i].vi - sliceFirst
-			binary.BigEndian.PutUint64(buf[k*8:], ups[i].entry)
+			img.putEntry(buf, k, ups[i].entry, ups[i].bitmap)
 			if lo < 0 {
 				lo = k
 			}
 			hi = k + 1
 		}
-		if _, err := img.f.WriteAt(buf[lo*8:hi*8], sliceOff+lo*8); err != nil {
+		if _, err := img.f.WriteAt(buf[lo*img.l2es:hi*img.l2es], sliceOff+lo*img.l2es); err != nil {
 			img.l2c.drop(sliceOff, int64(len(buf)))
 			return err
 		}

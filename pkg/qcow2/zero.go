@@ -66,6 +66,9 @@ func (img *Image) zeroPartial(from, to int64) error {
 	if from >= to {
 		return nil
 	}
+	if img.ext {
+		return img.zeroPartialExt(from, to)
+	}
 	m, err := img.lookup(from / img.cs)
 	if err != nil {
 		return err
@@ -93,6 +96,12 @@ func (img *Image) zeroClusters(first, stop int64, unmap bool) error {
 		if err != nil {
 			return err
 		}
+		if img.ext {
+			if err := img.planZeroExt(&w, vi, m, unmap); err != nil {
+				return err
+			}
+			continue
+		}
 		var want uint64
 		switch {
 		case m.kind == kindZero && (!unmap || m.host == 0):
@@ -112,7 +121,7 @@ func (img *Image) zeroClusters(first, stop int64, unmap bool) error {
 		switch {
 		case v3 && !unmap && m.kind == kindData && m.copied:
 			want = uint64(m.host) | oflagCopied | oflagZero
-			w.l2 = append(w.l2, l2Update{vi, want})
+			w.l2 = append(w.l2, l2Update{vi, want, 0})
 			continue
 		case v3:
 			want = oflagZero
@@ -132,7 +141,7 @@ func (img *Image) zeroClusters(first, stop int64, unmap bool) error {
 			}
 			want = uint64(c*img.cs) | oflagCopied
 		}
-		w.l2 = append(w.l2, l2Update{vi, want})
+		w.l2 = append(w.l2, l2Update{vi, want, 0})
 		img.unlink(&w, m, true)
 	}
 	return img.commit(&w)
