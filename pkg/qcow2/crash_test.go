@@ -80,6 +80,9 @@ type crashConfig struct {
 	// snapshots: the workload of crash_snapshot_test.go (snapshot
 	// operations and compressed writes besides guest I/O; no Resize).
 	snapshots bool
+	// extendedL2: 128-bit L2 entries with subclusters (16 KiB clusters
+	// and up).
+	extendedL2 bool
 }
 
 func crashConfigs() []crashConfig {
@@ -113,6 +116,12 @@ func crashConfigs() []crashConfig {
 	out = append(out,
 		crashConfig{name: "v3-c4k-concurrent", compat: "1.1", clusterSize: 4096, size: 1 << 20, concurrent: true},
 		crashConfig{name: "v3lazy-c64k-raw-concurrent", compat: "1.1", lazy: true, clusterSize: 65536, backing: "raw", size: 2 << 20, concurrent: true},
+		// Extended L2 entries: 512 B subclusters at 16K clusters, 2 KiB
+		// at 64K, so guest ops of every shape hit partial subclusters.
+		crashConfig{name: "v3-c16k-extl2", compat: "1.1", clusterSize: 16384, size: 1 << 20, extendedL2: true},
+		crashConfig{name: "v3-c16k-extl2-raw", compat: "1.1", clusterSize: 16384, backing: "raw", size: 1 << 20, extendedL2: true},
+		crashConfig{name: "v3lazy-c64k-extl2-qcow2", compat: "1.1", lazy: true, clusterSize: 65536, backing: "qcow2", size: 2 << 20, extendedL2: true},
+		crashConfig{name: "v3-c64k-extl2-raw-concurrent", compat: "1.1", clusterSize: 65536, backing: "raw", size: 2 << 20, concurrent: true, extendedL2: true},
 	)
 	return out
 }
@@ -692,6 +701,7 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 		Compat:        cfg.compat,
 		LazyRefcounts: cfg.lazy,
 		RefcountBits:  cfg.refcountBits,
+		ExtendedL2:    cfg.extendedL2,
 	}
 	if cfg.backing != "" {
 		// Backing content: tagged data with some zero runs (which a

@@ -530,6 +530,9 @@ func iopCompressedConfigs() []iopCompressedConfig {
 		{iopConfig{compat: "1.1", cluster: 4 << 10, rbits: 1, lazy: true}, "zstd"},
 		{iopConfig{compat: "1.1", cluster: 64 << 10, rbits: 64}, "zstd"},
 		{iopConfig{compat: "1.1", cluster: 2 << 20, rbits: 16}, "zlib"},
+		// Compressed clusters of extended L2 images (no subclusters).
+		{iopConfig{compat: "1.1", cluster: 64 << 10, rbits: 16, ext: true}, "zlib"},
+		{iopConfig{compat: "1.1", cluster: 16 << 10, rbits: 16, lazy: true, ext: true}, "zstd"},
 	}
 }
 
@@ -612,6 +615,7 @@ func iopSnapshotConfigs() []iopConfig {
 		// 2 bits qemu-img snapshot -a overflows (refcount 4) on its own.
 		{compat: "1.1", cluster: 64 << 10, rbits: 4, lazy: true},
 		{compat: "1.1", cluster: 64 << 10, rbits: 16},
+		{compat: "1.1", cluster: 32 << 10, rbits: 16, ext: true},
 	}
 }
 
