@@ -103,6 +103,9 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	if err := c.targetOpts(o); err != nil {
 		return err
 	}
+	if err := o.extendedL2Err(); err != nil {
+		return failf("%s: error while converting qcow2: %v", dst, err)
+	}
 	if _, ok := o.set["size"]; ok {
 		return failf("%s: the output size is the source's; -o size is not accepted", dst)
 	}

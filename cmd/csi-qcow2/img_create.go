@@ -126,6 +126,9 @@ func (c *createCmd) run(cmd *cobra.Command, args []string) error {
 	if !c.quiet {
 		fmt.Fprintln(cmd.OutOrStdout(), o.formattingLine(filename, c.format, size))
 	}
+	if err := o.extendedL2Err(); err != nil {
+		return fileErr("%v", err)
+	}
 	if err := removeExisting(filename); err != nil {
 		return fileErr("%v", err)
 	}

@@ -82,6 +82,9 @@ func (c *measureCmd) run(cmd *cobra.Command, args []string) error {
 		}
 		return failf("%s", msg)
 	}
+	if err := o.extendedL2Err(); err != nil {
+		return failf("%v", err)
+	}
 
 	var in qcow2.Disk
 	if len(args) == 1 {

@@ -208,15 +208,24 @@ func (o *createOpts) validate(fmtName string) error {
 		if o.compression != "zlib" {
 			return fmt.Errorf("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)")
 		}
-		if o.extendedL2 {
-			return fmt.Errorf("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)")
-		}
-	}
-	if o.extendedL2 && o.clusterSize < 16384 {
-		return fmt.Errorf("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
 	}
 	o.backingFile = o.set["backing_file"]
 	o.backingFmt = o.set["backing_fmt"]
+	return nil
+}
+
+// extendedL2Err is what qemu-img says about extended_l2=on with a
+// geometry that cannot have it; it says so only when it creates the
+// image (after create's "Formatting" line).
+func (o *createOpts) extendedL2Err() error {
+	switch {
+	case !o.extendedL2:
+		return nil
+	case o.compat == "0.10":
+		return fmt.Errorf("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)")
+	case o.clusterSize < 16384:
+		return fmt.Errorf("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+	}
 	return nil
 }
 
