@@ -708,12 +708,7 @@ func (c *checker) clusterType(e uint64) int {
 }
 
 func (c *checker) l2Entry(t []byte, i int64) (e, bitmap uint64) {
-	p := t[i*c.l2EntrySize:]
-	e = binary.BigEndian.Uint64(p)
-	if c.extL2 {
-		bitmap = binary.BigEndian.Uint64(p[8:])
-	}
-	return e, bitmap
+	return l2EntryAt(t, i, c.extL2)
 }
 
 // compressedRange is qcow2_parse_compressed_l2_entry.

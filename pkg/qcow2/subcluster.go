@@ -51,9 +51,14 @@ func l2EntrySize(extended bool) int64 {
 // entryAt returns L2 entry k of a table or slice buffer: the L2 word and,
 // on extended images, the subcluster bitmap.
 func (img *Image) entryAt(buf []byte, k int64) (e, bitmap uint64) {
-	p := buf[k*img.l2es:]
+	return l2EntryAt(buf, k, img.ext)
+}
+
+// l2EntryAt is entryAt for a given entry format (the checker has no Image).
+func l2EntryAt(buf []byte, k int64, extended bool) (e, bitmap uint64) {
+	p := buf[k*l2EntrySize(extended):]
 	e = binary.BigEndian.Uint64(p)
-	if img.ext {
+	if extended {
 		bitmap = binary.BigEndian.Uint64(p[8:])
 	}
 	return e, bitmap

@@ -1,11 +1,9 @@
 package qcow2
 
-import (
-	"math/bits"
-	"slices"
-)
+import "math/bits"
 
-// planWriteExt is planWrite for extended L2 images. Only the subclusters
+// planWriteExt is planWrite for extended L2 images (compressed clusters
+// aside: they have no subclusters). Only the subclusters
 // the chunk touches are written and become allocated; the others keep
 // their state, so a small write over a backing file copies at most the
 // rest of its first and last subcluster, never the whole cluster.
@@ -20,9 +18,6 @@ import (
 // discarded. So the batch syncs before the L2 write whenever what the
 // guest read there before, or what the host holds there now, is not zeros.
 func (img *Image) planWriteExt(w *writeBatch, vi, in int64, chunk []byte, m mapping) error {
-	if m.kind == kindCompressed {
-		return img.planRewriteCompressed(w, vi, in, chunk, m)
-	}
 	touched := img.subBits(in, int64(len(chunk)))
 	alloc := m.bitmap & l2BitmapAllAlloc
 	if m.kind == kindData {
@@ -35,12 +30,8 @@ func (img *Image) planWriteExt(w *writeBatch, vi, in int64, chunk []byte, m mapp
 			return err
 		}
 	} else {
-		c, err := img.takeCluster()
-		if err != nil {
-			return err
-		}
-		host = c * img.cs
-		if err := img.checkDataRange(host, img.cs); err != nil {
+		var err error
+		if host, err = img.takeFreshCluster(); err != nil {
 			return err
 		}
 	}
@@ -104,29 +95,5 @@ func (img *Image) planWriteExt(w *writeBatch, vi, in int64, chunk []byte, m mapp
 	if !inPlace {
 		img.unlink(w, m, false)
 	}
-	return nil
-}
-
-// planRewriteCompressed replaces a compressed cluster of an extended
-// image by a fresh, fully allocated one holding its content and the chunk.
-func (img *Image) planRewriteCompressed(w *writeBatch, vi, in int64, chunk []byte, m mapping) error {
-	old, err := img.readCompressed(m.raw)
-	if err != nil {
-		return err
-	}
-	c, err := img.takeCluster()
-	if err != nil {
-		return err
-	}
-	host := c * img.cs
-	if err := img.checkDataRange(host, img.cs); err != nil {
-		return err
-	}
-	buf := slices.Clone(old[:img.cs])
-	w.needSync = w.needSync || !isZero(buf)
-	copy(buf[in:], chunk)
-	w.data = append(w.data, hostWrite{host, buf})
-	w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied, l2BitmapAllAlloc})
-	img.unlink(w, m, false)
 	return nil
 }

@@ -157,7 +157,7 @@ func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
 	if err != nil {
 		return err
 	}
-	if img.ext {
+	if img.ext && m.kind != kindCompressed {
 		return img.planWriteExt(w, vi, in, chunk, m)
 	}
 	switch {
@@ -185,12 +185,8 @@ func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
 	if err != nil {
 		return err
 	}
-	c, err := img.takeCluster()
+	host, err := img.takeFreshCluster()
 	if err != nil {
-		return err
-	}
-	host := c * img.cs
-	if err := img.checkDataRange(host, img.cs); err != nil {
 		return err
 	}
 	if old == nil {
@@ -201,9 +197,20 @@ func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
 		w.data = append(w.data, hostWrite{host, old})
 	}
 	w.needSync = w.needSync || oldNonZero
-	w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied, 0})
+	w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied, img.allocBitmap()})
 	img.unlink(w, m, false)
 	return nil
+}
+
+// takeFreshCluster takes a cluster from the pool (it reads as zeros) and
+// returns its host offset, checked to hold no metadata.
+func (img *Image) takeFreshCluster() (int64, error) {
+	c, err := img.takeCluster()
+	if err != nil {
+		return 0, err
+	}
+	host := c * img.cs
+	return host, img.checkDataRange(host, img.cs)
 }
 
 // oldContent returns what guest cluster vi holds now, when a partial write
@@ -281,14 +288,11 @@ func (img *Image) prepareL2(l1i int64) (int64, error) {
 	if cur != 0 && img.l1[l1i]&oflagCopied != 0 {
 		return cur, nil
 	}
-	c, err := img.takeCluster()
+	host, err := img.takeFreshCluster()
 	if err != nil {
 		return 0, err
 	}
-	host := c * img.cs
-	if err := img.checkDataRange(host, img.cs); err != nil {
-		return 0, err
-	}
+	c := host / img.cs
 	if cur != 0 {
 		// Shared with a snapshot: copy it, durably, before linking the copy.
 		buf := make([]byte, img.cs)

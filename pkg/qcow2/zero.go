@@ -132,14 +132,11 @@ func (img *Image) zeroClusters(first, stop int64, unmap bool) error {
 			w.punch = append(w.punch, clusterRun{m.host / img.cs, 1})
 			continue
 		default:
-			c, err := img.takeCluster()
+			host, err := img.takeFreshCluster()
 			if err != nil {
 				return err
 			}
-			if err := img.checkDataRange(c*img.cs, img.cs); err != nil {
-				return err
-			}
-			want = uint64(c*img.cs) | oflagCopied
+			want = uint64(host) | oflagCopied
 		}
 		w.l2 = append(w.l2, l2Update{vi, want, 0})
 		img.unlink(&w, m, true)
