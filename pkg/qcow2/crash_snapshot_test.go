@@ -41,13 +41,15 @@ func TestCrashStatesSnapshotsAndCompression(t *testing.T) {
 		lazy        bool
 		cs          int64
 		backing     string
+		ext         bool
 	}{
-		{"v3", "1.1", false, 4096, ""},
-		{"v3", "1.1", false, 65536, "raw"},
-		{"v3lazy", "1.1", true, 4096, "qcow2"},
-		{"v3lazy", "1.1", true, 65536, ""},
-		{"v2", "0.10", false, 4096, "raw"},
-		{"v2", "0.10", false, 65536, ""},
+		{"v3", "1.1", false, 4096, "", false},
+		{"v3", "1.1", false, 65536, "raw", false},
+		{"v3lazy", "1.1", true, 4096, "qcow2", false},
+		{"v3lazy", "1.1", true, 65536, "", false},
+		{"v2", "0.10", false, 4096, "raw", false},
+		{"v2", "0.10", false, 65536, "", false},
+		{"v3extl2", "1.1", false, 65536, "raw", true},
 	} {
 		name := fmt.Sprintf("snap-%s-c%s", c.tag, sizeTag(c.cs))
 		if c.backing != "" {
@@ -55,7 +57,7 @@ func TestCrashStatesSnapshotsAndCompression(t *testing.T) {
 		}
 		size := map[int64]int64{4096: 512 << 10, 65536: 2 << 20}[c.cs]
 		configs = append(configs, crashConfig{name: name, compat: c.compat, lazy: c.lazy,
-			clusterSize: c.cs, backing: c.backing, size: size, snapshots: true})
+			clusterSize: c.cs, backing: c.backing, size: size, snapshots: true, extendedL2: c.ext})
 	}
 	runCrashTest(t, "TestCrashStatesSnapshotsAndCompression", configs, 100)
 }

@@ -289,6 +289,7 @@ func fuzzEngineSeeds(f *testing.F) {
 		{Size: 64 << 10, ClusterSize: 512, Compat: "0.10"},
 		{Size: 256 << 10, ClusterSize: 4096, RefcountBits: 1},
 		{Size: 64 << 10, ClusterSize: 512, RefcountBits: 64, LazyRefcounts: true},
+		{Size: 128 << 10, ClusterSize: 16 << 10, ExtendedL2: true},
 	} {
 		m := &fuzzFile{}
 		if err := qcow2.CreateFile(m, "seed.qcow2", o); err != nil {

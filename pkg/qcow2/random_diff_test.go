@@ -544,6 +544,7 @@ func TestRandomDiffConcurrent(t *testing.T) {
 		{"v3-c4K-rb1-lazy-qcow2backing-unaligned", 102, iopConfig{compat: "1.1", cluster: 4 << 10, rbits: 1, lazy: true}, "qcow2", true, false},
 		{"v2-c64K-rb16-rawbacking-unaligned-smallcache", 103, iopConfig{compat: "0.10", cluster: 64 << 10, rbits: 16}, "raw", true, true},
 		{"v3-c512-rb64-unaligned-smallcache", 104, iopConfig{compat: "1.1", cluster: 512, rbits: 64}, "", true, true},
+		{"v3-c64K-rb16-extl2-rawbacking-unaligned", 105, iopConfig{compat: "1.1", cluster: 64 << 10, rbits: 16, ext: true}, "raw", true, false},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			t.Parallel()
