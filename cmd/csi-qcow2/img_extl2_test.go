@@ -8,8 +8,8 @@ import (
 )
 
 // TestImgExtendedL2 covers extended_l2=on across the img commands: create
-// (and its refusals), info, measure, convert (plain and -c), commit and
-// safe rebase of extended L2 chains, each against qemu-img.
+// (and its refusals), info, amend, map, measure, convert (plain and -c),
+// commit and safe rebase of extended L2 chains, each against qemu-img.
 func TestImgExtendedL2(t *testing.T) {
 	needQemu(t)
 	dir := chdirTemp(t)
@@ -33,6 +33,12 @@ func TestImgExtendedL2(t *testing.T) {
 		if infoJSON(t, f)["format-specific"].(map[string]any)["data"].(map[string]any)["extended-l2"] != true {
 			t.Errorf("qemu-img info of %s: not extended L2", f)
 		}
+	}
+
+	img(t, "amend", "-o", "lazy_refcounts=on", "e.qcow2")
+	assertCheckClean(t, "e.qcow2")
+	if infoJSON(t, "e.qcow2")["format-specific"].(map[string]any)["data"].(map[string]any)["lazy-refcounts"] != true {
+		t.Errorf("amend -o lazy_refcounts=on of an extended L2 image did not take")
 	}
 
 	// A qemu-made extended chain with subcluster writes, zeroes and
