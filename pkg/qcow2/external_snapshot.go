@@ -230,6 +230,7 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 		Compat:          "1.1",
 		LazyRefcounts:   h.CompatibleFeatures&compatLazyRefcounts != 0,
 		CompressionType: "zlib",
+		ExtendedL2:      old.ext,
 		BackingFile:     p.backing,
 		BackingFormat:   "qcow2",
 		Backing:         old.opts.Backing,

@@ -206,6 +206,7 @@ func TestFreezeCrashStates(t *testing.T) {
 		{"v3", qcow2.CreateOptions{ClusterSize: 4096}},
 		{"v3lazy", qcow2.CreateOptions{ClusterSize: 65536, LazyRefcounts: true}},
 		{"v2", qcow2.CreateOptions{ClusterSize: 65536, Compat: "0.10"}},
+		{"v3extl2", qcow2.CreateOptions{ClusterSize: 32768, ExtendedL2: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			const size = 2 << 20
@@ -245,6 +246,10 @@ func TestFreezeCrashStates(t *testing.T) {
 				}
 				if want := []string{"before", "settled", "linked", "created", "renamed"}; !slices.Equal(steps, want) {
 					t.Fatalf("freeze steps %v, want %v", steps, want)
+				}
+				// The new top keeps the volume's format options.
+				if ext := live.Header().IncompatibleFeatures&(1<<4) != 0; ext != c.co.ExtendedL2 {
+					t.Errorf("the overlay made by Freeze has extended L2 entries: %v, the volume: %v", ext, c.co.ExtendedL2)
 				}
 			}
 			if err := live.Close(); err != nil {
