@@ -118,7 +118,6 @@ func crashConfigs() []crashConfig {
 		crashConfig{name: "v3lazy-c64k-raw-concurrent", compat: "1.1", lazy: true, clusterSize: 65536, backing: "raw", size: 2 << 20, concurrent: true},
 		// Extended L2 entries: 512 B subclusters at 16K clusters, 2 KiB
 		// at 64K, so guest ops of every shape hit partial subclusters.
-		crashConfig{name: "v3-c16k-extl2", compat: "1.1", clusterSize: 16384, size: 1 << 20, extendedL2: true},
 		crashConfig{name: "v3-c16k-extl2-raw", compat: "1.1", clusterSize: 16384, backing: "raw", size: 1 << 20, extendedL2: true},
 		crashConfig{name: "v3lazy-c64k-extl2-qcow2", compat: "1.1", lazy: true, clusterSize: 65536, backing: "qcow2", size: 2 << 20, extendedL2: true},
 		crashConfig{name: "v3-c64k-extl2-raw-concurrent", compat: "1.1", clusterSize: 65536, backing: "raw", size: 2 << 20, concurrent: true, extendedL2: true},
