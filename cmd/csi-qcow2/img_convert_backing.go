@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"io"
-	"sort"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
@@ -46,89 +44,69 @@ func (c *convertCmd) targetOpts(o *createOpts) error {
 // copyDiff writes to out (opened over its backing file) every cluster
 // whose content in the source differs from what out reads now, i.e. from
 // its backing file: clusters of zeros become zero clusters.
-func copyDiff(in io.ReaderAt, out *qcow2.Image, exts []qcow2.Extent, bar *progress) error {
+func copyDiff(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx copyCtx) error {
 	cs := out.ClusterSize()
-	chunk := ceilDiv64(2<<20, cs) * cs
-	src := make([]byte, chunk)
-	cur := make([]byte, chunk)
-	size := out.Size()
-	for off := int64(0); off < size; off += chunk {
-		n := min(chunk, size-off)
-		if err := readExtents(in, exts, src[:n], off); err != nil {
-			return err
+	spans := chunkSpans(exts, out.Size(), ceilDiv64(copyChunk, cs)*cs)
+	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
+		s := spans[i]
+		buf := scratchBuf(scratch, 2*s.n)
+		src, cur := buf[:s.n], buf[s.n:]
+		if err := readExtents(in, exts, src, s.off); err != nil {
+			return nil, err
 		}
-		if _, err := out.ReadAt(cur[:n], off); err != nil {
-			return failf("error while reading the backing file at byte %d: %v", off, err)
+		// Requests cover disjoint clusters, so what out reads here is
+		// its backing file, whatever other workers write meanwhile.
+		if _, err := out.ReadAt(cur, s.off); err != nil {
+			return nil, failf("error while reading the backing file at byte %d: %v", s.off, err)
 		}
-		for i := int64(0); i < n; i += cs {
-			m := min(cs, n-i)
-			s := src[i : i+m]
-			if bytes.Equal(s, cur[i:i+m]) {
-				continue
+		return func() error {
+			for j := int64(0); j < s.n; j += cs {
+				m := min(cs, s.n-j)
+				d := src[j : j+m]
+				if bytes.Equal(d, cur[j:j+m]) {
+					continue
+				}
+				var err error
+				if isZero(d) {
+					err = out.WriteZeroes(s.off+j, m, false)
+				} else {
+					_, err = out.WriteAt(d, s.off+j)
+				}
+				if err != nil {
+					return failf("error while writing at byte %d: %v", s.off+j, err)
+				}
+				cx.wb.wrote(m)
 			}
-			var err error
-			if isZero(s) {
-				err = out.WriteZeroes(off+i, m, false)
-			} else {
-				_, err = out.WriteAt(s, off+i)
-			}
-			if err != nil {
-				return failf("error while writing at byte %d: %v", off+i, err)
-			}
-		}
-		bar.add(n)
-	}
-	return nil
+			cx.bar.add(s.n)
+			return nil
+		}, nil
+	})
 }
 
 // copyAll writes everything the source reads into an existing output,
 // zeros included (its old content must not show through).
-func copyAll(in io.ReaderAt, out writeTarget, exts []qcow2.Extent, bar *progress) error {
-	buf := make([]byte, 2<<20)
-	for _, e := range exts {
-		for off, end := e.Start, e.Start+e.Length; off < end; {
-			n := min(end-off, int64(len(buf)))
-			p := buf[:n]
-			var err error
-			if img, ok := out.(*qcow2.Image); ok && e.Zero && !e.Data {
-				err = img.WriteZeroes(off, n, true)
-			} else {
-				if err := readExtents(in, exts, p, off); err != nil {
-					return err
+func copyAll(in convertSource, out writeTarget, exts []qcow2.Extent, cx copyCtx) error {
+	spans, _ := extentSpans(exts, copyChunk, true)
+	img, isQcow2 := out.(*qcow2.Image)
+	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
+		s := spans[i]
+		p := scratchBuf(scratch, s.n)
+		if s.zero {
+			clear(p)
+		} else if err := readSource(in, p, s.off); err != nil {
+			return nil, err
+		}
+		return func() error {
+			if isQcow2 && s.zero {
+				if err := img.WriteZeroes(s.off, s.n, true); err != nil {
+					return failf("error while writing at byte %d: %v", s.off, err)
 				}
-				_, err = out.WriteAt(p, off)
+			} else if err := writeOut(out, p, s.off); err != nil {
+				return err
 			}
-			if err != nil {
-				return failf("error while writing at byte %d: %v", off, err)
-			}
-			bar.add(n)
-			off += n
-		}
-	}
-	return nil
-}
-
-// readExtents reads [off, off+len(p)) of the source, not reading ranges
-// its map says are zeros.
-func readExtents(in io.ReaderAt, exts []qcow2.Extent, p []byte, off int64) error {
-	end := off + int64(len(p))
-	first := sort.Search(len(exts), func(i int) bool { return exts[i].Start+exts[i].Length > off })
-	for _, e := range exts[first:] {
-		if e.Start >= end {
-			break
-		}
-		a, b := max(off, e.Start), min(end, e.Start+e.Length)
-		if a >= b {
-			continue
-		}
-		q := p[a-off : b-off]
-		if e.Zero && !e.Data {
-			clear(q)
-			continue
-		}
-		if _, err := in.ReadAt(q, a); err != nil && err != io.EOF {
-			return failf("error while reading at byte %d: %v", a, err)
-		}
-	}
-	return nil
+			cx.wb.wrote(s.n)
+			cx.bar.add(s.n)
+			return nil
+		}, nil
+	})
 }

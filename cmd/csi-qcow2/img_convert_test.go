@@ -2,35 +2,24 @@ package main
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 )
 
-func TestWriteNonZero(t *testing.T) {
+func TestNonZeroRuns(t *testing.T) {
 	p := make([]byte, 20480)
 	p[5000] = 1  // block 1 (4k blocks, aligned to the absolute offset)
-	p[9000] = 1  // block 2: merged with block 1 into one write
+	p[9000] = 1  // block 2: merged with block 1 into one run
 	p[17000] = 1 // block 4; block 3 is all zeros
-	var w recWriter
-	if err := writeNonZero(&w, p, 1<<20, 4096); err != nil {
-		t.Fatal(err)
+	got := nonZeroRuns(p, 1<<20, 4096)
+	want := []byteRun{{1<<20 + 4096, 1<<20 + 12288}, {1<<20 + 16384, 1<<20 + 20480}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("runs %v, want %v", got, want)
 	}
-	want := [][2]int64{{1<<20 + 4096, 8192}, {1<<20 + 16384, 4096}}
-	if len(w.writes) != len(want) {
-		t.Fatalf("writes %v, want %v", w.writes, want)
+	if got := nonZeroRuns(p, 512, 0); !slices.Equal(got, []byteRun{{512, 512 + 20480}}) {
+		t.Fatalf("sparse 0: runs %v", got)
 	}
-	for i := range want {
-		if w.writes[i] != want[i] {
-			t.Fatalf("writes %v, want %v", w.writes, want)
-		}
-	}
-}
-
-type recWriter struct{ writes [][2]int64 }
-
-func (r *recWriter) WriteAt(p []byte, off int64) (int, error) {
-	r.writes = append(r.writes, [2]int64{off, int64(len(p))})
-	return len(p), nil
 }
 
 // allocatedData sums the lengths qemu-img map reports as data.

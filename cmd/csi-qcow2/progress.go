@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,6 +14,7 @@ import (
 // percent. It draws nothing unless its output is a terminal, so logs and
 // pipes stay clean.
 type progress struct {
+	mu      sync.Mutex // add is called by convert's workers
 	w       io.Writer
 	enabled bool
 	total   int64
@@ -40,6 +42,8 @@ func isTerminal(w io.Writer) bool {
 
 // add records n more bytes done.
 func (p *progress) add(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.done += n
 	pct := 100.0
 	if p.total > 0 {

@@ -39,10 +39,68 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 }
 
 // WriteCompressedClusters writes whole guest clusters compressed with the
-// image's compression type (zlib: raw deflate, 4 KiB window; zstd: one
-// frame). A cluster whose stream would not be smaller than a cluster is
-// written uncompressed instead. Every target cluster must currently be
-// unallocated or zero in this image.
+// image's compression type: CompressClusters, then WriteCompressedBatch.
+func (img *Image) WriteCompressedClusters(cl []CompressedCluster) error {
+	b, err := img.CompressClusters(cl)
+	if err != nil {
+		return err
+	}
+	return img.WriteCompressedBatch(b)
+}
+
+// CompressedBatch is guest clusters compressed for one image, ready for
+// WriteCompressedBatch. Compressing takes no lock, so several goroutines
+// can compress batches in parallel while another one writes.
+type CompressedBatch struct {
+	img     *Image
+	ctype   uint8
+	cl      []CompressedCluster
+	streams [][]byte // nil: the cluster does not compress
+	bytes   int64    // guest bytes
+}
+
+// Len returns the number of guest bytes the batch carries.
+func (b *CompressedBatch) Len() int64 { return b.bytes }
+
+// Append moves the clusters of o into b; both must come from the same
+// image. o must not be used afterwards.
+func (b *CompressedBatch) Append(o *CompressedBatch) error {
+	if o.img != b.img || o.ctype != b.ctype {
+		return errorf(ErrInvalid, "compressed batches of different images or compression types")
+	}
+	b.cl = append(b.cl, o.cl...)
+	b.streams = append(b.streams, o.streams...)
+	b.bytes += o.bytes
+	*o = CompressedBatch{img: o.img, ctype: o.ctype}
+	return nil
+}
+
+// CompressClusters compresses whole guest clusters (zlib: raw deflate,
+// 4 KiB window; zstd: one frame) for WriteCompressedBatch. A cluster whose
+// stream would not be smaller than a cluster will be written uncompressed.
+// The batch keeps the Data slices: they must not change until it is
+// written.
+func (img *Image) CompressClusters(cl []CompressedCluster) (*CompressedBatch, error) {
+	img.mu.RLock()
+	err := img.checkCompressedShapes(cl)
+	ctype := img.hdr.CompressionType
+	img.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	streams, err := compressClusters(cl, img.cs, ctype)
+	if err != nil {
+		return nil, err
+	}
+	b := &CompressedBatch{img: img, ctype: ctype, cl: cl, streams: streams}
+	for _, c := range cl {
+		b.bytes += int64(len(c.Data))
+	}
+	return b, nil
+}
+
+// WriteCompressedBatch writes a batch from CompressClusters. Every target
+// cluster must currently be unallocated or zero in this image.
 //
 // Crash safety: the streams are packed into clusters from the reservation
 // pool (refcount 1, durable, reading zeros) or into the free tail of the
@@ -51,25 +109,17 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 // then synced once, and only then are the L2 entries written. So a crash
 // leaves at worst leaked clusters, and an L2 entry never points at a
 // stream that is not durable.
-func (img *Image) WriteCompressedClusters(cl []CompressedCluster) error {
+func (img *Image) WriteCompressedBatch(b *CompressedBatch) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
+	if b.img != img {
+		return errorf(ErrInvalid, "compressed batch was made for another image")
+	}
+	cl, streams := b.cl, b.streams
 	if len(cl) == 0 {
 		return nil
 	}
-	img.mu.RLock()
-	err := img.checkCompressedShapes(cl)
-	ctype := img.hdr.CompressionType
-	img.mu.RUnlock()
-	if err != nil {
-		return err
-	}
-	streams, err := compressClusters(cl, img.cs, ctype)
-	if err != nil {
-		return err
-	}
-
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	if err := img.writable(); err != nil {
@@ -77,6 +127,9 @@ func (img *Image) WriteCompressedClusters(cl []CompressedCluster) error {
 	}
 	if err := img.checkCompressedShapes(cl); err != nil { // resized meanwhile?
 		return err
+	}
+	if b.ctype != img.hdr.CompressionType {
+		return errorf(ErrInvalid, "compressed batch: the image's compression type changed")
 	}
 	if err := img.markDirty(); err != nil {
 		return err
