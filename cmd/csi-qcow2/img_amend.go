@@ -9,6 +9,7 @@ import (
 )
 
 const amendHelp = `Amend options for 'qcow2':
+  compat=<str>           - Compatibility level (v2 [0.10], v3 [1.1])
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
 `
 
@@ -22,10 +23,20 @@ func newImgAmendCmd() *cobra.Command {
 		Use:   "amend [-q] [-f fmt] -o options filename",
 		Short: "Change options of an existing qcow2 image",
 		Long: `Change options of an existing qcow2 image in place, like qemu-img amend.
-Only lazy_refcounts=on|off can be changed. compat can only be "changed" to
-the value the image already has; other options (size: use resize;
-backing_file: use rebase; refcount_bits, data_file, ...) are refused.
-Turning lazy refcounts off on a dirty image rebuilds its refcounts first.
+lazy_refcounts=on|off and compat=0.10|1.1 (also v2|v3) can be changed;
+other options (size: use resize; backing_file: use rebase; refcount_bits,
+data_file, ...) are refused. Turning lazy refcounts off on a dirty image
+rebuilds its refcounts first.
+
+compat=1.1 upgrades a version 2 image (the header is rewritten).
+compat=0.10 downgrades a version 3 image as qemu-img does: lazy refcounts
+are turned off, zero clusters of the active layer are expanded (left
+unallocated when there is no backing file, else stored as clusters of
+zeros), and only when all of that is durable is the header rewritten as
+version 2. It is refused, changing nothing, when the image has what
+version 2 cannot express: refcount_bits other than 16, an external data
+file, extended L2 entries, zstd-compressed clusters, persistent bitmaps,
+internal snapshots of another size or with zero clusters of their own.
 `,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -87,23 +98,25 @@ func runAmend(filename, format string, list []string) error {
 			return failf("Invalid parameter '%s'", k)
 		}
 	}
-	if compat != "" {
-		img, err := qcow2.Open(filename, openOptions(true, true))
-		if err != nil {
-			return failf("Could not open '%s': %v", filename, err)
-		}
-		have := img.Info().Compat
-		img.Close()
-		want := map[string]string{"v2": "0.10", "0.10": "0.10", "v3": "1.1", "1.1": "1.1"}[compat]
-		switch {
-		case want == "":
-			return failf("Invalid compatibility level: '%s'", compat)
-		case want != have:
-			return failf("Changing compat from %s to %s is not supported", have, want)
+	want := map[string]string{"v2": "0.10", "0.10": "0.10", "v3": "1.1", "1.1": "1.1"}[compat]
+	switch {
+	case compat != "" && want == "":
+		return failf("Invalid compatibility level: '%s'", compat)
+	case want == "0.10" && lazy != nil && *lazy:
+		return failf("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+	case want == "0.10":
+		// A downgrade turns lazy refcounts off itself.
+		lazy = nil
+	}
+	if want != "" {
+		if err := qcow2.AmendCompat(filename, want); err != nil {
+			return failf("%v", err)
 		}
 	}
-	if err := qcow2.Amend(filename, lazy); err != nil {
-		return failf("%v", err)
+	if lazy != nil {
+		if err := qcow2.Amend(filename, lazy); err != nil {
+			return failf("%v", err)
+		}
 	}
 	return nil
 }

@@ -52,6 +52,11 @@ func (img *Image) setLazyRefcounts(on bool) error {
 	} else {
 		v &^= compatLazyRefcounts
 	}
+	return img.storeCompatLocked(v)
+}
+
+// storeCompatLocked writes compatible_features durably. Caller holds mu.
+func (img *Image) storeCompatLocked(v uint64) error {
 	if err := img.checkMetaWrite(hdrOffCompat, metaHeader); err != nil {
 		return err
 	}
