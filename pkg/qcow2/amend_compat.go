@@ -22,25 +22,35 @@ import (
 // rewritten as version 2 and synced: a crash before that last write leaves
 // a valid version 3 image that reads the same.
 func AmendCompat(path, compat string) error {
-	want, ok := map[string]uint32{"0.10": 2, "v2": 2, "1.1": 3, "v3": 3}[compat]
-	if !ok {
-		return fmt.Errorf("%w: invalid compatibility level %q", ErrInvalid, compat)
-	}
 	img, err := Open(path, Options{NoBacking: true})
 	if err != nil {
 		return err
 	}
-	switch {
-	case img.hdr.Version == want:
-	case want == 3:
-		err = img.upgradeToV3()
-	default:
-		err = img.downgradeToV2()
-	}
+	err = img.SetCompat(compat)
 	if cerr := img.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// SetCompat is AmendCompat on an open image. After a version change the
+// image is read-only (its in-memory state describes the old version):
+// close it and open it again to go on.
+func (img *Image) SetCompat(compat string) error {
+	want, ok := map[string]uint32{"0.10": 2, "v2": 2, "1.1": 3, "v3": 3}[compat]
+	if !ok {
+		return fmt.Errorf("%w: invalid compatibility level %q", ErrInvalid, compat)
+	}
+	img.mu.RLock()
+	have := img.hdr.Version
+	img.mu.RUnlock()
+	switch {
+	case have == want:
+		return nil
+	case want == 3:
+		return img.upgradeToV3()
+	}
+	return img.downgradeToV2()
 }
 
 // upgradeToV3 rewrites the header as version 3 (16-bit refcounts, which
@@ -246,9 +256,13 @@ func (img *Image) expandZeroClusters() error {
 	return nil
 }
 
-// rewriteVersion rewrites cluster 0 from the header on disk as edit
-// changes it, syncs, and then leaves the image read-only: the in-memory
-// state still describes the old version, so nothing may write through it.
+// rewriteVersion rewrites the header from the one on disk as edit
+// changes it, so that a crash at any point leaves either the old or the
+// new header: the new header and its extensions are one write of at most
+// one sector (the feature name table, which is informational, is left out
+// when it would not fit), and a backing file name that must move is first
+// written, and synced, past everything the old header uses. Afterwards
+// the image is read-only: its in-memory state describes the old version.
 // Caller holds mu and has made everything the new header relies on
 // durable.
 func (img *Image) rewriteVersion(edit func(h *Header)) error {
@@ -256,17 +270,113 @@ func (img *Image) rewriteVersion(edit func(h *Header)) error {
 	if err != nil {
 		return err
 	}
+	old := make([]byte, h.clusterSize())
+	if err := readFull(img.f, old, 0); err != nil {
+		return err
+	}
+	oldEnd, err := extensionsEnd(old, headerLen(h))
+	if err != nil {
+		return err
+	}
+	oldName := int64(h.BackingFileOffset)
+	oldEnd = max(oldEnd, oldName+int64(h.BackingFileSize))
+
 	edit(h)
 	buf, err := h.encode()
 	if err != nil {
 		return err
 	}
+	hl := headerLen(h)
+	end, err := extensionsEnd(buf, hl)
+	if err != nil {
+		return err
+	}
+	if end > sectorSize {
+		if buf, err = withoutExtension(buf, hl, extFeatureNames); err != nil {
+			return err
+		}
+		if end, err = extensionsEnd(buf, hl); err != nil {
+			return err
+		}
+	}
+	if end > sectorSize {
+		return fmt.Errorf("%w: the new header and its extensions (%d bytes) do not fit in one sector, so they cannot be rewritten atomically", ErrUnsupported, end)
+	}
 	if err := img.checkMetaWrite(0, metaHeader); err != nil {
 		return err
 	}
 	img.readOnly = true
-	if _, err := img.f.WriteAt(buf, 0); err != nil {
+	if name := h.BackingFile; name != "" {
+		at := oldName
+		if at < end {
+			// Move the name past the old header area and the new one.
+			at = (max(end, oldEnd) + 7) &^ 7
+			if at+int64(len(name)) > h.clusterSize() {
+				return fmt.Errorf("%w: no room in cluster 0 to move the backing file name", ErrUnsupported)
+			}
+			if _, err := img.f.WriteAt([]byte(name), at); err != nil {
+				return err
+			}
+			if err := img.f.Sync(); err != nil {
+				return err
+			}
+		}
+		binary.BigEndian.PutUint64(buf[8:], uint64(at))
+	}
+	if _, err := img.f.WriteAt(buf[:end], 0); err != nil {
 		return err
 	}
 	return img.f.Sync()
+}
+
+// sectorSize is the unit a disk writes atomically.
+const sectorSize = 512
+
+// headerLen is where the header extensions of h start.
+func headerLen(h *Header) int64 {
+	if h.Version < 3 {
+		return v2HeaderLen
+	}
+	return int64(h.HeaderLength)
+}
+
+// extensionsEnd returns the offset just past the end-of-extensions marker
+// of the header bytes buf whose extensions start at hl.
+func extensionsEnd(buf []byte, hl int64) (int64, error) {
+	for off := hl; ; {
+		if off < 0 || off+8 > int64(len(buf)) {
+			return 0, errorf(ErrInvalid, "header extensions run past cluster 0")
+		}
+		typ, n := binary.BigEndian.Uint32(buf[off:]), int64(binary.BigEndian.Uint32(buf[off+4:]))
+		off += 8
+		if typ == 0 {
+			return off, nil
+		}
+		off += (n + 7) &^ 7
+	}
+}
+
+// withoutExtension returns header bytes buf (extensions from hl) with the
+// extension typ removed and the later ones moved up.
+func withoutExtension(buf []byte, hl int64, typ uint32) ([]byte, error) {
+	end, err := extensionsEnd(buf, hl)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, len(buf))
+	copy(out, buf[:hl])
+	w := hl
+	for off := hl; off < end; {
+		t, n := binary.BigEndian.Uint32(buf[off:]), int64(binary.BigEndian.Uint32(buf[off+4:]))
+		l := 8 + (n+7)&^7
+		if t == 0 {
+			l = 8
+		}
+		if t != typ {
+			copy(out[w:], buf[off:off+l])
+			w += l
+		}
+		off += l
+	}
+	return out, nil
 }
