@@ -53,10 +53,12 @@ snapshot must match both), or ID_OR_NAME (an id first, then a name).
 -m num_workers (1..16, default 8) requests are read, zero-tested and
 compressed in parallel; they are written in guest order (so a qcow2
 output allocates its clusters in order) unless -W allows out-of-order
-writes. The output bytes are the same either way.
+writes. The output reads the same either way; without -W the output file
+is also the same byte for byte whatever -m is.
 
 -t cache: only writeback (the default here) is supported: the output is
-written through the page cache and flushed (fdatasync) once at the end,
+written through the page cache, its writeback is started while copying
+(sync_file_range, a hint), and it is flushed (fdatasync) once at the end,
 so the command returns only when the output is durable. qemu-img
 convert's own default is unsafe (no flush at all); pass -t writeback to
 qemu-img to compare like with like.
