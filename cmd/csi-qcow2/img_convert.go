@@ -204,7 +204,8 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	}
 
 	bar := newProgress(cmd.OutOrStdout(), c.progress && !c.quiet, size)
-	cx := copyCtx{pl: pipeline{workers: c.workers, outOfOrder: c.outOfOrder}, bar: bar}
+	cx := copyCtx{pl: pipeline{workers: c.workers, outOfOrder: c.outOfOrder}, bar: bar, ra: newReadAhead(exts)}
+	defer cx.ra.close()
 	if !c.compress { // compressed writes sync each batch themselves
 		cx.wb = newWriteBehind(dst)
 	}

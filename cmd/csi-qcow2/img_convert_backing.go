@@ -48,6 +48,7 @@ func copyDiff(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx copyCt
 	cs := out.ClusterSize()
 	spans := chunkSpans(exts, out.Size(), ceilDiv64(copyChunk, cs)*cs)
 	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
+		cx.ra.prepared(spans, i)
 		s := spans[i]
 		buf := scratchBuf(scratch, 2*s.n)
 		src, cur := buf[:s.n], buf[s.n:]
@@ -89,6 +90,7 @@ func copyAll(in convertSource, out writeTarget, exts []qcow2.Extent, cx copyCtx)
 	spans, _ := extentSpans(exts, copyChunk, true)
 	img, isQcow2 := out.(*qcow2.Image)
 	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
+		cx.ra.prepared(spans, i)
 		s := spans[i]
 		p := scratchBuf(scratch, s.n)
 		if s.zero {

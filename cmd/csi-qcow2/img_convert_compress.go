@@ -34,6 +34,7 @@ func copyCompressed(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx 
 		return nil
 	}
 	err := cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
+		cx.ra.prepared(spans, i)
 		s := spans[i]
 		if s.zero {
 			return func() error { cx.bar.add(s.n); return nil }, nil

@@ -20,11 +20,12 @@ type convertSource interface {
 // qemu-img's 2 MiB buffers.
 const copyChunk = 2 << 20
 
-// copyCtx is what every copy loop shares: its workers, the progress bar
-// and the output's write-behind.
+// copyCtx is what every copy loop shares: its workers, the progress bar,
+// the source's read-ahead and the output's write-behind.
 type copyCtx struct {
 	pl  pipeline
 	bar *progress
+	ra  *readAhead
 	wb  *writeBehind
 }
 
@@ -96,6 +97,7 @@ func copyExtents(in convertSource, out io.WriterAt, exts []qcow2.Extent, sparse 
 	spans, skipped := extentSpans(exts, max(copyChunk, sparse), sparse == 0)
 	cx.bar.add(skipped)
 	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
+		cx.ra.prepared(spans, i)
 		s := spans[i]
 		p := scratchBuf(scratch, s.n)
 		if s.zero {
