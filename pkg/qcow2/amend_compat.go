@@ -186,7 +186,8 @@ func (img *Image) treeKinds(tree *layerTree, fsize int64) (zero, compressed bool
 			continue
 		}
 		for k := int64(0); k < img.l2Entries && l1i*span+k*img.cs < tree.size; k++ {
-			m, err := img.decodeL2(l1i*img.l2Entries+k, binary.BigEndian.Uint64(buf[k*8:]))
+			e, bitmap := img.entryAt(buf, k)
+			m, err := img.decodeL2(l1i*img.l2Entries+k, e, bitmap)
 			if err != nil {
 				return false, false, err
 			}
@@ -233,19 +234,16 @@ func (img *Image) expandZeroClusters() error {
 				}
 				w.data = append(w.data, hostWrite{m.host, zeros})
 				w.needSync = true
-				w.l2 = append(w.l2, l2Update{vi, uint64(m.host) | oflagCopied})
+				w.l2 = append(w.l2, l2Update{vi, uint64(m.host) | oflagCopied, 0})
 				continue
 			case !backed:
-				w.l2 = append(w.l2, l2Update{vi, 0})
+				w.l2 = append(w.l2, l2Update{vi, 0, 0})
 			default:
-				c, err := img.takeCluster() // reads as zeros already
+				host, err := img.takeFreshCluster() // reads as zeros already
 				if err != nil {
 					return err
 				}
-				if err := img.checkDataRange(c*img.cs, img.cs); err != nil {
-					return err
-				}
-				w.l2 = append(w.l2, l2Update{vi, uint64(c*img.cs) | oflagCopied})
+				w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied, 0})
 			}
 			img.unlink(&w, m, false)
 		}
