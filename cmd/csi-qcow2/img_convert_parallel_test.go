@@ -178,6 +178,7 @@ func TestConvertOutputOptions(t *testing.T) {
 		{"compat=0.10", map[string]any{"compat": "0.10"}},
 		{"compression_type=zstd", map[string]any{"compression-type": "zstd"}},
 		{"preallocation=metadata", nil},
+		{"extended_l2=on,cluster_size=128k", map[string]any{"extended-l2": true}},
 		{"preallocation=falloc,cluster_size=128k", nil},
 	} {
 		out := "o-" + strings.NewReplacer(",", "-", "=", "-").Replace(tc.opts) + ".qcow2"
