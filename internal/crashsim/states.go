@@ -2,6 +2,7 @@ package crashsim
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -230,21 +231,21 @@ type Piece struct {
 
 // Materialize builds the contents of the file in crash state s.
 func (rec *Recording) Materialize(s State) []byte {
-	data, _ := rec.materialize(s)
+	data, _, _ := rec.materialize(s)
 	return data
 }
 
 // Explain returns what persisted from [Durable, Crash), in the order it
 // was applied, for a failure message.
 func (rec *Recording) Explain(s State) string {
-	_, pieces := rec.materialize(s)
+	data, pieces, sizeAt := rec.materialize(s)
 	var b strings.Builder
 	fmt.Fprintf(&b, "%v\n", s)
 	if s.Kind != Reordered {
 		fmt.Fprintf(&b, "  ops [0,%d) applied in order\n", s.Durable)
 		return b.String()
 	}
-	fmt.Fprintf(&b, "  ops [0,%d) applied in order; from the epoch's issued ops [%d,%d):\n", s.Durable, s.Durable, s.Crash)
+	fmt.Fprintf(&b, "  ops [0,%d) applied in order; file size %d as of op %d; from the epoch's issued ops [%d,%d):\n", s.Durable, len(data), sizeAt, s.Durable, s.Crash)
 	applied := map[int]bool{}
 	for _, pc := range pieces {
 		applied[pc.Op] = true
@@ -271,17 +272,18 @@ func (rec *Recording) OpsString(from, to int) string {
 	return b.String()
 }
 
-func (rec *Recording) materialize(s State) ([]byte, []Piece) {
+// materialize also returns the pieces it applied and the size point: the
+// file has the size it had after ops[:sizeAt].
+func (rec *Recording) materialize(s State) (data []byte, pieces []Piece, sizeAt int) {
 	buf := rec.Replay(s.Durable)
 	if s.Kind != Reordered {
-		return buf, nil
+		return buf, nil, s.Durable
 	}
 	rng := rand.New(rand.NewPCG(s.Seed, uint64(s.Durable)<<32|uint64(s.Crash)))
 	// How eagerly operations persist varies from state to state, so that
 	// both nearly-empty and nearly-complete epochs show up.
 	keep := [...]float64{0.1, 0.5, 0.5, 0.9, 0.97}[rng.IntN(5)]
 	tear := [...]float64{0, 0.2, 0.5}[rng.IntN(3)]
-	var pieces []Piece
 	for i := s.Durable; i < s.Crash; i++ {
 		op := rec.ops[i]
 		if op.Kind == OpSync {
@@ -295,8 +297,7 @@ func (rec *Recording) materialize(s State) ([]byte, []Piece) {
 			continue
 		}
 		if op.Kind == OpTruncate {
-			pieces = append(pieces, Piece{Op: i, Off: op.Off})
-			continue
+			continue // the file size is chosen below, as one point in time
 		}
 		first, last := op.Off/SectorSize, (op.Off+op.N-1)/SectorSize
 		if first == last || rng.Float64() >= tear {
@@ -314,18 +315,71 @@ func (rec *Recording) materialize(s State) ([]byte, []Piece) {
 	}
 	rng.Shuffle(len(pieces), func(i, j int) { pieces[i], pieces[j] = pieces[j], pieces[i] })
 	pieces = dropSuperseded(rec.ops, pieces)
+	sizeAt = rec.sizePoint(rng, s.Durable, s.Crash)
+	size := rec.sizeAfter(int64(len(buf)), s.Durable, sizeAt)
+	if cut := rec.cutBetween(s.Durable-1, sizeAt); cut < int64(len(buf)) {
+		buf = applyTruncate(buf, cut) // a persisted shrink drops old bytes too
+	}
 	for _, pc := range pieces {
 		op := rec.ops[pc.Op]
 		switch op.Kind {
-		case OpTruncate:
-			buf = applyTruncate(buf, op.Off)
 		case OpWrite:
-			buf = applyWrite(buf, op.Data[pc.Off-op.Off:pc.Off-op.Off+pc.N], pc.Off)
+			// Bytes a persisted shrink cut off are gone even if their
+			// blocks were written first.
+			end := min(pc.Off+pc.N, rec.cutBetween(pc.Op, sizeAt))
+			if end > pc.Off {
+				buf = applyWrite(buf, op.Data[pc.Off-op.Off:end-op.Off], pc.Off)
+			}
 		case OpPunch:
 			applyPunch(buf, pc.Off, pc.N)
 		}
 	}
-	return buf, pieces
+	if size != int64(len(buf)) {
+		buf = applyTruncate(buf, size)
+	}
+	return buf, pieces, sizeAt
+}
+
+// sizePoint picks the point in time whose file size a crash state keeps:
+// the size is inode metadata, which a journaling file system persists as
+// of one moment, never as a mix of reordered size changes. A durable write
+// commits the inode as it was when the write was issued, so the point lies
+// after the last durable operation of [from, to). It returns n such that
+// the size effects of ops[from:n] persisted.
+func (rec *Recording) sizePoint(rng *rand.Rand, from, to int) int {
+	lo := from
+	for i := from; i < to; i++ {
+		if rec.ops[i].Durable {
+			lo = i + 1
+		}
+	}
+	return lo + rng.IntN(to-lo+1)
+}
+
+// sizeAfter replays only the size effects of ops[from:to] on a file of the
+// given size: truncates set it, writes past the end extend it.
+func (rec *Recording) sizeAfter(size int64, from, to int) int64 {
+	for _, op := range rec.ops[from:to] {
+		switch op.Kind {
+		case OpTruncate:
+			size = op.Off
+		case OpWrite:
+			size = max(size, op.Off+int64(len(op.Data)))
+		}
+	}
+	return size
+}
+
+// cutBetween returns the smallest size a truncate issued after op j and
+// before n set (MaxInt64 if none): what op j wrote beyond it was dropped.
+func (rec *Recording) cutBetween(j, n int) int64 {
+	cut := int64(math.MaxInt64)
+	for i := j + 1; i < n; i++ {
+		if rec.ops[i].Kind == OpTruncate {
+			cut = min(cut, rec.ops[i].Off)
+		}
+	}
+	return cut
 }
 
 // dropSuperseded removes pieces that the shuffle put after a durable write
