@@ -33,6 +33,11 @@ func (c *connState) transmit(exp *Export) error {
 	c.size = uint64(exp.Backend.Size())
 	c.out.finish = c.finish
 	err := c.readRequests()
+	if err != nil {
+		// A broken or hostile client: do not wait on replies it may never
+		// read; closing fails the pending writes and frees the workers.
+		c.nc.Close()
+	}
 	c.limit.wait()
 	c.nc.Close()
 	if werr := c.out.failed(); err == nil && werr != nil && !errors.Is(werr, net.ErrClosed) {

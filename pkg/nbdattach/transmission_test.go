@@ -289,3 +289,19 @@ func TestServeTransmission(t *testing.T) {
 		t.Error("unknown export served")
 	}
 }
+
+// A client that pipelines requests, never reads a reply and then breaks
+// the protocol must not keep the connection's workers waiting forever.
+func TestViolationWithUnreadReplies(t *testing.T) {
+	tc, done := serve(t, newMem(1<<20, allCaps), Options{})
+	tc.negotiate("", false)
+	go func() {
+		for i := range 64 {
+			tc.request(cmdRead, 0, uint64(i), 0, 1<<20, nil) // 64 MiB of replies nobody reads
+		}
+		tc.c.Write(make([]byte, requestSize)) // bad magic
+	}()
+	if err := waitDone(t, done); err == nil {
+		t.Error("no error for the bad magic")
+	}
+}
