@@ -20,13 +20,17 @@
 # qemu-nbd (target 0.85). `make bench-nbd` runs it; docs/benchmarks.md has
 # results.
 #
-# Environment: RUNTIME (default 5), REPEAT (default 3), SIZE (default 1G),
+# A third table compares the servers' CPU time per I/O (user+system of the
+# server process while fio ran, from /proc): on a shared, noisy machine it
+# is steadier than throughput.
+#
+# Environment: RUNTIME (default 3), REPEAT (default 5), SIZE (default 1G),
 # TMPDIR (a real disk, not tmpfs), OUT (default bin/bench-nbd.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNTIME=${RUNTIME:-5}
-REPEAT=${REPEAT:-3}
+RUNTIME=${RUNTIME:-3}
+REPEAT=${REPEAT:-5}
 SIZE=${SIZE:-1G}
 OUT=${OUT:-bin/bench-nbd.txt}
 GO=${GO:-go}
@@ -92,22 +96,32 @@ workloads=(
 	"1M-seqwrite-qd1 write 1m 1"
 )
 
-# run_fio NAME RW BS DEPTH VARIANT: prints one go-bench-style result line.
+# cpu_ticks: user+system CPU time of the server process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run_fio NAME RW BS DEPTH VARIANT: appends a go-bench-style throughput line
+# to $OUT and a line with the server's CPU time per I/O to $OUT.cpu.
 run_fio() {
-	local name=$1 rw=$2 bs=$3 depth=$4 variant=$5 line bw iops
+	local name=$1 rw=$2 bs=$3 depth=$4 variant=$5 line bw iops t0 t1
+	t0=$(cpu_ticks)
 	line=$(fio --name=bench --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" \
 		--size="$bytes" --runtime="$RUNTIME" --time_based --randrepeat=0 \
 		--output-format=terse --terse-version=3 | tail -n 1)
+	t1=$(cpu_ticks)
 	case $rw in
 	*read) bw=$(echo "$line" | cut -d';' -f7) iops=$(echo "$line" | cut -d';' -f8) ;;
 	*) bw=$(echo "$line" | cut -d';' -f48) iops=$(echo "$line" | cut -d';' -f49) ;;
 	esac
 	awk -v n="NBD/$name/$variant" -v bw="$bw" -v iops="$iops" \
-		'BEGIN { printf "Benchmark%s 1 %.0f ns/op %.2f MB/s\n", n, 1e9 / iops, bw * 1024 / 1e6 }'
+		'BEGIN { printf "Benchmark%s 1 %.0f ns/op %.2f MB/s\n", n, 1e9 / iops, bw * 1024 / 1e6 }' | tee -a "$OUT" >&2
+	awk -v n="CPU/$name/$variant" -v t=$((t1 - t0)) -v hz="$hz" -v ios="$iops" -v rt="$RUNTIME" \
+		'BEGIN { printf "Benchmark%s 1 %.0f ns/op\n", n, t / hz * 1e9 / (ios * rt) }' >>"$OUT.cpu"
 }
 
 configs=("ours qcow2" "qemu qcow2" "ours raw" "qemu raw")
 : >"$OUT"
+: >"$OUT.cpu"
 for r in $(seq "$REPEAT"); do
 	order=("${configs[@]}")
 	if [ $((r % 2)) -eq 0 ]; then order=("qemu raw" "ours raw" "qemu qcow2" "ours qcow2"); fi
@@ -117,7 +131,7 @@ for r in $(seq "$REPEAT"); do
 		start_server "$who" "$fmt"
 		for w in "${workloads[@]}"; do
 			read -r name rw bs depth <<<"$w"
-			run_fio "$name" "$rw" "$bs" "$depth" "$who-$fmt" | tee -a "$OUT" >&2
+			run_fio "$name" "$rw" "$bs" "$depth" "$who-$fmt"
 		done
 		stop_server
 	done
@@ -130,3 +144,6 @@ echo
 echo "## qcow2 through ours / raw through qemu-nbd (target 0.85)"
 grep -E '/(ours-qcow2|qemu-raw) ' "$OUT" | sed 's#/qemu-raw #/raw #' |
 	"$GO" run ./internal/tools/benchratio -base raw -target 'NBD/*/ours-qcow2=0.85'
+echo
+echo "## Server CPU time per I/O, as a ratio qemu-nbd / ours (above 1: ours uses less CPU)"
+"$GO" run ./internal/tools/benchratio -base qemu <"$OUT.cpu"
