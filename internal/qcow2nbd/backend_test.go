@@ -99,3 +99,34 @@ func TestAdapterReadOnlyAndV2(t *testing.T) {
 		t.Errorf("v2 fast zero: %v", err)
 	}
 }
+
+// A live volume is served through the same adapter, and a freeze while it
+// is served leaves the written data readable on the new top.
+func TestAdapterLive(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "vol.qcow2")
+	if err := qcow2.Create(p, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	live, err := qcow2.OpenLive(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	b := New(live, false)
+	if _, err := b.WriteAt([]byte("before"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Freeze(filepath.Join(dir, "snap.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.WriteAt([]byte("after!"), 8192); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 6)
+	for off, want := range map[int64]string{4096: "before", 8192: "after!"} {
+		if _, err := b.ReadAt(got, off); err != nil || string(got) != want {
+			t.Errorf("read at %d: %q, %v", off, got, err)
+		}
+	}
+}
