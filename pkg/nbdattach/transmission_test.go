@@ -295,12 +295,13 @@ func TestServeTransmission(t *testing.T) {
 func TestViolationWithUnreadReplies(t *testing.T) {
 	tc, done := serve(t, newMem(1<<20, allCaps), Options{})
 	tc.negotiate("", false)
-	go func() {
-		for i := range 64 {
-			tc.request(cmdRead, 0, uint64(i), 0, 1<<20, nil) // 64 MiB of replies nobody reads
-		}
-		tc.c.Write(make([]byte, requestSize)) // bad magic
-	}()
+	// One write, so that the server reads it all at once: 64 MiB of
+	// replies nobody reads, then a bad magic.
+	var stream []byte
+	for i := range 64 {
+		stream = append(stream, reqBytes(cmdRead, 0, uint64(i), 0, 1<<20, nil)...)
+	}
+	go tc.c.Write(append(stream, make([]byte, requestSize)...))
 	if err := waitDone(t, done); err == nil {
 		t.Error("no error for the bad magic")
 	}
