@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 20m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test test-vm bench bench-convert vet fmt clean
+.PHONY: all build test test-vm bench bench-convert bench-nbd vet fmt clean
 
 all: build
 
@@ -31,6 +31,10 @@ bench:
 # img convert against qemu-img convert on a 2 GiB half-allocated image.
 bench-convert:
 	GO=$(GO) scripts/bench-convert.sh
+
+# fio's nbd engine against img serve and qemu-nbd, qcow2 overlay and raw.
+bench-nbd:
+	GO=$(GO) scripts/bench-nbd.sh
 
 vet:
 	$(GO) vet ./...

@@ -17,6 +17,9 @@ need xz xz-utils
 need mke2fs e2fsprogs
 need mkfs.xfs xfsprogs
 need blkdiscard util-linux
+# NBD interop (internal/qcow2nbd) and the NBD benchmark.
+need nbdinfo libnbd-bin
+need fio fio
 
 if [ "${#need_pkgs[@]}" -eq 0 ]; then
 	exit 0

@@ -97,13 +97,15 @@ func serveUntilSignal(srv *nbdattach.Server, socket string) error {
 	if err := removeStaleSocket(socket); err != nil {
 		return err
 	}
+	// Signals are caught before the socket appears: a client that sees
+	// the socket may stop the server at once.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	l, err := net.Listen("unix", socket)
 	if err != nil {
 		return failf("%v", err)
 	}
 	defer os.Remove(socket)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
 	select {

@@ -10,9 +10,30 @@ import (
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
 
+// Engine is what the adapter needs of an engine image: an *qcow2.Image,
+// or a *qcow2.Live (a volume whose top can be frozen into a snapshot while
+// it is served).
+type Engine interface {
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+	WriteZeroes(off, n int64, unmap bool) error
+	Discard(off, n int64) error
+	Flush() error
+	Map(off, n int64) ([]qcow2.Extent, error)
+	Size() int64
+	ClusterSize() int64
+	Header() qcow2.Header
+	ReadOnly() bool
+}
+
+var (
+	_ Engine = (*qcow2.Image)(nil)
+	_ Engine = (*qcow2.Live)(nil)
+)
+
 // Image serves a qcow2 image (with its backing chain) as an NBD export.
 type Image struct {
-	img      *qcow2.Image
+	img      Engine
 	readOnly bool
 	fastZero bool
 }
@@ -20,7 +41,7 @@ type Image struct {
 var _ nbdattach.Backend = (*Image)(nil)
 
 // New adapts img. readOnly refuses writes even if img was opened writable.
-func New(img *qcow2.Image, readOnly bool) *Image {
+func New(img Engine, readOnly bool) *Image {
 	// Whole-cluster zeroing is a metadata update only on v3 images (the
 	// zero flag); v2 images with a backing file must write zero bytes.
 	return &Image{img: img, readOnly: readOnly || img.ReadOnly(), fastZero: img.Header().Version >= 3}

@@ -39,6 +39,13 @@ func (f *inflight) release(n int64) {
 	f.cond.Signal()
 }
 
+// alone reports whether exactly one request is in flight.
+func (f *inflight) alone() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reqs == 1
+}
+
 // wait blocks until no request is in flight.
 func (f *inflight) wait() {
 	f.mu.Lock()

@@ -40,13 +40,11 @@ const (
 	repInfo        = 3
 	repMetaContext = 4
 
-	repErrBit      = 1 << 31
-	repErrUnsup    = repErrBit | 1
-	repErrPolicy   = repErrBit | 2
-	repErrInvalid  = repErrBit | 3
-	repErrUnknown  = repErrBit | 6
-	repErrShutdown = repErrBit | 7
-	repErrTooBig   = repErrBit | 9
+	repErrBit     = 1 << 31
+	repErrUnsup   = repErrBit | 1
+	repErrPolicy  = repErrBit | 2
+	repErrInvalid = repErrBit | 3
+	repErrUnknown = repErrBit | 6
 )
 
 // NBD_INFO types.
@@ -97,7 +95,6 @@ const (
 const (
 	replyFlagDone = 1 << 0
 
-	replyNone        = 0
 	replyOffsetData  = 1
 	replyOffsetHole  = 2
 	replyBlockStatus = 5
@@ -119,7 +116,6 @@ const (
 	errNoSpc    = 28
 	errOverflow = 75
 	errNotSup   = 95
-	errShutdown = 108
 )
 
 // Sizes.

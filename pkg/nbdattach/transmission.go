@@ -33,6 +33,11 @@ func (c *connState) transmit(exp *Export) error {
 	c.size = uint64(exp.Backend.Size())
 	c.out.finish = c.finish
 	err := c.readRequests()
+	if err != nil {
+		// A broken or hostile client: do not wait on replies it may never
+		// read; closing fails the pending writes and frees the workers.
+		c.nc.Close()
+	}
 	c.limit.wait()
 	c.nc.Close()
 	if werr := c.out.failed(); err == nil && werr != nil && !errors.Is(werr, net.ErrClosed) {
@@ -89,8 +94,24 @@ func (c *connState) readRequests() error {
 		default:
 			c.limit.acquire(0)
 		}
-		go c.handle(r)
+		if c.inline(r) {
+			c.handle(r)
+		} else {
+			go c.handle(r)
+		}
 	}
+}
+
+// inline reports whether the reader should run r itself instead of in a
+// new goroutine: when r is the only request in flight and no other one has
+// arrived yet (queue depth 1), a goroutine would only add a wake-up on
+// another thread. Flushes and FUA writes wait on the disk, so they always
+// get their own goroutine: requests that arrive meanwhile are read at once.
+func (c *connState) inline(r *request) bool {
+	if r.typ == cmdFlush || r.flags&cflagFUA != 0 || c.br.Buffered() > 0 {
+		return false
+	}
+	return c.limit.alone()
 }
 
 // finish returns everything a request holds once its reply is sent.

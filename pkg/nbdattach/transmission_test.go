@@ -289,3 +289,20 @@ func TestServeTransmission(t *testing.T) {
 		t.Error("unknown export served")
 	}
 }
+
+// A client that pipelines requests, never reads a reply and then breaks
+// the protocol must not keep the connection's workers waiting forever.
+func TestViolationWithUnreadReplies(t *testing.T) {
+	tc, done := serve(t, newMem(1<<20, allCaps), Options{})
+	tc.negotiate("", false)
+	// One write, so that the server reads it all at once: 64 MiB of
+	// replies nobody reads, then a bad magic.
+	var stream []byte
+	for i := range 64 {
+		stream = append(stream, reqBytes(cmdRead, 0, uint64(i), 0, 1<<20, nil)...)
+	}
+	go tc.c.Write(append(stream, make([]byte, requestSize)...))
+	if err := waitDone(t, done); err == nil {
+		t.Error("no error for the bad magic")
+	}
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Benchmarks the NBD server (`csi-qcow2 img serve`) against qemu-nbd with
+# fio's nbd engine over a unix socket, on the same images, in one run:
+#
+#   - a qcow2 overlay (64 KiB clusters) on a qcow2 base: the base holds 1 GiB
+#     of random data, the overlay rewrites the first half; every server run
+#     starts from a fresh copy of that overlay;
+#   - a raw image of 1 GiB of random data.
+#
+# Workloads (each RUNTIME seconds, in this order on one server process):
+# 4K randread at iodepth 1 and 32, 1M sequential read, 4K randwrite at
+# iodepth 1 and 32, 1M sequential write. Both servers use the host page cache
+# (qemu-nbd --cache=writeback --aio=threads; ours always writes through the
+# page cache, no O_DIRECT) and neither flushes during the run (fio sends no
+# FLUSH unless asked). The four server/image pairs run in alternating order,
+# REPEAT times; tables show medians.
+#
+# Prints two Markdown tables (internal/tools/benchratio): ours / qemu-nbd on
+# the same image (target 1.0), and qcow2 through ours / raw through
+# qemu-nbd (target 0.85). `make bench-nbd` runs it; docs/benchmarks.md has
+# results.
+#
+# A third table compares the servers' CPU time per I/O (user+system of the
+# server process while fio ran, from /proc): on a shared, noisy machine it
+# is steadier than throughput.
+#
+# Environment: RUNTIME (default 3), REPEAT (default 5), SIZE (default 1G),
+# TMPDIR (a real disk, not tmpfs), OUT (default bin/bench-nbd.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNTIME=${RUNTIME:-3}
+REPEAT=${REPEAT:-5}
+SIZE=${SIZE:-1G}
+OUT=${OUT:-bin/bench-nbd.txt}
+GO=${GO:-go}
+
+for tool in fio qemu-nbd qemu-img qemu-io; do
+	command -v "$tool" >/dev/null || { echo "bench-nbd: $tool missing (scripts/install-test-tools.sh installs it)" >&2; exit 2; }
+done
+mkdir -p bin "$(dirname "$OUT")"
+"$GO" build -o bin/csi-qcow2 ./cmd/csi-qcow2
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/bench-nbd.XXXXXX")
+server_pid=""
+cleanup() {
+	if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "# preparing images in $work (SIZE=$SIZE)" >&2
+bytes=$(qemu-img create -f raw "$work/probe" "$SIZE" | sed -n 's/.*size=\([0-9]*\).*/\1/p'); rm -f "$work/probe"
+head -c "$bytes" /dev/urandom >"$work/disk.raw"
+qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/base.qcow2"
+qemu-img create -q -f qcow2 -F qcow2 -b "$work/base.qcow2" "$work/overlay.master"
+qemu-io -f qcow2 -c "write -P 0x5a 0 $((bytes / 2))" "$work/overlay.master" >/dev/null
+
+sock="$work/nbd.sock"
+uri="nbd+unix:///?socket=$sock"
+
+# start_server WHO FORMAT: serves a fresh overlay copy (qcow2) or the raw image.
+start_server() {
+	local who=$1 fmt=$2 image
+	rm -f "$sock"
+	if [ "$fmt" = qcow2 ]; then
+		cp --sparse=always "$work/overlay.master" "$work/overlay.qcow2"
+		image="$work/overlay.qcow2"
+	else
+		image="$work/disk.raw"
+	fi
+	if [ "$who" = ours ]; then
+		bin/csi-qcow2 img serve -f "$fmt" --socket "$sock" "$image" &
+	else
+		qemu-nbd -f "$fmt" --cache=writeback --aio=threads --persistent --shared=0 --socket="$sock" "$image" &
+	fi
+	server_pid=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && return 0; sleep 0.05; done
+	echo "bench-nbd: $who did not create its socket" >&2
+	exit 1
+}
+
+stop_server() {
+	kill "$server_pid"
+	wait "$server_pid" 2>/dev/null || true
+	server_pid=""
+}
+
+# workload NAME RW BS IODEPTH
+workloads=(
+	"4K-randread-qd1 randread 4k 1"
+	"4K-randread-qd32 randread 4k 32"
+	"1M-seqread-qd1 read 1m 1"
+	"4K-randwrite-qd1 randwrite 4k 1"
+	"4K-randwrite-qd32 randwrite 4k 32"
+	"1M-seqwrite-qd1 write 1m 1"
+)
+
+# cpu_ticks: user+system CPU time of the server process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run_fio NAME RW BS DEPTH VARIANT: appends a go-bench-style throughput line
+# to $OUT and a line with the server's CPU time per I/O to $OUT.cpu.
+run_fio() {
+	local name=$1 rw=$2 bs=$3 depth=$4 variant=$5 line bw iops t0 t1
+	t0=$(cpu_ticks)
+	line=$(fio --name=bench --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" \
+		--size="$bytes" --runtime="$RUNTIME" --time_based --randrepeat=0 \
+		--output-format=terse --terse-version=3 | tail -n 1)
+	t1=$(cpu_ticks)
+	case $rw in
+	*read) bw=$(echo "$line" | cut -d';' -f7) iops=$(echo "$line" | cut -d';' -f8) ;;
+	*) bw=$(echo "$line" | cut -d';' -f48) iops=$(echo "$line" | cut -d';' -f49) ;;
+	esac
+	awk -v n="NBD/$name/$variant" -v bw="$bw" -v iops="$iops" \
+		'BEGIN { printf "Benchmark%s 1 %.0f ns/op %.2f MB/s\n", n, 1e9 / iops, bw * 1024 / 1e6 }' | tee -a "$OUT" >&2
+	awk -v n="CPU/$name/$variant" -v t=$((t1 - t0)) -v hz="$hz" -v ios="$iops" -v rt="$RUNTIME" \
+		'BEGIN { printf "Benchmark%s 1 %.0f ns/op\n", n, t / hz * 1e9 / (ios * rt) }' >>"$OUT.cpu"
+}
+
+configs=("ours qcow2" "qemu qcow2" "ours raw" "qemu raw")
+: >"$OUT"
+: >"$OUT.cpu"
+for r in $(seq "$REPEAT"); do
+	order=("${configs[@]}")
+	if [ $((r % 2)) -eq 0 ]; then order=("qemu raw" "ours raw" "qemu qcow2" "ours qcow2"); fi
+	for cfg in "${order[@]}"; do
+		read -r who fmt <<<"$cfg"
+		echo "# run $r/$REPEAT: $who $fmt (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+		start_server "$who" "$fmt"
+		for w in "${workloads[@]}"; do
+			read -r name rw bs depth <<<"$w"
+			run_fio "$name" "$rw" "$bs" "$depth" "$who-$fmt"
+		done
+		stop_server
+	done
+done
+
+echo "# done (load: $(cut -d' ' -f1-3 /proc/loadavg)); RUNTIME=$RUNTIME REPEAT=$REPEAT SIZE=$SIZE" >&2
+echo "## Ours / qemu-nbd on the same image (target 1.0)"
+"$GO" run ./internal/tools/benchratio -base qemu -target 'NBD/*/ours-*=1.0' <"$OUT"
+echo
+echo "## qcow2 through ours / raw through qemu-nbd (target 0.85)"
+grep -E '/(ours-qcow2|qemu-raw) ' "$OUT" | sed 's#/qemu-raw #/raw #' |
+	"$GO" run ./internal/tools/benchratio -base raw -target 'NBD/*/ours-qcow2=0.85'
+echo
+echo "## Server CPU time per I/O, as a ratio qemu-nbd / ours (above 1: ours uses less CPU)"
+"$GO" run ./internal/tools/benchratio -base qemu <"$OUT.cpu"
