@@ -17,7 +17,8 @@ need xz xz-utils
 need mke2fs e2fsprogs
 need mkfs.xfs xfsprogs
 need blkdiscard util-linux
-# NBD interop (internal/qcow2nbd) and the NBD benchmark.
+# NBD interop (internal/qcow2nbd), the NBD benchmark, and reading
+# persistent bitmaps through qemu-nbd -B (nbdinfo --map=qemu:dirty-bitmap:NAME).
 need nbdinfo libnbd-bin
 need fio fio
 

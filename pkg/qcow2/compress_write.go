@@ -131,6 +131,9 @@ func (img *Image) WriteCompressedBatch(b *CompressedBatch) error {
 	if b.ctype != img.hdr.CompressionType {
 		return errorf(ErrInvalid, "compressed batch: the image's compression type changed")
 	}
+	for _, c := range cl {
+		img.markBitmaps(c.Off, img.cs)
+	}
 	if err := img.markDirty(); err != nil {
 		return err
 	}

@@ -46,6 +46,7 @@ type Image struct {
 	cpack compressPack // where the next compressed stream goes (compress_write.go)
 
 	backing Disk
+	bm      bitmapState // persistent bitmaps (bitmap.go)
 
 	// hdrIncompat mirrors incompatible_features as stored on disk; it is
 	// atomic because corruption can be signalled under the read lock.
@@ -114,20 +115,14 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			}
 		}
 	}
+	if !readOnly {
+		if h, err = dropUnmaintainableBitmaps(f, h); err != nil {
+			return nil, err
+		}
+	}
 	img := &Image{name: name, f: f, opts: opts, readOnly: readOnly, hdr: h}
 	if err := img.loadTables(); err != nil {
 		return nil, err
-	}
-	if !readOnly && h.AutoclearFeatures != 0 {
-		// This engine maintains neither bitmaps nor a raw data file, so the
-		// spec requires the autoclear bits to be cleared before writing.
-		if err := img.writeHeaderU64(hdrOffAutoclear, 0); err != nil {
-			return nil, err
-		}
-		h.AutoclearFeatures = 0
-		if err := f.Sync(); err != nil {
-			return nil, err
-		}
 	}
 	if h.BackingFile != "" && !opts.NoBacking {
 		if depth+1 >= maxChainDepth {
@@ -138,6 +133,14 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			return nil, fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
 		}
 		img.backing = b
+	}
+	// Last: marking bitmaps in use is the open's only write that an
+	// error further on would leave behind.
+	if err := img.openBitmaps(); err != nil {
+		if img.backing != nil {
+			img.backing.Close()
+		}
+		return nil, err
 	}
 	return img, nil
 }
@@ -312,6 +315,7 @@ func (img *Image) Info() Info {
 		CompressionType: "zlib",
 		DataFile:        h.DataFile,
 	}
+	in.Bitmaps, _ = img.bitmapInfosLocked()
 	if h.Version == 2 {
 		in.Compat = "0.10"
 	}
@@ -340,6 +344,9 @@ func (img *Image) Close() error {
 	if !img.ReadOnly() {
 		err = img.Flush()
 		img.mu.Lock()
+		if err == nil && !img.ReadOnly() {
+			err = img.storeBitmapsLocked()
+		}
 		if err == nil && !img.ReadOnly() {
 			err = img.closeCleanLocked()
 		}

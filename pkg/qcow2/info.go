@@ -19,4 +19,5 @@ type Info struct {
 	ExtendedL2      bool
 	CompressionType string // "zlib" or "zstd"
 	DataFile        string
+	Bitmaps         []BitmapInfo // persistent bitmaps, as stored
 }

@@ -15,10 +15,11 @@ const (
 	metaRefTable
 	metaRefBlock
 	metaSnapshots // snapshot table and snapshot L1 tables
+	metaBitmaps   // bitmap directory, tables and data (bitmap.go)
 )
 
 func (k metaKind) String() string {
-	return [...]string{"data", "header", "active L1 table", "L2 table", "refcount table", "refcount block", "snapshot metadata"}[k]
+	return [...]string{"data", "header", "active L1 table", "L2 table", "refcount table", "refcount block", "snapshot metadata", "bitmap metadata"}[k]
 }
 
 // metadataSet knows which host clusters hold metadata, so that every write

@@ -25,6 +25,9 @@ func (img *Image) Resize(newSize int64) error {
 		// could not revert one across a resize.
 		return fmt.Errorf("%w: cannot resize a version 2 image with internal snapshots", ErrUnsupported)
 	}
+	if err := img.checkBitmapsResize(newSize); err != nil {
+		return err
+	}
 	old := img.size
 	switch {
 	case newSize == old:
@@ -90,6 +93,7 @@ func (img *Image) setSize(newSize int64) error {
 	}
 	img.size = newSize
 	img.hdr.Size = uint64(newSize)
+	img.resizeBitmaps(newSize)
 	return nil
 }
 

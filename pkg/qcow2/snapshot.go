@@ -581,6 +581,9 @@ func (img *Image) ApplySnapshot(idOrName string) (err error) {
 		return err
 	}
 	newSize := int64(e.DiskSize)
+	if err := img.checkBitmapsResize(newSize); err != nil {
+		return err
+	}
 	n := max(int64(len(snapL1)), ceilDiv(newSize, img.cs*img.l2Entries))
 	if n*8 > maxL1Bytes {
 		return errorf(ErrRange, "the L1 table would need %d entries", n)
@@ -664,6 +667,7 @@ func (img *Image) ApplySnapshot(idOrName string) (err error) {
 	img.hdr.Size = uint64(newSize)
 	img.hdr.L1Size = uint32(n)
 	img.hdr.L1TableOffset = uint64(start * img.cs)
+	img.bitmapsReverted()
 	// The old active tree is unlinked durably: release it now, so that
 	// the image checks clean without waiting for the next Flush.
 	return img.flushLocked(append(oldRefs, oldL1Clusters...))

@@ -27,6 +27,7 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	img.mu.RLock()
+	img.markBitmaps(off, int64(len(p)))
 	done, err := img.writeInPlace(p, off)
 	img.mu.RUnlock()
 	if err != nil {

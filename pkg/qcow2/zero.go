@@ -15,6 +15,7 @@ func (img *Image) WriteZeroes(off, n int64, unmap bool) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
+	img.markBitmaps(off, n)
 	return img.zeroLocked(off, n, unmap)
 }
 

@@ -1,0 +1,304 @@
+package qcow2_test
+
+// Persistent bitmaps against QEMU: bitmaps made by `qemu-img bitmap` are
+// maintained by the engine's guest writes; after Close, qemu-img check is
+// clean, qemu-img info lists them consistent, and qemu-nbd exports exactly
+// the dirty ranges the writes imply (read with nbdinfo --map).
+
+import (
+	"bytes"
+
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/qemutest"
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+)
+
+const (
+	bmSize = 64 << 20
+	kib    = int64(1024)
+	mib    = 1024 * kib
+)
+
+// bmImage makes a 64 MiB image with qemu-img and three bitmaps: b0
+// (enabled, 64 KiB), b1 (enabled, 128 KiB), b2 (disabled, 64 KiB).
+func bmImage(t *testing.T) string {
+	t.Helper()
+	testtools.Need(t, "qemu-img")
+	p := filepath.Join(t.TempDir(), "bm.qcow2")
+	qemutest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, strconv.Itoa(bmSize))
+	qemutest.Run(t, "qemu-img", "bitmap", "--add", p, "b0")
+	qemutest.Run(t, "qemu-img", "bitmap", "--add", "-g", "128K", p, "b1")
+	qemutest.Run(t, "qemu-img", "bitmap", "--add", "--disable", p, "b2")
+	return p
+}
+
+// qemuBitmapFlags returns name -> flags as `qemu-img info` reports them.
+func qemuBitmapFlags(t *testing.T, path string) map[string]string {
+	t.Helper()
+	out := qemutest.Run(t, "qemu-img", "info", "-U", "--output=json", path)
+	got := map[string]string{}
+	// A light parse: the bitmaps list is the only place with "granularity".
+	blocks := strings.Split(string(out), "\"flags\": [")
+	for _, b := range blocks[1:] {
+		flagsPart, rest, _ := strings.Cut(b, "]")
+		var flags []string
+		for _, f := range strings.Split(flagsPart, ",") {
+			if f = strings.Trim(strings.TrimSpace(f), "\""); f != "" {
+				flags = append(flags, f)
+			}
+		}
+		_, name, _ := strings.Cut(rest, "\"name\": \"")
+		name, _, _ = strings.Cut(name, "\"")
+		got[name] = strings.Join(flags, ",")
+	}
+	return got
+}
+
+// qemuDirty reads a bitmap's dirty ranges through qemu-nbd -B and nbdinfo.
+func qemuDirty(t *testing.T, path, name string) [][2]int64 {
+	t.Helper()
+	testtools.Need(t, "qemu-nbd", "nbdinfo")
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	srv := exec.Command("qemu-nbd", "-r", "-f", "qcow2", "-B", name, "--socket="+sock, path)
+	var stderr bytes.Buffer
+	srv.Stderr = &stderr
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = srv.Process.Kill()
+		_ = srv.Wait()
+	}()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i > 200 {
+			t.Fatalf("qemu-nbd did not start: %s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	out := qemutest.Run(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+name, "nbd+unix:///?socket="+sock)
+	var got [][2]int64
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			t.Fatalf("nbdinfo line %q", line)
+		}
+		if f[2] != "1" {
+			continue
+		}
+		off, _ := strconv.ParseInt(f[0], 10, 64)
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		got = append(got, [2]int64{off, n})
+	}
+	return got
+}
+
+func engineDirty(t *testing.T, path, name string) [][2]int64 {
+	t.Helper()
+	img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	got, err := img.BitmapDirty(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// bmWrites are the guest changes of the first session and the ranges they
+// dirty in b0 (64 KiB granularity) and b1 (128 KiB).
+func bmWrites(t *testing.T, img *qcow2.Image) {
+	t.Helper()
+	if _, err := img.WriteAt(bytes.Repeat([]byte{1}, 4096), 1*mib); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(bytes.Repeat([]byte{2}, 8192), 10*mib+60*kib); err != nil { // straddles two chunks
+		t.Fatal(err)
+	}
+	if err := img.WriteZeroes(20*mib, 256*kib, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Discard(40*mib, 64*kib); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	bmWantB0 = [][2]int64{{1 * mib, 64 * kib}, {10 * mib, 128 * kib}, {20 * mib, 256 * kib}, {40 * mib, 64 * kib}}
+	bmWantB1 = [][2]int64{{1 * mib, 128 * kib}, {10 * mib, 128 * kib}, {20 * mib, 256 * kib}, {40 * mib, 128 * kib}}
+)
+
+func wantFlags(t *testing.T, path string, want map[string]string) {
+	t.Helper()
+	if got := qemuBitmapFlags(t, path); !reflect.DeepEqual(got, want) {
+		t.Fatalf("qemu-img info bitmaps: got %v, want %v", got, want)
+	}
+}
+
+func wantDirty(t *testing.T, path, name string, want [][2]int64) {
+	t.Helper()
+	if got := qemuDirty(t, path, name); !reflect.DeepEqual(got, want) {
+		t.Errorf("bitmap %s as qemu-nbd exports it: got %v, want %v", name, got, want)
+	}
+	if got := engineDirty(t, path, name); !reflect.DeepEqual(got, want) {
+		t.Errorf("bitmap %s as the engine reads it: got %v, want %v", name, got, want)
+	}
+}
+
+func TestBitmapsMaintainedForQemu(t *testing.T) {
+	p := bmImage(t)
+	img, err := qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Open marked the enabled bitmaps in use, durably, before any write.
+	wantFlags(t, p, map[string]string{"b0": "in-use,auto", "b1": "in-use,auto", "b2": ""})
+	bmWrites(t, img)
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantFlags(t, p, map[string]string{"b0": "auto", "b1": "auto", "b2": ""})
+	wantDirty(t, p, "b0", bmWantB0)
+	wantDirty(t, p, "b1", bmWantB1)
+	wantDirty(t, p, "b2", nil)
+
+	// A session without writes keeps the stored data (in-place flag update).
+	img, err = qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantFlags(t, p, map[string]string{"b0": "auto", "b1": "auto", "b2": ""})
+	wantDirty(t, p, "b0", bmWantB0)
+
+	// A third session adds to the bits; the old tables are freed.
+	img, err = qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(make([]byte, 512), bmSize-512); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantDirty(t, p, "b0", append(bmWantB0, [2]int64{bmSize - 64*kib, 64 * kib}))
+	// QEMU itself opens and stores what the engine wrote.
+	qemutest.QemuIO(t, p, "qcow2", qemutest.Write(30*mib, 4096, 7))
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantDirty(t, p, "b0", []([2]int64){{1 * mib, 64 * kib}, {10 * mib, 128 * kib}, {20 * mib, 256 * kib}, {30 * mib, 64 * kib}, {40 * mib, 64 * kib}, {bmSize - 64*kib, 64 * kib}})
+}
+
+// A crash (the process killed) after open leaves the enabled bitmaps in
+// use; QEMU and the engine then agree: check is clean, the bitmaps stay in
+// use (inconsistent) through repair and through the next writable session,
+// and the disabled one is untouched.
+func TestBitmapsCrashLeavesInUse(t *testing.T) {
+	p := bmImage(t)
+	img, err := qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bmWrites(t, img)
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// What a kill leaves: everything written so far, no Close.
+	crashed := filepath.Join(t.TempDir(), "crashed.qcow2")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(crashed, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = img.Close()
+	inUse := map[string]string{"b0": "in-use,auto", "b1": "in-use,auto", "b2": ""}
+	wantFlags(t, crashed, inUse)
+	q := qemutest.Check(t, crashed, "qcow2", "")
+	res, err := qcow2.CheckFile(mustOpenRaw(t, crashed, false), qcow2.CheckOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode() != q.ExitCode || int64(res.Leaks) != q.Leaks || int64(res.Corruptions) != q.Corruptions {
+		t.Fatalf("check of the crashed image: engine %+v, qemu-img %s", *res, q.Output)
+	}
+	// Reserved clusters leak in a crash (rule 3); nothing worse.
+	if q.ExitCode != 0 && q.ExitCode != 3 {
+		t.Fatalf("qemu-img check of the crashed image: %s", q.Output)
+	}
+	var repaired string
+	for _, tool := range []string{"qemu", "engine"} {
+		c := filepath.Join(t.TempDir(), tool+".qcow2")
+		repaired = c
+		if err := os.WriteFile(c, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if tool == "qemu" {
+			qemutest.Check(t, c, "qcow2", "all")
+		} else if _, err := qcow2.CheckFile(mustOpenRaw(t, c, true), qcow2.CheckOptions{Repair: qcow2.RepairAll}); err != nil {
+			t.Fatal(err)
+		}
+		wantFlags(t, c, inUse)
+	}
+	// The next writable session keeps them in use and stores nothing new.
+	crashed = repaired
+	img, err = qcow2.Open(crashed, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt([]byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, crashed, "qcow2")
+	wantFlags(t, crashed, inUse)
+	wantDirty(t, crashed, "b2", nil)
+	if _, err := engineDirtyErr(crashed, "b0"); err == nil {
+		t.Fatal("the engine read an in-use bitmap")
+	}
+}
+
+func engineDirtyErr(path, name string) ([][2]int64, error) {
+	img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	return img.BitmapDirty(name)
+}
+
+func mustOpenRaw(t *testing.T, path string, writable bool) qcow2.File {
+	t.Helper()
+	flag := os.O_RDONLY
+	if writable {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := qcow2.NewOSFile(f)
+	t.Cleanup(func() { _ = file.Close() })
+	return file
+}
