@@ -8,10 +8,12 @@ package qcow2_test
 import (
 	"bytes"
 
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -301,4 +303,95 @@ func mustOpenRaw(t *testing.T, path string, writable bool) qcow2.File {
 	file := qcow2.NewOSFile(f)
 	t.Cleanup(func() { _ = file.Close() })
 	return file
+}
+
+// Resize holds every bitmap at the new size (the disabled one too, as
+// QEMU does); the grown range counts as dirty in enabled bitmaps. An
+// inconsistent bitmap blocks a resize, as in QEMU.
+func TestBitmapsResize(t *testing.T) {
+	p := bmImage(t)
+	img, err := qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bmWrites(t, img)
+	if err := img.Resize(2 * bmSize); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantFlags(t, p, map[string]string{"b0": "auto", "b1": "auto", "b2": ""})
+	wantDirty(t, p, "b0", append(slices.Clone(bmWantB0), [2]int64{bmSize, bmSize}))
+	wantDirty(t, p, "b2", nil)
+	qemutest.QemuIO(t, p, "qcow2", qemutest.Write(2*bmSize-4096, 4096, 9))
+	qemutest.MustCheckClean(t, p, "qcow2")
+
+	// Shrinking back: the bitmaps follow.
+	img, err = qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := img.WriteZeroes(bmSize, bmSize, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Resize(bmSize); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantDirty(t, p, "b0", bmWantB0)
+
+	// An in-use bitmap (a crash while it was enabled) blocks a resize.
+	img, err = qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = img.Close()
+	crashed := filepath.Join(t.TempDir(), "crashed.qcow2")
+	if err := os.WriteFile(crashed, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err = qcow2.Open(crashed, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Resize(2 * bmSize); !errors.Is(err, qcow2.ErrUnsupported) {
+		t.Fatalf("Resize with an inconsistent bitmap: %v, want ErrUnsupported", err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := qemuBitmapFlags(t, crashed)["b0"]; got != "in-use,auto" {
+		t.Fatalf("b0 flags %q after a refused resize", got)
+	}
+}
+
+// Reverting to an internal snapshot may change any byte: the enabled
+// bitmaps become all dirty.
+func TestBitmapsSnapshotRevert(t *testing.T) {
+	p := bmImage(t)
+	img, err := qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.CreateSnapshot("s1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.ApplySnapshot("s1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantDirty(t, p, "b0", [][2]int64{{0, bmSize}})
+	wantDirty(t, p, "b2", nil)
 }

@@ -1,28 +1,48 @@
 package qcow2
 
-// Size changes (Resize, ApplySnapshot) with persistent bitmaps. QEMU
-// resizes the bitmaps it holds in memory and refuses when a bitmap is not
-// loaded or inconsistent (qcow2_truncate_bitmaps_check); the engine holds
-// only enabled bitmaps in memory, so a disabled or in-use bitmap blocks a
-// size change: its stored table would no longer cover the disk.
+// Size changes (Resize, ApplySnapshot) with persistent bitmaps, as QEMU's
+// qcow2_truncate_bitmaps_check and truncate allow them: every bitmap must
+// be usable, so an inconsistent (in-use) bitmap blocks a size change, and
+// the others are held in memory so that Close stores them at the new size.
 
-// checkBitmapsResize refuses a change to newSize that the bitmaps cannot
-// follow. The caller holds mu exclusively.
+// checkBitmapsResize prepares the bitmaps for a change to newSize or
+// refuses it, changing nothing. The caller holds mu exclusively.
 func (img *Image) checkBitmapsResize(newSize int64) error {
-	if newSize == img.size {
+	if newSize == img.size || len(img.bm.entries) == 0 {
 		return nil
+	}
+	var load []*bitmapEntry
+	for i := range img.bm.entries {
+		e := &img.bm.entries[i]
+		if img.bm.memBitmap(e.name) != nil {
+			continue
+		}
+		if e.inUse() {
+			return errorf(ErrUnsupported, "cannot change the size of an image with the inconsistent bitmap %q (remove it first)", e.name)
+		}
+		load = append(load, e)
 	}
 	for i := range img.bm.entries {
 		e := &img.bm.entries[i]
-		if img.bm.memBitmap(e.name) == nil {
-			return errorf(ErrUnsupported, "cannot change the size of an image with the disabled or inconsistent bitmap %q (remove it first)", e.name)
-		}
-	}
-	for _, b := range img.bm.mem {
-		if err := checkBitmapConstraints(b.name, b.granBits, uint64(newSize), img.cs); err != nil {
+		if err := checkBitmapConstraints(e.name, e.granBits, uint64(newSize), img.cs); err != nil {
 			return err
 		}
 	}
+	// Disabled bitmaps are kept on disk while the size stays; now they
+	// must be rewritten at the new size: load them and mark them in use,
+	// as enabled ones are at open.
+	var loaded []*liveBitmap
+	for _, e := range load {
+		b, err := img.readBitmapData(e, true)
+		if err != nil {
+			return err
+		}
+		loaded = append(loaded, b)
+	}
+	if err := img.setInUse(loaded); err != nil {
+		return err
+	}
+	img.bm.mem = append(img.bm.mem, loaded...)
 	return nil
 }
 
