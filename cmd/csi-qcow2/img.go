@@ -40,6 +40,7 @@ qemu-img check's exit statuses.
 		newImgDetachCmd(),
 		newImgListCmd(),
 		newImgServeCmd(),
+		newImgBitmapCmd(),
 	)
 	for _, c := range img.Commands() {
 		// Use already spells out each subcommand's flags, qemu-img style.

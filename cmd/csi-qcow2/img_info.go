@@ -110,6 +110,9 @@ func qcow2SpecificDict(in qcow2.Info) *qdict {
 		d.set("extended-l2", in.ExtendedL2)
 		d.set("lazy-refcounts", in.LazyRefcounts)
 		d.set("corrupt", in.Corrupt)
+		if len(in.Bitmaps) > 0 {
+			d.set("bitmaps", bitmapsList(in.Bitmaps))
+		}
 	}
 	d.set("refcount-bits", int64(in.RefcountBits))
 	ct := in.CompressionType
@@ -155,4 +158,18 @@ func humanInfo(d *qdict) string {
 		dumpHuman(&b, v.(*qdict).vals["data"].(*qdict), 1)
 	}
 	return b.String()
+}
+
+// bitmapsList is the "bitmaps" member of ImageInfoSpecificQCow2
+// (Qcow2BitmapInfo: name, granularity and flags).
+func bitmapsList(bms []qcow2.BitmapInfo) []qval {
+	out := make([]qval, len(bms))
+	for i, b := range bms {
+		flags := []qval{}
+		for _, f := range b.Flags() {
+			flags = append(flags, f)
+		}
+		out[i] = newQdict().set("name", b.Name).set("granularity", b.Granularity).set("flags", flags)
+	}
+	return out
 }

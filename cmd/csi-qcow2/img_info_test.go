@@ -31,8 +31,12 @@ func TestInfoMatchesQemu(t *testing.T) {
 	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "dirty.qcow2", "1M")
 	qemu(t, "qemu-io", "-f", "qcow2", "-c", "write 0 64k", "-c", "abort", "dirty.qcow2")
 
+	// Persistent bitmaps: an enabled one and a disabled one (empty flags).
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "bitmaps.qcow2", "1M")
+	mustQemu(t, "qemu-img", "bitmap", "--add", "bitmaps.qcow2", "b0")
+	mustQemu(t, "qemu-img", "bitmap", "--add", "-g", "1M", "--disable", "bitmaps.qcow2", "off")
 	files := []string{"base.qcow2", "top.qcow2", filepath.Join(dir, "top.qcow2"), "v2.qcow2", "lazy.qcow2",
-		"disk.raw", "over-raw.qcow2", "dirty.qcow2"}
+		"disk.raw", "over-raw.qcow2", "dirty.qcow2", "bitmaps.qcow2"}
 	for _, f := range files {
 		for _, flags := range [][]string{
 			nil, {"--output=json"}, {"--backing-chain"}, {"--backing-chain", "--output=json"},

@@ -105,9 +105,9 @@ func writeQJSON(b *strings.Builder, v qval, level int) {
 			indent(level + 1)
 			writeQJSON(b, e, level+1)
 		}
-		if len(x) > 0 {
-			indent(level)
-		}
+		// QEMU's JSON writer breaks the line before ']' even for an
+		// empty list (a bitmap's "flags": [ ]).
+		indent(level)
 		b.WriteByte(']')
 	case string:
 		b.WriteString(qjsonString(x))

@@ -28,7 +28,6 @@ type bitmapState struct {
 	entries []bitmapEntry    // the directory on disk
 	err     error            // why the directory could not be used (read-only opens)
 	mem     []*liveBitmap    // bitmaps held in memory, stored by Close
-	edited  bool             // mem has bitmaps with no up-to-date entry (added, cleared)
 	live    atomic.Pointer[liveSet]
 }
 

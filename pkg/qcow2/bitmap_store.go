@@ -22,7 +22,7 @@ func (img *Image) storeBitmapsLocked() error {
 	img.bm.live.Store(nil)
 	entries := slices.Clone(s.entries)
 	var freed []int64
-	rewritten := s.edited
+	rewritten := false
 	for _, b := range s.mem {
 		i := slices.IndexFunc(entries, func(e bitmapEntry) bool { return e.name == b.name })
 		if i < 0 {
