@@ -32,7 +32,8 @@ func TestQJSON(t *testing.T) {
 	if got := qjson(d); got != want {
 		t.Errorf("qjson:\n%s\nwant\n%s", got, want)
 	}
-	if got := qjson([]qval{}); got != "[]" {
+	// qemu-img 7.2 prints a disabled bitmap's empty flags as "[\n ... ]".
+	if got := qjson([]qval{}); got != "[\n]" {
 		t.Errorf("empty list: %s", got)
 	}
 	if got := qjsonString("a\"\\\n\x01é😀"); got != `"a\"\\\n\u0001\u00E9\uD83D\uDE00"` {

@@ -7,6 +7,7 @@ package qcow2_test
 
 import (
 	"bytes"
+	"encoding/binary"
 
 	"errors"
 	"os"
@@ -394,4 +395,121 @@ func TestBitmapsSnapshotRevert(t *testing.T) {
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantDirty(t, p, "b0", [][2]int64{{0, bmSize}})
 	wantDirty(t, p, "b2", nil)
+}
+
+// bmPatchDir applies f to the bitmap directory of the image at path (and
+// to the header extension's 24 bytes).
+func bmPatchDir(t *testing.T, path string, f func(ext, dir []byte)) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := binary.BigEndian
+	off := int(be.Uint32(b[100:]))
+	for {
+		typ, n := be.Uint32(b[off:]), int(be.Uint32(b[off+4:]))
+		if typ == 0 {
+			t.Fatal("no bitmaps extension")
+		}
+		if typ == 0x23852875 {
+			ext := b[off+8 : off+8+24]
+			dirOff, dirSize := be.Uint64(ext[16:]), be.Uint64(ext[8:])
+			f(ext, b[dirOff:dirOff+dirSize])
+			break
+		}
+		off += 8 + (n+7)&^7
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Bitmaps the engine cannot maintain (here: an unknown type, which QEMU
+// refuses to open) are listed by a read-only open, and dropped by a
+// writable one, after which the image checks clean: the refcount rebuild
+// freed their clusters.
+func TestBitmapsUnmaintainableDropped(t *testing.T) {
+	p := bmImage(t)
+	qemutest.QemuIO(t, p, "qcow2", qemutest.Write(0, 64*kib, 5))
+	bmPatchDir(t, p, func(_, dir []byte) { dir[16] = 2 }) // b0's type
+	before, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := qcow2.Open(p, qcow2.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bms, err := ro.Bitmaps(); err != nil || len(bms) != 3 {
+		t.Fatalf("read-only listing: %v %v", bms, err)
+	}
+	_ = ro.Close()
+	if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {
+		t.Fatal("a read-only open changed the image")
+	}
+	img, err := qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bms, err := img.Bitmaps(); err != nil || len(bms) != 0 {
+		t.Fatalf("after the drop: %v %v", bms, err)
+	}
+	if _, err := img.WriteAt([]byte{1}, 2*mib); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	if got := qemuBitmapFlags(t, p); len(got) != 0 {
+		t.Fatalf("qemu-img info still lists bitmaps: %v", got)
+	}
+	got := qemutest.ReadGuest(t, p, "qcow2")
+	if !bytes.Equal(got[:64*kib], bytes.Repeat([]byte{5}, int(64*kib))) || got[2*mib] != 1 {
+		t.Fatal("guest data changed")
+	}
+}
+
+// A directory that cannot be read (more bitmaps announced than present)
+// is an error for listing; a writable open clears the autoclear bit and
+// works, leaving the directory's clusters for `check -r leaks`.
+func TestBitmapsBrokenDirectory(t *testing.T) {
+	p := bmImage(t)
+	bmPatchDir(t, p, func(ext, _ []byte) { binary.BigEndian.PutUint32(ext, 4) })
+	ro, err := qcow2.Open(p, qcow2.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.Bitmaps(); !errors.Is(err, qcow2.ErrInvalid) {
+		t.Fatalf("listing a broken directory: %v", err)
+	}
+	_ = ro.Close()
+	img, err := qcow2.Open(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt([]byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if h := mustHeader(t, p); h.AutoclearFeatures&1 != 0 {
+		t.Fatal("the bitmaps autoclear bit is still set")
+	}
+	if q := qemutest.Check(t, p, "qcow2", "leaks"); q.ExitCode != 0 {
+		t.Fatalf("check -r leaks: %s", q.Output)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+}
+
+func mustHeader(t *testing.T, path string) qcow2.Header {
+	t.Helper()
+	img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	return img.Header()
 }
