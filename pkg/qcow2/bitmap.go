@@ -214,17 +214,7 @@ func (img *Image) setInUse(bms []*liveBitmap) error {
 	if !changed {
 		return nil
 	}
-	dir := encodeBitmapDir(img.bm.entries)
-	if uint64(len(dir)) != img.bm.ext.dirSize {
-		return img.corruption("the bitmap directory changed size (%d, was %d)", len(dir), img.bm.ext.dirSize)
-	}
-	if err := img.checkMetaWrite(int64(img.bm.ext.dirOff), metaBitmaps); err != nil {
-		return err
-	}
-	if _, err := img.f.WriteAt(dir, int64(img.bm.ext.dirOff)); err != nil {
-		return err
-	}
-	return img.f.Sync()
+	return img.writeDirInPlace()
 }
 
 func (s *bitmapState) entry(name string) *bitmapEntry {

@@ -163,16 +163,11 @@ func wantDirty(t *testing.T, path, name string, want [][2]int64) {
 
 func TestBitmapsMaintainedForQemu(t *testing.T) {
 	p := bmImage(t)
-	img, err := qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Open marked the enabled bitmaps in use, durably, before any write.
-	wantFlags(t, p, map[string]string{"b0": "in-use,auto", "b1": "in-use,auto", "b2": ""})
-	bmWrites(t, img)
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+		// Open marked the enabled bitmaps in use, durably, before any write.
+		wantFlags(t, p, map[string]string{"b0": "in-use,auto", "b1": "in-use,auto", "b2": ""})
+		bmWrites(t, img)
+	})
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantFlags(t, p, map[string]string{"b0": "auto", "b1": "auto", "b2": ""})
 	wantDirty(t, p, "b0", bmWantB0)
@@ -180,28 +175,18 @@ func TestBitmapsMaintainedForQemu(t *testing.T) {
 	wantDirty(t, p, "b2", nil)
 
 	// A session without writes keeps the stored data (in-place flag update).
-	img, err = qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+	})
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantFlags(t, p, map[string]string{"b0": "auto", "b1": "auto", "b2": ""})
 	wantDirty(t, p, "b0", bmWantB0)
 
 	// A third session adds to the bits; the old tables are freed.
-	img, err = qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := img.WriteAt(make([]byte, 512), bmSize-512); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+		if _, err := img.WriteAt(make([]byte, 512), bmSize-512); err != nil {
+			t.Fatal(err)
+		}
+	})
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantDirty(t, p, "b0", append(bmWantB0, [2]int64{bmSize - 64*kib, 64 * kib}))
 	// QEMU itself opens and stores what the engine wrote.
@@ -216,24 +201,7 @@ func TestBitmapsMaintainedForQemu(t *testing.T) {
 // and the disabled one is untouched.
 func TestBitmapsCrashLeavesInUse(t *testing.T) {
 	p := bmImage(t)
-	img, err := qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bmWrites(t, img)
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	// What a kill leaves: everything written so far, no Close.
-	crashed := filepath.Join(t.TempDir(), "crashed.qcow2")
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(crashed, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	_ = img.Close()
+	crashed, data := crashCopy(t, p, func(img *qcow2.Image) { bmWrites(t, img) })
 	inUse := map[string]string{"b0": "in-use,auto", "b1": "in-use,auto", "b2": ""}
 	wantFlags(t, crashed, inUse)
 	q := qemutest.Check(t, crashed, "qcow2", "")
@@ -250,35 +218,64 @@ func TestBitmapsCrashLeavesInUse(t *testing.T) {
 	}
 	var repaired string
 	for _, tool := range []string{"qemu", "engine"} {
-		c := filepath.Join(t.TempDir(), tool+".qcow2")
-		repaired = c
-		if err := os.WriteFile(c, data, 0o644); err != nil {
+		repaired = filepath.Join(t.TempDir(), tool+".qcow2")
+		if err := os.WriteFile(repaired, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		if tool == "qemu" {
-			qemutest.Check(t, c, "qcow2", "all")
-		} else if _, err := qcow2.CheckFile(mustOpenRaw(t, c, true), qcow2.CheckOptions{Repair: qcow2.RepairAll}); err != nil {
+			qemutest.Check(t, repaired, "qcow2", "all")
+		} else if _, err := qcow2.CheckFile(mustOpenRaw(t, repaired, true), qcow2.CheckOptions{Repair: qcow2.RepairAll}); err != nil {
 			t.Fatal(err)
 		}
-		wantFlags(t, c, inUse)
+		wantFlags(t, repaired, inUse)
 	}
 	// The next writable session keeps them in use and stores nothing new.
-	crashed = repaired
-	img, err = qcow2.Open(crashed, qcow2.Options{})
+	session(t, repaired, func(img *qcow2.Image) {
+		if _, err := img.WriteAt([]byte{1}, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	qemutest.MustCheckClean(t, repaired, "qcow2")
+	wantFlags(t, repaired, inUse)
+	wantDirty(t, repaired, "b2", nil)
+	if _, err := engineDirtyErr(repaired, "b0"); err == nil {
+		t.Fatal("the engine read an in-use bitmap")
+	}
+}
+
+// crashCopy opens path writable, runs f, flushes and copies the file as a
+// kill would leave it (no Close) to a new file, which it returns with its
+// content; then it closes the image.
+func crashCopy(t *testing.T, path string, f func(img *qcow2.Image)) (string, []byte) {
+	t.Helper()
+	crashed := filepath.Join(t.TempDir(), "crashed.qcow2")
+	var data []byte
+	session(t, path, func(img *qcow2.Image) {
+		f(img)
+		if err := img.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if data, err = os.ReadFile(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(crashed, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return crashed, data
+}
+
+// session opens path writable, runs f and closes it.
+func session(t *testing.T, path string, f func(img *qcow2.Image)) {
+	t.Helper()
+	img, err := qcow2.Open(path, qcow2.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := img.WriteAt([]byte{1}, 0); err != nil {
-		t.Fatal(err)
-	}
+	f(img)
 	if err := img.Close(); err != nil {
 		t.Fatal(err)
-	}
-	qemutest.MustCheckClean(t, crashed, "qcow2")
-	wantFlags(t, crashed, inUse)
-	wantDirty(t, crashed, "b2", nil)
-	if _, err := engineDirtyErr(crashed, "b0"); err == nil {
-		t.Fatal("the engine read an in-use bitmap")
 	}
 }
 
@@ -311,17 +308,12 @@ func mustOpenRaw(t *testing.T, path string, writable bool) qcow2.File {
 // inconsistent bitmap blocks a resize, as in QEMU.
 func TestBitmapsResize(t *testing.T) {
 	p := bmImage(t)
-	img, err := qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bmWrites(t, img)
-	if err := img.Resize(2 * bmSize); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+		bmWrites(t, img)
+		if err := img.Resize(2 * bmSize); err != nil {
+			t.Fatal(err)
+		}
+	})
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantFlags(t, p, map[string]string{"b0": "auto", "b1": "auto", "b2": ""})
 	wantDirty(t, p, "b0", append(slices.Clone(bmWantB0), [2]int64{bmSize, bmSize}))
@@ -330,46 +322,24 @@ func TestBitmapsResize(t *testing.T) {
 	qemutest.MustCheckClean(t, p, "qcow2")
 
 	// Shrinking back: the bitmaps follow.
-	img, err = qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := img.WriteZeroes(bmSize, bmSize, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Resize(bmSize); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+		if err := img.WriteZeroes(bmSize, bmSize, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := img.Resize(bmSize); err != nil {
+			t.Fatal(err)
+		}
+	})
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantDirty(t, p, "b0", bmWantB0)
 
 	// An in-use bitmap (a crash while it was enabled) blocks a resize.
-	img, err = qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = img.Close()
-	crashed := filepath.Join(t.TempDir(), "crashed.qcow2")
-	if err := os.WriteFile(crashed, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	img, err = qcow2.Open(crashed, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Resize(2 * bmSize); !errors.Is(err, qcow2.ErrUnsupported) {
-		t.Fatalf("Resize with an inconsistent bitmap: %v, want ErrUnsupported", err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	crashed, _ := crashCopy(t, p, func(*qcow2.Image) {})
+	session(t, crashed, func(img *qcow2.Image) {
+		if err := img.Resize(2 * bmSize); !errors.Is(err, qcow2.ErrUnsupported) {
+			t.Fatalf("Resize with an inconsistent bitmap: %v, want ErrUnsupported", err)
+		}
+	})
 	if got := qemuBitmapFlags(t, crashed)["b0"]; got != "in-use,auto" {
 		t.Fatalf("b0 flags %q after a refused resize", got)
 	}
@@ -379,19 +349,14 @@ func TestBitmapsResize(t *testing.T) {
 // bitmaps become all dirty.
 func TestBitmapsSnapshotRevert(t *testing.T) {
 	p := bmImage(t)
-	img, err := qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := img.CreateSnapshot("s1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.ApplySnapshot("s1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+		if _, err := img.CreateSnapshot("s1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := img.ApplySnapshot("s1"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantDirty(t, p, "b0", [][2]int64{{0, bmSize}})
 	wantDirty(t, p, "b2", nil)
@@ -448,19 +413,14 @@ func TestBitmapsUnmaintainableDropped(t *testing.T) {
 	if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {
 		t.Fatal("a read-only open changed the image")
 	}
-	img, err := qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bms, err := img.Bitmaps(); err != nil || len(bms) != 0 {
-		t.Fatalf("after the drop: %v %v", bms, err)
-	}
-	if _, err := img.WriteAt([]byte{1}, 2*mib); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+		if bms, err := img.Bitmaps(); err != nil || len(bms) != 0 {
+			t.Fatalf("after the drop: %v %v", bms, err)
+		}
+		if _, err := img.WriteAt([]byte{1}, 2*mib); err != nil {
+			t.Fatal(err)
+		}
+	})
 	qemutest.MustCheckClean(t, p, "qcow2")
 	if got := qemuBitmapFlags(t, p); len(got) != 0 {
 		t.Fatalf("qemu-img info still lists bitmaps: %v", got)
@@ -485,16 +445,11 @@ func TestBitmapsBrokenDirectory(t *testing.T) {
 		t.Fatalf("listing a broken directory: %v", err)
 	}
 	_ = ro.Close()
-	img, err := qcow2.Open(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := img.WriteAt([]byte{1}, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	session(t, p, func(img *qcow2.Image) {
+		if _, err := img.WriteAt([]byte{1}, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
 	if h := mustHeader(t, p); h.AutoclearFeatures&1 != 0 {
 		t.Fatal("the bitmaps autoclear bit is still set")
 	}

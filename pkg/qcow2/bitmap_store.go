@@ -202,19 +202,10 @@ func (img *Image) writeBitmapExt(x *bitmapExtHeader) error {
 		h.AutoclearFeatures |= autoclearBitmaps
 		h.Bitmaps = x.encode()
 	}
-	enc, err := h.encode()
-	if err != nil {
-		return err
-	}
-	if _, err := img.f.WriteAt(enc, 0); err != nil {
-		return err
-	}
-	if err := img.f.Sync(); err != nil {
+	if err := img.rewriteHeader(h); err != nil {
 		return err
 	}
 	img.hdr.Bitmaps, img.hdr.AutoclearFeatures = h.Bitmaps, h.AutoclearFeatures
-	img.hdr.BackingFileOffset, img.hdr.BackingFileSize = h.BackingFileOffset, h.BackingFileSize
-	img.hdr.HeaderLength = h.HeaderLength
 	return nil
 }
 

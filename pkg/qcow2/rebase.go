@@ -169,6 +169,16 @@ func (img *Image) setBackingLocked(name, format string) error {
 	if name == "" {
 		h.BackingFormat = ""
 	}
+	if err := img.rewriteHeader(h); err != nil {
+		return err
+	}
+	img.hdr.BackingFile, img.hdr.BackingFormat = h.BackingFile, h.BackingFormat
+	return nil
+}
+
+// rewriteHeader writes h (read from the file and changed by the caller) as
+// cluster 0, durably, and takes over the layout fields encoding set.
+func (img *Image) rewriteHeader(h *Header) error {
 	buf, err := h.encode()
 	if err != nil {
 		return err
@@ -182,7 +192,6 @@ func (img *Image) setBackingLocked(name, format string) error {
 	if err := img.f.Sync(); err != nil {
 		return err
 	}
-	img.hdr.BackingFile, img.hdr.BackingFormat = h.BackingFile, h.BackingFormat
 	img.hdr.BackingFileOffset, img.hdr.BackingFileSize = h.BackingFileOffset, h.BackingFileSize
 	img.hdr.HeaderLength = h.HeaderLength
 	return nil
