@@ -118,11 +118,13 @@ func (c *measureCmd) run(cmd *cobra.Command, args []string) error {
 			return failf("%v", err)
 		}
 		out.set("required", req).set("fully-allocated", full)
-		// Persistent bitmaps: qemu-img reports their size when both the
-		// source (qcow2) and the new image (compat 1.1) support them. The
-		// engine copies no bitmaps, so their size is 0.
-		if in != nil && o.compat == "1.1" && in.Info().Format == "qcow2" {
-			out.set("bitmaps", int64(0))
+		// Persistent bitmaps: qemu-img reports the space to copy them
+		// when both the source (qcow2) and the new image (compat 1.1)
+		// support them.
+		if in != nil && o.compat == "1.1" {
+			if info := in.Info(); info.Format == "qcow2" {
+				out.set("bitmaps", qcow2.BitmapsSize(info.Bitmaps, in.Size(), o.clusterSize))
+			}
 		}
 	}
 	w := cmd.OutOrStdout()

@@ -8,7 +8,13 @@ import (
 func TestImgMeasureMatchesQemu(t *testing.T) {
 	needQemu(t)
 	cmpSetup(t)
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "bm.qcow2", "100M")
+	mustQemu(t, "qemu-img", "bitmap", "--add", "bm.qcow2", "b0")
+	mustQemu(t, "qemu-img", "bitmap", "--add", "-g", "512", "--disable", "bm.qcow2", "a-longer-name")
 	for _, a := range []string{
+		"-O qcow2 bm.qcow2",
+		"-O qcow2 -o cluster_size=512 --output=json bm.qcow2",
+		"-O qcow2 -o compat=0.10 bm.qcow2",
 		"a.qcow2",
 		"--output=json a.qcow2",
 		"-O qcow2 a.qcow2",

@@ -222,3 +222,20 @@ func readBitmapDir(f File, x bitmapExtHeader, cs int64, virtualSize uint64) ([]b
 	}
 	return parseBitmapDir(dir, x.n, cs, virtualSize)
 }
+
+// BitmapsSize is the space `qemu-img measure` reserves for copying
+// bitmaps of a disk of virtualSize bytes into an image with clusterSize
+// clusters: every bitmap fully allocated, its table, and the directory.
+func BitmapsSize(bitmaps []BitmapInfo, virtualSize, clusterSize int64) int64 {
+	var total, dir int64
+	for _, b := range bitmaps {
+		if b.Granularity <= 0 {
+			continue
+		}
+		bytes := ceilDiv(ceilDiv(virtualSize, b.Granularity), 8)
+		clusters := ceilDiv(bytes, clusterSize)
+		total += clusters*clusterSize + ceilDiv(clusters*8, clusterSize)*clusterSize
+		dir += int64(bitmapEntryLen(len(b.Name), 0))
+	}
+	return total + ceilDiv(dir, clusterSize)*clusterSize
+}
