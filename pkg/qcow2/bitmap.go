@@ -295,7 +295,8 @@ func (img *Image) readBitmapData(e *bitmapEntry, record bool) (*liveBitmap, erro
 }
 
 // bitmapClusters returns the clusters a stored bitmap's table and data
-// occupy.
+// occupy, for freeing them; it fails if one of them holds other metadata
+// (the caller then leaks them rather than free what it cannot trust).
 func (img *Image) bitmapClusters(e *bitmapEntry) ([]int64, error) {
 	t, err := img.readBitmapTable(e)
 	if err != nil {
@@ -308,6 +309,11 @@ func (img *Image) bitmapClusters(e *bitmapEntry) ([]int64, error) {
 	for _, v := range t {
 		if off := v & bmeOffsetMask; off != 0 {
 			out = append(out, int64(off)/img.cs)
+		}
+	}
+	for _, c := range out {
+		if err := img.checkBitmapRegion(uint64(c*img.cs), uint64(img.cs)); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
