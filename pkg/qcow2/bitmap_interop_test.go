@@ -468,3 +468,36 @@ func mustHeader(t *testing.T, path string) qcow2.Header {
 	defer img.Close()
 	return img.Header()
 }
+
+// A live external snapshot stores the bitmaps into the frozen layer when
+// its handle closes (QEMU stores them when the layer becomes read-only):
+// they are consistent there and record the writes made before the freeze.
+// The new top starts without bitmaps.
+func TestBitmapsFreeze(t *testing.T) {
+	p := bmImage(t)
+	dir := filepath.Dir(p)
+	l, err := qcow2.OpenLive(p, qcow2.Options{Backing: qcow2.BackingPolicy{Root: dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WithImage(func(img *qcow2.Image) error { bmWrites(t, img); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	snap := filepath.Join(dir, "snap.qcow2")
+	if err := l.Freeze(snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.WriteAt([]byte{9}, 30*mib); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.MustCheckClean(t, snap, "qcow2")
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantFlags(t, snap, map[string]string{"b0": "auto", "b1": "auto", "b2": ""})
+	wantDirty(t, snap, "b0", bmWantB0)
+	if got := qemuBitmapFlags(t, p); len(got) != 0 {
+		t.Fatalf("the new top has bitmaps: %v", got)
+	}
+}
