@@ -80,7 +80,7 @@ func (img *Image) bitmapInfosLocked() ([]BitmapInfo, error) {
 	return out, nil
 }
 
-// bitmapsInUse reports whether the image's header names bitmaps that the
+// bitmapsPresent reports whether the image's header names bitmaps that the
 // engine is to consider: a version 3 image with the extension and the
 // autoclear bit that says it is consistent.
 func bitmapsPresent(h *Header) bool {
@@ -99,8 +99,8 @@ func (img *Image) openBitmaps() error {
 		case err != nil && img.readOnly:
 			img.bm.err = err
 		case err != nil:
-			// Not usable (dropBadBitmaps handled the readable but
-			// unmaintainable case): stop claiming it is consistent.
+			// Not usable (dropUnmaintainableBitmaps handled the readable
+			// but unmaintainable case): stop claiming it is consistent.
 		default:
 			keep = autoclearBitmaps
 		}
@@ -110,14 +110,32 @@ func (img *Image) openBitmaps() error {
 	}
 	if keep != 0 {
 		if err := img.loadEnabledBitmaps(); err != nil {
-			return err
+			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrUnsupported) {
+				return err
+			}
+			// A damaged table or data beyond the memory bound: QEMU
+			// refuses the image; the spec's rule keeps it usable.
+			keep = 0
 		}
-	} else {
-		img.bm.ext, img.bm.entries = nil, nil
+	}
+	if keep == 0 {
+		img.dropBitmapState()
 	}
 	// The spec requires the bits of features this engine does not maintain
 	// to be cleared before it writes anything.
 	return img.storeAutoclear(keep)
+}
+
+// dropBitmapState forgets the bitmaps (their clusters stay allocated, to
+// be reclaimed as leaks by a repair).
+func (img *Image) dropBitmapState() {
+	img.bm.ext, img.bm.entries, img.bm.mem = nil, nil, nil
+	img.bm.live.Store(nil)
+	for c, k := range img.meta.m {
+		if k == metaBitmaps {
+			img.meta.remove(c)
+		}
+	}
 }
 
 // readBitmaps decodes the extension and the directory and records their

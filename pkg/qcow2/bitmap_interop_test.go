@@ -501,3 +501,25 @@ func TestBitmapsFreeze(t *testing.T) {
 		t.Fatalf("the new top has bitmaps: %v", got)
 	}
 }
+
+// An enabled bitmap whose table does not match the disk size (QEMU
+// refuses such an image) makes a writable open fall back to the spec's
+// rule: the autoclear bit is cleared and the image works.
+func TestBitmapsDamagedTableFallsBack(t *testing.T) {
+	p := bmImage(t)
+	bmPatchDir(t, p, func(_, dir []byte) { binary.BigEndian.PutUint32(dir[8:], 2) }) // b0: 2 table entries, 1 needed
+	session(t, p, func(img *qcow2.Image) {
+		if bms, err := img.Bitmaps(); err != nil || len(bms) != 0 {
+			t.Fatalf("bitmaps after the fallback: %v %v", bms, err)
+		}
+		if _, err := img.WriteAt([]byte{1}, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if h := mustHeader(t, p); h.AutoclearFeatures&1 != 0 {
+		t.Fatal("the bitmaps autoclear bit is still set")
+	}
+	if q := qemutest.Check(t, p, "qcow2", ""); q.ExitCode != 0 && q.ExitCode != 3 {
+		t.Fatalf("qemu-img check: %s", q.Output)
+	}
+}
