@@ -6,14 +6,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // dirtyMap returns nbdinfo's map of a bitmap as qemu-nbd exports it.
 func dirtyMap(t *testing.T, file, bitmap string) string {
 	t.Helper()
-	if _, err := exec.LookPath("nbdinfo"); err != nil {
-		t.Skip("nbdinfo not found (apt-get install libnbd-bin; make test does this)")
-	}
+	testtools.Need(t, "qemu-nbd", "nbdinfo")
 	sock := filepath.Join(t.TempDir(), "s")
 	srv := exec.Command("qemu-nbd", "-r", "-f", "qcow2", "-B", bitmap, "--socket="+sock, file)
 	if err := srv.Start(); err != nil {
