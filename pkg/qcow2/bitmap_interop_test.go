@@ -523,3 +523,25 @@ func TestBitmapsDamagedTableFallsBack(t *testing.T) {
 		t.Fatalf("qemu-img check: %s", q.Output)
 	}
 }
+
+// Small clusters and a fine granularity: the bitmap's table spans several
+// clusters (allocated as one run) and its data many.
+func TestBitmapsMultiClusterTable(t *testing.T) {
+	testtools.Need(t, "qemu-img")
+	p := filepath.Join(t.TempDir(), "small.qcow2")
+	qemutest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", p, "256M")
+	qemutest.Run(t, "qemu-img", "bitmap", "--add", "-g", "512", p, "fine")
+	var want [][2]int64
+	session(t, p, func(img *qcow2.Image) {
+		for i := int64(0); i < 40; i++ {
+			off := i * 6 * mib
+			if _, err := img.WriteAt(make([]byte, 700), off); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, [2]int64{off, 1024})
+		}
+	})
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantFlags(t, p, map[string]string{"fine": "auto"})
+	wantDirty(t, p, "fine", want)
+}
