@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -544,4 +545,43 @@ func TestBitmapsMultiClusterTable(t *testing.T) {
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantFlags(t, p, map[string]string{"fine": "auto"})
 	wantDirty(t, p, "fine", want)
+}
+
+// Writers in parallel (in-place and allocating writes race on the shared
+// and exclusive lock) all reach the bitmap.
+func TestBitmapsConcurrentWriters(t *testing.T) {
+	p := bmImage(t)
+	const writers, perWriter = 4, 50
+	session(t, p, func(img *qcow2.Image) {
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range perWriter {
+					// Each chunk is written twice: allocating, then in place.
+					off := int64(w*perWriter+i%25) * 256 * kib
+					if _, err := img.WriteAt(make([]byte, 4096), off+int64(i%3)*4096); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	})
+	got := engineDirty(t, p, "b0")
+	for w := range writers {
+		for i := range 25 {
+			off := int64(w*perWriter+i) * 256 * kib
+			if !covered(got, off, 64*kib) {
+				t.Fatalf("the write at %d is not in b0 (%v)", off, got)
+			}
+		}
+	}
+	if n := len(got); n != writers*25 {
+		t.Fatalf("%d dirty ranges, want %d", n, writers*25)
+	}
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantDirty(t, p, "b0", got)
 }
