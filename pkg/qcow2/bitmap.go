@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -382,31 +381,4 @@ func (b *liveBitmap) ranges(size int64) [][2]int64 {
 		}
 	}
 	return out
-}
-
-// bitmapExtOffset returns where the bitmaps extension's data lies in
-// cluster 0 (buf), or -1. Like parseExtensions it takes the last one, in
-// the area before the backing file name, and only one of exactly
-// bitmapExtLen bytes qualifies (an in-place rewrite must fit).
-func bitmapExtOffset(buf []byte, h *Header) int64 {
-	be := binary.BigEndian
-	limit := int64(len(buf))
-	if h.BackingFileOffset != 0 && int64(h.BackingFileOffset) < limit {
-		limit = max(int64(h.HeaderLength), int64(h.BackingFileOffset))
-	}
-	at := int64(-1)
-	for off := int64(h.HeaderLength); off+8 <= limit; {
-		typ, n := be.Uint32(buf[off:]), int64(be.Uint32(buf[off+4:]))
-		if typ == extEnd || n > limit-off-8 {
-			break
-		}
-		if typ == extBitmaps {
-			at = -1
-			if n == bitmapExtLen {
-				at = off + 8
-			}
-		}
-		off += 8 + (n+7)&^7
-	}
-	return at
 }

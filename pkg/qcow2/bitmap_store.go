@@ -163,52 +163,6 @@ func (img *Image) switchBitmapDir(entries []bitmapEntry, freed []int64) error {
 	return img.applyFrees(freed)
 }
 
-// writeBitmapExt makes the header name x (nil: no bitmaps), durably. When
-// the extension exists, its 24 bytes are rewritten in place; if they
-// straddle a sector, QEMU's protocol applies (the autoclear bit is cleared
-// around the write, so that a torn write is ignored, not trusted). Adding
-// or removing the extension rewrites cluster 0.
-func (img *Image) writeBitmapExt(x *bitmapExtHeader) error {
-	h, err := readHeader(img.f)
-	if err != nil {
-		return err
-	}
-	if err := img.checkMetaWrite(0, metaHeader); err != nil {
-		return err
-	}
-	buf := make([]byte, img.headerBytes())
-	if err := readFull(img.f, buf, 0); err != nil {
-		return err
-	}
-	if at := bitmapExtOffset(buf, h); at >= 0 && x != nil {
-		data := x.encode()
-		if at/512 != (at+bitmapExtLen-1)/512 {
-			if err := img.storeAutoclear(h.AutoclearFeatures &^ autoclearBitmaps); err != nil {
-				return err
-			}
-		}
-		if _, err := img.f.WriteAt(data, at); err != nil {
-			return err
-		}
-		if err := img.f.Sync(); err != nil {
-			return err
-		}
-		img.hdr.Bitmaps = data
-		return img.storeAutoclear(h.AutoclearFeatures | autoclearBitmaps)
-	}
-	h.AutoclearFeatures &^= autoclearBitmaps
-	h.Bitmaps = nil
-	if x != nil {
-		h.AutoclearFeatures |= autoclearBitmaps
-		h.Bitmaps = x.encode()
-	}
-	if err := img.rewriteHeader(h); err != nil {
-		return err
-	}
-	img.hdr.Bitmaps, img.hdr.AutoclearFeatures = h.Bitmaps, h.AutoclearFeatures
-	return nil
-}
-
 // headerBytes is how much of cluster 0 holds the header (the whole cluster,
 // or the file if it is shorter).
 func (img *Image) headerBytes() int64 {
