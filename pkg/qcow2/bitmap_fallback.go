@@ -1,6 +1,9 @@
 package qcow2
 
-import "slices"
+import (
+	"encoding/binary"
+	"slices"
+)
 
 // dropUnmaintainableBitmaps runs on a writable open, before the tables are
 // loaded. If the image's bitmap directory is readable but names a bitmap
@@ -29,16 +32,7 @@ func dropUnmaintainableBitmaps(f File, h *Header) (*Header, error) {
 	if err != nil || !slices.ContainsFunc(entries, func(e bitmapEntry) bool { return !e.maintainable() }) {
 		return h, nil
 	}
-	h.Bitmaps = nil
-	h.AutoclearFeatures &^= autoclearBitmaps
-	buf, err := h.encode()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := f.WriteAt(buf, 0); err != nil {
-		return nil, err
-	}
-	if err := f.Sync(); err != nil {
+	if err := removeBitmapExtFile(f, h); err != nil {
 		return nil, err
 	}
 	if h, err = readHeader(f); err != nil {
@@ -48,4 +42,34 @@ func dropUnmaintainableBitmaps(f File, h *Header) (*Header, error) {
 		return nil, err
 	}
 	return readHeader(f)
+}
+
+// removeBitmapExtFile removes the bitmaps extension from the header in f
+// in the steps bitmap_header.go describes: the autoclear bit is cleared
+// first, then the extension becomes an end marker (or, if it is not the
+// last one, cluster 0 is rewritten without it).
+func removeBitmapExtFile(f File, h *Header) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], h.AutoclearFeatures&^autoclearBitmaps)
+	if err := writeDurable(f, b[:], hdrOffAutoclear); err != nil {
+		return err
+	}
+	fsize, err := f.Size()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, min(fsize, h.clusterSize()))
+	if err := readFull(f, buf, 0); err != nil {
+		return err
+	}
+	if l := scanExtensions(buf, h); l.bitmaps >= 0 && l.next == l.end {
+		return writeDurable(f, make([]byte, 8), l.bitmaps-8)
+	}
+	h.Bitmaps = nil
+	h.AutoclearFeatures &^= autoclearBitmaps
+	enc, err := h.encode()
+	if err != nil {
+		return err
+	}
+	return writeDurable(f, enc, 0)
 }

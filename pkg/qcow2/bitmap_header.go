@@ -78,8 +78,17 @@ func (img *Image) writeBitmapExt(x *bitmapExtHeader) error {
 		if ok, err := img.appendBitmapExt(h, l.end, x.encode()); ok || err != nil {
 			return err
 		}
-	case l.bitmaps >= 0 && x == nil && l.next == l.end:
-		return img.dropLastBitmapExt(l.bitmaps - 8)
+	case x == nil:
+		if err := removeBitmapExtFile(img.f, h); err != nil {
+			return err
+		}
+		nh, err := readHeader(img.f)
+		if err != nil {
+			return err
+		}
+		img.hdr.Bitmaps, img.hdr.AutoclearFeatures = nil, nh.AutoclearFeatures
+		img.hdr.BackingFileOffset, img.hdr.HeaderLength = nh.BackingFileOffset, nh.HeaderLength
+		return nil
 	}
 	return img.rewriteBitmapExt(h, x)
 }
@@ -136,36 +145,17 @@ func (img *Image) appendBitmapExt(h *Header, end int64, data []byte) (bool, erro
 	return true, img.storeAutoclear(img.hdr.AutoclearFeatures | autoclearBitmaps)
 }
 
-// dropLastBitmapExt removes the extension whose header is at hdr and is
-// followed by the end marker.
-func (img *Image) dropLastBitmapExt(hdr int64) error {
-	if err := img.storeAutoclear(img.hdr.AutoclearFeatures &^ autoclearBitmaps); err != nil {
-		return err
-	}
-	if err := writeDurable(img.f, make([]byte, 8), hdr); err != nil {
-		return err
-	}
-	img.hdr.Bitmaps = nil
-	return nil
-}
-
-// rewriteBitmapExt rewrites cluster 0 with x (nil: without the extension),
-// with the autoclear bit clear during the rewrite.
+// rewriteBitmapExt rewrites cluster 0 with x, with the autoclear bit clear
+// during the rewrite.
 func (img *Image) rewriteBitmapExt(h *Header, x *bitmapExtHeader) error {
 	if err := img.storeAutoclear(img.hdr.AutoclearFeatures &^ autoclearBitmaps); err != nil {
 		return err
 	}
 	h.AutoclearFeatures = img.hdr.AutoclearFeatures
-	h.Bitmaps = nil
-	if x != nil {
-		h.Bitmaps = x.encode()
-	}
+	h.Bitmaps = x.encode()
 	if err := img.rewriteHeader(h); err != nil {
 		return err
 	}
 	img.hdr.Bitmaps = h.Bitmaps
-	if x == nil {
-		return nil
-	}
 	return img.storeAutoclear(img.hdr.AutoclearFeatures | autoclearBitmaps)
 }
