@@ -585,3 +585,21 @@ func TestBitmapsConcurrentWriters(t *testing.T) {
 	qemutest.MustCheckClean(t, p, "qcow2")
 	wantDirty(t, p, "b0", got)
 }
+
+// Extended L2 entries: subcluster writes and zeroes reach the bitmap too.
+func TestBitmapsExtendedL2(t *testing.T) {
+	testtools.Need(t, "qemu-img")
+	p := filepath.Join(t.TempDir(), "ext.qcow2")
+	qemutest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", p, "64M")
+	qemutest.Run(t, "qemu-img", "bitmap", "--add", "-g", "4K", p, "sub")
+	session(t, p, func(img *qcow2.Image) {
+		if _, err := img.WriteAt(make([]byte, 2048), 1*mib+2048); err != nil {
+			t.Fatal(err)
+		}
+		if err := img.WriteZeroes(3*mib, 8192, false); err != nil {
+			t.Fatal(err)
+		}
+	})
+	qemutest.MustCheckClean(t, p, "qcow2")
+	wantDirty(t, p, "sub", [][2]int64{{1 * mib, 4096}, {3 * mib, 8192}})
+}
