@@ -27,6 +27,8 @@ type allocator struct {
 const (
 	minReserveBytes = 1 << 20
 	maxReserveBytes = 64 << 20
+	// reserveCapDivisor bounds a batch to this fraction of the virtual size.
+	reserveCapDivisor = 32
 )
 
 func (a *allocator) init(eofClusters int64) {
@@ -66,7 +68,7 @@ func (img *Image) reserve(n int64) error {
 	}
 	a := &img.alloc
 	minBatch := max(minReserveBytes/img.cs, 1)
-	a.batch = min(max(a.batch*2, minBatch), max(maxReserveBytes/img.cs, 1))
+	a.batch = min(max(a.batch*2, minBatch), reserveCapClusters(img.size, img.cs))
 	want := max(n, a.batch)
 	var got []int64
 	holes, err := img.findHoles(want)
@@ -234,4 +236,31 @@ func (img *Image) makeRunDurable(start, n int64) error {
 	}
 	end := (start + n) * img.cs
 	return writeDurable(img.f, make([]byte, 512), end-512)
+}
+
+// reserveCapClusters is the largest batch reserve sets aside on its own
+// initiative: 1/32 of the virtual size, within [1 MiB, 64 MiB]. A kill
+// leaks the unused part of the pool, so the batch is bounded by the disk
+// it serves, not only by a constant (a 64 MiB batch is a quarter of a
+// 256 MiB disk).
+func reserveCapClusters(virtual, cs int64) int64 {
+	return max(min(max(virtual/reserveCapDivisor, minReserveBytes), maxReserveBytes)/cs, 1)
+}
+
+// settleFrees applies the deferred frees once more than a reservation
+// batch of them has piled up (a guest that discards a lot between
+// flushes): a sync makes their unlinking durable first, as Flush does.
+// Without it a kill would leak all of them. It must only be called
+// between operations, never while a batch that unlinked clusters is still
+// being planned (its L2 writes are not on disk yet).
+func (img *Image) settleFrees() error {
+	if int64(len(img.alloc.pending)) <= reserveCapClusters(img.size, img.cs) {
+		return nil
+	}
+	if err := img.f.Sync(); err != nil {
+		return err
+	}
+	pend := img.alloc.pending
+	img.alloc.pending = nil
+	return img.applyFrees(pend)
 }

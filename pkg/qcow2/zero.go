@@ -56,6 +56,9 @@ func (img *Image) zeroLocked(off, n int64, unmap bool) error {
 		if err := img.zeroClusters(vi, stop, unmap); err != nil {
 			return err
 		}
+		if err := img.settleFrees(); err != nil {
+			return err
+		}
 		vi = stop
 	}
 	return nil
@@ -87,7 +90,16 @@ func (img *Image) zeroPartial(from, to int64) error {
 
 // zeroClusters zeroes whole guest clusters [first, stop) of one L2 table.
 func (img *Image) zeroClusters(first, stop int64, unmap bool) error {
-	if err := img.ensureReserved(stop - first + 1); err != nil {
+	// Zeroing needs at most a new L2 table, and a fresh cluster per guest
+	// cluster only where zeros must be stored (version 2 over a backing
+	// file). Reserving a cluster per zeroed cluster regardless made a
+	// discard of a whole empty disk reserve (and leak on a kill) the
+	// disk's size.
+	need := int64(1)
+	if img.hdr.Version < 3 && img.backing != nil {
+		need += stop - first
+	}
+	if err := img.ensureReserved(need); err != nil {
 		return err
 	}
 	var w writeBatch
