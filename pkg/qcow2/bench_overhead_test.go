@@ -71,3 +71,19 @@ func BenchmarkEngineOverhead4KRead(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkEngineOverhead4KWrite is the same for a 4 KiB in-place write
+// (every cluster is preallocated and owned by the image) without the
+// pwrite of the data.
+func BenchmarkEngineOverhead4KWrite(b *testing.B) {
+	img, offs := overheadImage(b, nil)
+	buf := make([]byte, 4096)
+	b.SetBytes(4096)
+	i := 0
+	for b.Loop() {
+		if _, err := img.WriteAt(buf, offs[i&(len(offs)-1)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}

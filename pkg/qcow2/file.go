@@ -125,6 +125,13 @@ func writeZeros(w io.WriterAt, off, n int64) error {
 // file read as zeros, as they do for QEMU.
 func readFull(r io.ReaderAt, p []byte, off int64) error {
 	n, err := r.ReadAt(p, off)
+	return fullRead(p, n, err)
+}
+
+// fullRead finishes a ReadAt into p that returned n, err as readFull does.
+// Callers holding a File call its ReadAt directly and then this: passing
+// a File as an io.ReaderAt costs an interface conversion per call.
+func fullRead(p []byte, n int, err error) error {
 	if err == io.EOF || (err == nil && n == len(p)) {
 		clear(p[n:])
 		return nil

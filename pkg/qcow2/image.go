@@ -3,6 +3,7 @@ package qcow2
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"sync"
@@ -31,6 +32,8 @@ type Image struct {
 	ext          bool   // extended L2 entries (subcluster.go)
 	l2es         int64  // bytes per L2 entry: 8, or 16 when ext
 	scs          int64  // subcluster size: cs/32 when ext, else cs
+	l2Bits       uint8  // log2(l2Entries): the hot path shifts, it does not divide
+	sliceBits    uint8  // log2(sliceEntries)
 	size         int64  // virtual size
 
 	l1  []uint64
@@ -182,6 +185,8 @@ func (img *Image) loadTables() error {
 	img.size = int64(h.Size)
 	img.refOrder = h.RefcountOrder
 	img.refPerBlk = int64(refcountEntriesPerBlock(uint64(img.cs), h.RefcountOrder))
+	img.l2Bits = uint8(bits.TrailingZeros64(uint64(img.l2Entries)))
+	img.sliceBits = uint8(bits.TrailingZeros64(uint64(img.sliceEntries)))
 	fsize, err := img.f.Size()
 	if err != nil {
 		return err

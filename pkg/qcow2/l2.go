@@ -24,15 +24,25 @@ type mapping struct {
 
 // l2Slice returns the cached L2 slice holding entry vi of the table at l2off.
 func (img *Image) l2Slice(l2off, vi int64) ([]byte, int64, error) {
-	idx := vi % img.l2Entries
-	sliceOff := l2off + (idx/img.sliceEntries)*img.sliceEntries*img.l2es
-	buf, err := img.l2c.get(sliceOff, func(b []byte) error { return readFull(img.f, b, sliceOff) })
+	sliceOff := l2off + (vi&(img.l2Entries-1))>>img.sliceBits*img.sliceEntries*img.l2es
+	// The guest slice number is the front hint: a cache that covers the
+	// disk then finds every slice without a lock.
+	if buf := img.l2c.cached(sliceOff, uint64(vi>>img.sliceBits)); buf != nil {
+		return buf, sliceOff, nil
+	}
+	return img.loadL2Slice(sliceOff, vi)
+}
+
+// loadL2Slice is l2Slice's miss path, apart so that l2Slice inlines.
+func (img *Image) loadL2Slice(sliceOff, vi int64) ([]byte, int64, error) {
+	buf, err := img.l2c.get(sliceOff, uint64(vi>>img.sliceBits), func(b []byte) error { return readFull(img.f, b, sliceOff) })
 	return buf, sliceOff, err
 }
 
-// lookup decodes the mapping of guest cluster vi.
+// lookup decodes the mapping of guest cluster vi. It runs for every
+// request, so it uses shifts and masks, not divisions.
 func (img *Image) lookup(vi int64) (mapping, error) {
-	l1i := vi / img.l2Entries
+	l1i := vi >> img.l2Bits
 	if l1i >= int64(len(img.l1)) {
 		return mapping{}, nil
 	}
@@ -44,17 +54,27 @@ func (img *Image) lookup(vi int64) (mapping, error) {
 	if err != nil {
 		return mapping{}, err
 	}
-	e, bm := img.entryAt(buf, vi%img.sliceEntries)
+	e, bm := img.entryAt(buf, vi&(img.sliceEntries-1))
 	return img.decodeL2(vi, e, bm)
 }
 
 // l2Offset returns the validated host offset of L2 table l1i (0: none).
 func (img *Image) l2Offset(l1i int64) (int64, error) {
 	off := int64(img.l1[l1i] & l1OffsetMask)
-	if off%img.cs != 0 {
-		return 0, img.corruptionOrInvalid("L2 table offset %#x of L1 entry %d is not cluster aligned", off, l1i)
+	if off&(img.cs-1) != 0 {
+		return 0, img.badL2Offset(off, l1i)
 	}
 	return off, nil
+}
+
+// badL2Offset and badHostOffset report malformed entries; they are
+// separate so that the lookup path stays small enough to inline.
+func (img *Image) badL2Offset(off, l1i int64) error {
+	return img.corruptionOrInvalid("L2 table offset %#x of L1 entry %d is not cluster aligned", off, l1i)
+}
+
+func (img *Image) badHostOffset(vi, host int64) error {
+	return img.corruptionOrInvalid("cluster %d is mapped to unaligned host offset %#x", vi, host)
 }
 
 func (img *Image) decodeL2(vi int64, e, bitmap uint64) (mapping, error) {
@@ -65,8 +85,8 @@ func (img *Image) decodeL2(vi int64, e, bitmap uint64) (mapping, error) {
 		return m, nil
 	}
 	m.host = int64(e & l2OffsetMask)
-	if m.host%img.cs != 0 {
-		return m, img.corruptionOrInvalid("cluster %d is mapped to unaligned host offset %#x", vi, m.host)
+	if m.host&(img.cs-1) != 0 {
+		return m, img.badHostOffset(vi, m.host)
 	}
 	switch {
 	case img.ext:

@@ -68,36 +68,49 @@ func (img *Image) checkRange(off, n int64) error {
 		return ErrClosed
 	}
 	if off < 0 || n < 0 || off > img.size || n > img.size-off {
-		return fmt.Errorf("%w: [%d, +%d) is outside the %d-byte image", ErrRange, off, n, img.size)
+		return img.outOfRange(off, n)
 	}
 	return nil
+}
+
+// outOfRange is checkRange's error, apart so that checkRange inlines.
+func (img *Image) outOfRange(off, n int64) error {
+	return fmt.Errorf("%w: [%d, +%d) is outside the %d-byte image", ErrRange, off, n, img.size)
 }
 
 // ReadAt reads len(p) bytes at guest offset off.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	img.mu.RLock()
-	defer img.mu.RUnlock()
-	if err := img.checkRange(off, int64(len(p))); err != nil {
-		return 0, err
-	}
-	if len(p) > 0 && off/img.cs == (off+int64(len(p))-1)/img.cs {
-		// One cluster: no walk (the common 4 KiB request).
-		m, err := img.lookup(off / img.cs)
-		if err != nil {
-			return 0, err
-		}
-		if err := img.readCluster(p, off, m); err != nil {
-			return 0, err
-		}
-		return len(p), nil
-	}
-	err := img.walk(off, int64(len(p)), func(r run) error {
-		return img.readRun(p[r.off-off:r.off-off+r.n], r)
-	})
+	err := img.readAt(p, off)
+	img.mu.RUnlock()
 	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// readAt is ReadAt under mu. A request inside one cluster (the common
+// 4 KiB read) needs one lookup and, for a data cluster, one pread: this
+// path runs between two page-cache preads, where every instruction and
+// cache line counts (docs/benchmarks.md).
+func (img *Image) readAt(p []byte, off int64) error {
+	if err := img.checkRange(off, int64(len(p))); err != nil {
+		return err
+	}
+	if len(p) == 0 || off>>img.cb != (off+int64(len(p))-1)>>img.cb {
+		return img.walk(off, int64(len(p)), func(r run) error {
+			return img.readRun(p[r.off-off:r.off-off+r.n], r)
+		})
+	}
+	m, err := img.lookup(off >> img.cb)
+	if err != nil {
+		return err
+	}
+	if m.kind == kindData {
+		n, err := img.f.ReadAt(p, m.host+off&(img.cs-1))
+		return fullRead(p, n, err)
+	}
+	return img.readCluster(p, off, m)
 }
 
 func (img *Image) readRun(dst []byte, r run) error {

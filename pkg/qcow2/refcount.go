@@ -21,7 +21,7 @@ func (img *Image) refBlock(rt []uint64, bi int64) ([]byte, int64, error) {
 	if off%img.cs != 0 || off > maxHostOffset {
 		return nil, 0, img.corruption("refcount block %d at unaligned offset %#x", bi, off)
 	}
-	buf, err := img.rbc.get(off, func(b []byte) error { return readFull(img.f, b, off) })
+	buf, err := img.rbc.get(off, uint64(bi), func(b []byte) error { return readFull(img.f, b, off) })
 	return buf, off, err
 }
 

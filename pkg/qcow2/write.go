@@ -56,9 +56,9 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 	if err := img.checkRange(off, int64(len(p))); err != nil {
 		return false, err
 	}
-	if len(p) > 0 && off/img.cs == (off+int64(len(p))-1)/img.cs {
+	if len(p) > 0 && off>>img.cb == (off+int64(len(p))-1)>>img.cb {
 		// One cluster: no walk (the common 4 KiB request).
-		m, err := img.lookup(off / img.cs)
+		m, err := img.lookup(off >> img.cb)
 		if err != nil || (m.kind != kindData && m.kind != kindSub) || !m.copied {
 			return false, err
 		}
@@ -66,7 +66,7 @@ func (img *Image) writeInPlace(p []byte, off int64) (bool, error) {
 			if err := img.checkMetaWrite(m.host, metaNone); err != nil {
 				return false, err
 			}
-			_, err = img.f.WriteAt(p, m.host+off%img.cs)
+			_, err = img.f.WriteAt(p, m.host+off&(img.cs-1))
 			return err == nil, err
 		}
 		// Subclusters: the walk below tells whether all are stored.
