@@ -10,7 +10,6 @@ package qcow2_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -56,59 +55,12 @@ func TestCrashStatesRebase(t *testing.T) {
 
 func runRebaseCrash(t *testing.T, qemuImg string, c rebaseCrashCase) {
 	cs := c.cs
-	size := 64 * cs
+	size := crashTopClusters * cs
 	dir := crashTempDir(t)
 	makeRebaseBackings(t, dir, qemuImg, size)
 	name := filepath.Join(dir, "top.qcow2")
-	var r *crashsim.Recorder
-	if c.qemuCreated {
-		args := []string{"create", "-q", "-f", "qcow2", "-o", fmt.Sprintf("cluster_size=%d,compat=%s", cs, c.compat)}
-		if c.from != "" {
-			args = append(args, "-b", c.from, "-F", c.fromFmt)
-		}
-		runQemuImg(t, qemuImg, append(args, name, fmt.Sprint(size))...)
-		if c.bitmap {
-			runQemuImg(t, qemuImg, "bitmap", "--add", name, "b0")
-		}
-		data, err := os.ReadFile(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r = crashsim.NewRecorder(data)
-	} else {
-		r = crashsim.NewRecorder(nil)
-		opts := qcow2.CreateOptions{Size: size, ClusterSize: cs, Compat: c.compat, BackingFile: c.from, BackingFormat: c.fromFmt}
-		if err := qcow2.CreateFile(r, name, opts); err != nil {
-			t.Fatal(err)
-		}
-		r.Reopen()
-	}
-	img, err := qcow2.OpenFile(r, name, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Own data in a few places, a zero cluster, the rest from the chain.
-	for i, off := range []int64{0, 5 * cs, 17 * cs / 2, size - 2*cs} {
-		p := make([]byte, cs)
-		for b := range p {
-			p[b] = tag(1+i, off+int64(b))
-		}
-		if _, err := img.WriteAt(p, off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if c.compat == "1.1" {
-		if err := img.WriteZeroes(12*cs, 2*cs, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	oldContent := make([]byte, size)
-	if _, err := img.ReadAt(oldContent, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
+	r := newCrashTop(t, qemuImg, dir, c)
+	oldContent := writeCrashTop(t, r, name, cs, size, c.compat == "1.1")
 	newContent := oldContent
 	if c.unsafe {
 		newContent = qemuRebasedContent(t, qemuImg, dir, r.Bytes(), c)
@@ -116,7 +68,7 @@ func runRebaseCrash(t *testing.T, qemuImg string, c rebaseCrashCase) {
 
 	r.Reopen()
 	from := r.Len()
-	img, err = qcow2.OpenFile(r, name, qcow2.Options{NoBacking: c.unsafe})
+	img, err := qcow2.OpenFile(r, name, qcow2.Options{NoBacking: c.unsafe})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +103,71 @@ func runRebaseCrash(t *testing.T, qemuImg string, c rebaseCrashCase) {
 		t.Errorf("the final state is not the rebased image (saw new header: %v)", sawNew)
 	}
 	t.Logf("%d operations, %d crash states checked", len(rec.Ops()), len(states))
+}
+
+// crashTopClusters is the virtual size, in clusters, of the images these
+// tests rewrite: room for writeCrashTop's clusters, small enough to check
+// every state quickly.
+const crashTopClusters = 16
+
+// newCrashTop creates top.qcow2 in dir on a Recorder, with the engine or
+// qemu-img as c says, backed by c.from if set.
+func newCrashTop(t *testing.T, qemuImg, dir string, c rebaseCrashCase) *crashsim.Recorder {
+	name := filepath.Join(dir, "top.qcow2")
+	size := crashTopClusters * c.cs
+	if !c.qemuCreated {
+		r := crashsim.NewRecorder(nil)
+		opts := qcow2.CreateOptions{Size: size, ClusterSize: c.cs, Compat: c.compat, BackingFile: c.from, BackingFormat: c.fromFmt}
+		if err := qcow2.CreateFile(r, name, opts); err != nil {
+			t.Fatal(err)
+		}
+		r.Reopen()
+		return r
+	}
+	args := []string{"create", "-q", "-f", "qcow2", "-o", fmt.Sprintf("cluster_size=%d,compat=%s", c.cs, c.compat)}
+	if c.from != "" {
+		args = append(args, "-b", c.from, "-F", c.fromFmt)
+	}
+	runQemuImg(t, qemuImg, append(args, name, fmt.Sprint(size))...)
+	if c.bitmap {
+		runQemuImg(t, qemuImg, "bitmap", "--add", name, "b0")
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return crashsim.NewRecorder(data)
+}
+
+// writeCrashTop writes own data into a few clusters of the image on r
+// (and a zero cluster if zero), and returns what the image then reads.
+func writeCrashTop(t *testing.T, r *crashsim.Recorder, name string, cs, size int64, zero bool) []byte {
+	img, err := qcow2.OpenFile(r, name, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, off := range []int64{0, 5 * cs, 17 * cs / 2, size - 2*cs} {
+		p := make([]byte, cs)
+		for b := range p {
+			p[b] = tag(1+i, off+int64(b))
+		}
+		if _, err := img.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if zero {
+		if err := img.WriteZeroes(12*cs, 2*cs, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	content := make([]byte, size)
+	if _, err := img.ReadAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return content
 }
 
 // makeRebaseBackings writes a.raw (the old backing file) and b.qcow2 (the
@@ -221,93 +238,21 @@ func headerSwitches(rec *crashsim.Recording) int {
 // checkRebaseState checks one crash state and reports whether it has the
 // new header.
 func checkRebaseState(dir string, s fmt.Stringer, buf []byte, c rebaseCrashCase, oldContent, newContent []byte, qemuImg string, withQemu bool) (bool, error) {
-	path := filepath.Join(dir, "crash.qcow2")
-	if err := os.WriteFile(path, buf, 0o644); err != nil {
+	h, got, err := openCrashState(dir, s, buf, qemuImg, withQemu)
+	if err != nil {
 		return false, err
 	}
-	defer os.Remove(path)
-	if !dirtyBit(buf) {
-		if err := checkImage(path, qemuImg, withQemu, false, false); err != nil {
-			return false, fmt.Errorf("%v (backing %q): %w", s, headerBacking(buf), err)
-		}
-	}
-	img, err := qcow2.Open(path, qcow2.Options{ReadOnly: !dirtyBit(buf)})
-	if err != nil {
-		return false, fmt.Errorf("%v: open: %w", s, err)
-	}
-	defer img.Close()
-	h := img.Header()
-	var want []byte
+	isOld := h.BackingFile == c.from && h.BackingFormat == c.fromFmt
+	isNew := h.BackingFile == c.to && h.BackingFormat == c.toFmt
+	want := oldContent
 	switch {
-	case h.BackingFile == c.from && h.BackingFormat == c.fromFmt:
-		want = oldContent
-	case h.BackingFile == c.to && h.BackingFormat == c.toFmt:
+	case isNew:
 		want = newContent
-	default:
+	case !isOld:
 		return false, fmt.Errorf("%v: backing file %q (%q) is neither the old %q (%q) nor the new %q (%q)", s, h.BackingFile, h.BackingFormat, c.from, c.fromFmt, c.to, c.toFmt)
-	}
-	got := make([]byte, img.Size())
-	if _, err := img.ReadAt(got, 0); err != nil {
-		return false, fmt.Errorf("%v: read: %w", s, err)
 	}
 	if !bytes.Equal(got, want) {
 		return false, fmt.Errorf("%v: backing file %q: guest content differs at byte %d", s, h.BackingFile, firstDiff(got, want))
 	}
-	return h.BackingFile == c.to && h.BackingFormat == c.toFmt, nil
-}
-
-// headerTear is cluster 0 after a write into it persisted only in part.
-type headerTear struct {
-	op   int
-	kept string
-	buf  []byte
-}
-
-func (h headerTear) String() string { return fmt.Sprintf("op %d torn (%s persisted)", h.op, h.kept) }
-
-// headerTears returns, for every write into cluster 0, the file after the
-// operations before it and that write torn: each sector it changes alone,
-// all of them but one, and each prefix of them.
-func headerTears(rec *crashsim.Recording, cs int64) []headerTear {
-	var out []headerTear
-	for i, op := range rec.Ops() {
-		if op.Kind != crashsim.OpWrite || op.Off >= cs {
-			continue
-		}
-		pre := rec.Replay(i)
-		var changed []int64 // sector numbers
-		for sec := op.Off / crashsim.SectorSize; sec*crashsim.SectorSize < op.Off+op.N; sec++ {
-			lo, hi := max(op.Off, sec*crashsim.SectorSize), min(op.Off+op.N, (sec+1)*crashsim.SectorSize)
-			if hi > int64(len(pre)) || !bytes.Equal(pre[lo:hi], op.Data[lo-op.Off:hi-op.Off]) {
-				changed = append(changed, sec)
-			}
-		}
-		apply := func(kept string, secs ...int64) {
-			buf := bytes.Clone(pre)
-			for _, sec := range secs {
-				lo, hi := max(op.Off, sec*crashsim.SectorSize), min(op.Off+op.N, (sec+1)*crashsim.SectorSize)
-				if hi > int64(len(buf)) {
-					buf = append(buf, make([]byte, hi-int64(len(buf)))...)
-				}
-				copy(buf[lo:hi], op.Data[lo-op.Off:hi-op.Off])
-			}
-			out = append(out, headerTear{i, kept, buf})
-		}
-		for j, sec := range changed {
-			apply(fmt.Sprintf("sector %d only", sec), sec)
-			apply(fmt.Sprintf("all but sector %d", sec), append(append([]int64(nil), changed[:j]...), changed[j+1:]...)...)
-			apply(fmt.Sprintf("sectors before %d", sec), changed[:j]...)
-		}
-	}
-	return out
-}
-
-// headerBacking is the backing file name a header in buf points at, for
-// failure messages.
-func headerBacking(buf []byte) string {
-	off, n := binary.BigEndian.Uint64(buf[8:]), uint64(binary.BigEndian.Uint32(buf[16:]))
-	if off == 0 || off+n > uint64(len(buf)) || n > 1024 {
-		return fmt.Sprintf("<offset %d size %d>", off, n)
-	}
-	return string(buf[off : off+n])
+	return isNew, nil
 }
