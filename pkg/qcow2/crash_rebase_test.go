@@ -39,6 +39,7 @@ func TestCrashStatesRebase(t *testing.T) {
 	for _, c := range []rebaseCrashCase{
 		{name: "unsafe-rename", cs: 4096, compat: "1.1", from: "a.raw", fromFmt: "raw", to: long, toFmt: "raw", unsafe: true},
 		{name: "unsafe-format", cs: 4096, compat: "1.1", from: "a.raw", fromFmt: "raw", to: "b.qcow2", toFmt: "qcow2", unsafe: true},
+		{name: "unsafe-format-same-name", cs: 4096, compat: "1.1", from: "b.qcow2", fromFmt: "qcow2", to: "b.qcow2", toFmt: "raw", unsafe: true},
 		{name: "unsafe-remove", cs: 4096, compat: "1.1", from: "a.raw", fromFmt: "raw", unsafe: true},
 		{name: "unsafe-add", cs: 4096, compat: "1.1", to: "b.qcow2", toFmt: "qcow2", unsafe: true},
 		{name: "unsafe-v2", cs: 4096, compat: "0.10", from: "a.raw", fromFmt: "raw", to: "b.qcow2", toFmt: "qcow2", unsafe: true},
@@ -79,30 +80,46 @@ func runRebaseCrash(t *testing.T, qemuImg string, c rebaseCrashCase) {
 		t.Fatal(err)
 	}
 	rec := r.Recording().Since(from)
-	if n := headerSwitches(rec); n != map[bool]int{false: 1, true: 2}[c.wantIntermedate] {
-		t.Errorf("%d single-sector header switches, want %d (intermediate %v)", n, map[bool]int{false: 1, true: 2}[c.wantIntermedate], c.wantIntermedate)
-	}
 	states := rec.States(crashsim.Plan{Seed: 11, ReorderedPerEpoch: 24, Prefixes: 12})
 	states = pickStates(states, 80, 11)
-	sawNew := false
+	var all []fmt.Stringer
+	var bufs [][]byte
 	for _, s := range states {
-		isNew, err := checkRebaseState(dir, s, rec.Materialize(s), c, oldContent, newContent, qemuImg, s.Index%8 == 0 || s.Durable == len(rec.Ops()))
-		if err != nil {
-			t.Errorf("%v\n%s", err, rec.Explain(s))
-		}
-		sawNew = sawNew || isNew
+		all, bufs = append(all, s), append(bufs, rec.Materialize(s))
 	}
 	// Sampled reordered states rarely tear the one header write the
 	// right way; tear every write into cluster 0 every way that matters.
 	for _, tr := range headerTears(rec, cs) {
-		if _, err := checkRebaseState(dir, tr, tr.buf, c, oldContent, newContent, qemuImg, false); err != nil {
-			t.Errorf("%v", err)
-		}
+		all, bufs = append(all, tr), append(bufs, tr.buf)
 	}
-	if final := rec.Materialize(states[len(states)-1]); !sawNew || !bytes.Equal(final, r.Bytes()) {
+	sawNew, sawCompact := false, false
+	oldNames := -1
+	for i, s := range all {
+		h, err := checkRebaseState(dir, s, bufs[i], c, oldContent, newContent, qemuImg, i%8 == 0)
+		if err != nil {
+			t.Errorf("%v", err)
+			continue
+		}
+		if oldNames < 0 {
+			oldNames = len(h.FeatureNames) // the first state is the image before the rebase
+		}
+		sawNew = sawNew || h.BackingFile == c.to && h.BackingFormat == c.toFmt
+		sawCompact = sawCompact || oldNames > 0 && len(h.FeatureNames) == 0
+	}
+	if sawCompact != c.wantIntermedate {
+		t.Errorf("a crash state with the compact header (no feature name table): %v, want %v", sawCompact, c.wantIntermedate)
+	}
+	final := rec.Materialize(states[len(states)-1])
+	if !sawNew || !bytes.Equal(final, r.Bytes()) {
 		t.Errorf("the final state is not the rebased image (saw new header: %v)", sawNew)
 	}
-	t.Logf("%d operations, %d crash states checked", len(rec.Ops()), len(states))
+	if _, err := checkRebaseState(dir, states[len(states)-1], final, c, oldContent, newContent, qemuImg, true); err != nil {
+		t.Errorf("final state: %v", err)
+	}
+	t.Logf("%d operations, %d crash states checked", len(rec.Ops()), len(all))
+	if os.Getenv("HDR_DEBUG") != "" {
+		t.Log(rec.OpsString(0, len(rec.Ops())))
+	}
 }
 
 // crashTopClusters is the virtual size, in clusters, of the images these
@@ -223,36 +240,22 @@ func runQemuImg(t *testing.T, qemuImg string, args ...string) {
 	}
 }
 
-// headerSwitches counts the recorded writes that land inside sector 0 and
-// change the backing file offset or the version: the switches.
-func headerSwitches(rec *crashsim.Recording) int {
-	n := 0
-	for _, op := range rec.Ops() {
-		if op.Kind == crashsim.OpWrite && op.Off < 20 && op.Off+op.N > 4 && op.Off+op.N <= crashsim.SectorSize {
-			n++
-		}
-	}
-	return n
-}
-
-// checkRebaseState checks one crash state and reports whether it has the
-// new header.
-func checkRebaseState(dir string, s fmt.Stringer, buf []byte, c rebaseCrashCase, oldContent, newContent []byte, qemuImg string, withQemu bool) (bool, error) {
+// checkRebaseState checks one crash state: it names the old or the new
+// backing file and reads what that chain should read.
+func checkRebaseState(dir string, s fmt.Stringer, buf []byte, c rebaseCrashCase, oldContent, newContent []byte, qemuImg string, withQemu bool) (qcow2.Header, error) {
 	h, got, err := openCrashState(dir, s, buf, qemuImg, withQemu)
 	if err != nil {
-		return false, err
+		return h, err
 	}
-	isOld := h.BackingFile == c.from && h.BackingFormat == c.fromFmt
-	isNew := h.BackingFile == c.to && h.BackingFormat == c.toFmt
 	want := oldContent
 	switch {
-	case isNew:
+	case h.BackingFile == c.to && h.BackingFormat == c.toFmt:
 		want = newContent
-	case !isOld:
-		return false, fmt.Errorf("%v: backing file %q (%q) is neither the old %q (%q) nor the new %q (%q)", s, h.BackingFile, h.BackingFormat, c.from, c.fromFmt, c.to, c.toFmt)
+	case h.BackingFile != c.from || h.BackingFormat != c.fromFmt:
+		return h, fmt.Errorf("%v: backing file %q (%q) is neither the old %q (%q) nor the new %q (%q)", s, h.BackingFile, h.BackingFormat, c.from, c.fromFmt, c.to, c.toFmt)
 	}
 	if !bytes.Equal(got, want) {
-		return false, fmt.Errorf("%v: backing file %q: guest content differs at byte %d", s, h.BackingFile, firstDiff(got, want))
+		return h, fmt.Errorf("%v: backing file %q: guest content differs at byte %d", s, h.BackingFile, firstDiff(got, want))
 	}
-	return isNew, nil
+	return h, nil
 }

@@ -67,10 +67,12 @@ func currentLayout(f File, h *Header) (*headerLayout, error) {
 }
 
 // newLayout lays h out over the bytes of base: the header and extensions
-// from offset 0 (without the feature name table if dropNames), the backing
-// file name at the first 8-aligned offset past them that overlaps none of
-// avoid. Bytes h does not reference keep base's content.
-func newLayout(h *Header, base []byte, dropNames bool, avoid []headerRange) (*headerLayout, error) {
+// from offset 0 (without the feature name table if dropNames), and the
+// backing file name where base already holds it (keep, the name range of
+// base's header) if that lies past them and overlaps nothing else in
+// avoid, else at the first 8-aligned offset past them that overlaps none
+// of avoid. Bytes h does not reference keep base's content.
+func newLayout(h *Header, base []byte, dropNames bool, avoid []headerRange, keep headerRange) (*headerLayout, error) {
 	enc, err := h.encode()
 	if err != nil {
 		return nil, err
@@ -89,7 +91,11 @@ func newLayout(h *Header, base []byte, dropNames bool, avoid []headerRange) (*he
 	copy(buf[:end], enc)
 	l := &headerLayout{buf: buf, live: []headerRange{{0, end}}}
 	if name := h.BackingFile; name != "" {
-		at, ok := freeRange(end, int64(len(name)), int64(len(buf)), slices.Concat(avoid, []headerRange{{0, end}}))
+		used := slices.Concat(avoid, []headerRange{{0, end}})
+		at, ok := keep.off, keep.off >= end && bytes.Equal(base[keep.off:keep.end], []byte(name)) && !overlaps(keep, used)
+		if !ok {
+			at, ok = freeRange(end, int64(len(name)), int64(len(buf)), used)
+		}
 		if !ok {
 			return nil, fmt.Errorf("%w: no room in cluster 0 for the backing file name beside the current header, so it cannot be rewritten crash-safely", ErrUnsupported)
 		}
@@ -98,6 +104,25 @@ func newLayout(h *Header, base []byte, dropNames bool, avoid []headerRange) (*he
 		l.live = append(l.live, headerRange{at, at + int64(len(name))})
 	}
 	return l, nil
+}
+
+// nameRange is the range of the backing file name l references, empty if
+// none.
+func (l *headerLayout) nameRange() headerRange {
+	if len(l.live) < 2 {
+		return headerRange{}
+	}
+	return l.live[1]
+}
+
+// overlaps reports whether r overlaps a range of used other than r itself.
+func overlaps(r headerRange, used []headerRange) bool {
+	for _, u := range used {
+		if u != r && r.off < u.end && u.off < r.end {
+			return true
+		}
+	}
+	return false
 }
 
 // freeRange returns the first 8-aligned offset at or past from where n
@@ -126,29 +151,35 @@ type headerSwitch struct {
 	sw  hostWrite // len(sw.buf) == 0: no live byte changes
 }
 
-// planSwitch returns the plan from old to new, or false if the live bytes
-// that change do not all lie in one sector.
+// planSwitch returns the plan from old to to, or false if the live bytes
+// that change do not all lie in one sector. Each run of bytes old does not
+// reference is written in one piece, from its first changed byte to its
+// last (rewriting equal bytes there is harmless).
 func planSwitch(old, to *headerLayout) (headerSwitch, bool) {
 	var p headerSwitch
 	first, last := int64(-1), int64(-1)
-	for off := int64(0); off < int64(len(to.buf)); {
-		if to.buf[off] == old.buf[off] {
-			off++
-			continue
-		}
-		if old.isLive(off) {
-			if first < 0 {
-				first = off
+	n := int64(len(to.buf))
+	for off := int64(0); off < n; {
+		live := old.isLive(off)
+		lo, hi := int64(-1), int64(-1)
+		for ; off < n && old.isLive(off) == live; off++ {
+			if to.buf[off] != old.buf[off] {
+				if lo < 0 {
+					lo = off
+				}
+				hi = off
 			}
-			last = off
-			off++
-			continue
 		}
-		start := off
-		for off < int64(len(to.buf)) && to.buf[off] != old.buf[off] && !old.isLive(off) {
-			off++
+		switch {
+		case lo < 0:
+		case !live:
+			p.pre = append(p.pre, hostWrite{lo, to.buf[lo : hi+1]})
+		default:
+			if first < 0 {
+				first = lo
+			}
+			last = hi
 		}
-		p.pre = append(p.pre, hostWrite{start, to.buf[start:off]})
 	}
 	if first >= 0 {
 		if first/sectorSize != last/sectorSize {
@@ -206,7 +237,7 @@ func (img *Image) rewriteHeader(h *Header) error {
 // headerSteps plans old -> nh directly if one sector switches it, else by
 // way of the compact form of the old header.
 func headerSteps(h, nh *Header, old *headerLayout) ([]headerSwitch, error) {
-	target, err := newLayout(nh, old.buf, false, old.live)
+	target, err := newLayout(nh, old.buf, false, old.live, old.nameRange())
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +247,7 @@ func headerSteps(h, nh *Header, old *headerLayout) ([]headerSwitch, error) {
 	// The compact form keeps its name clear of the new extension area so
 	// that the second switch touches sector 0 only.
 	oh := *h
-	compact, err := newLayout(&oh, old.buf, true, slices.Concat(old.live, target.live[:1]))
+	compact, err := newLayout(&oh, old.buf, true, slices.Concat(old.live, target.live[:1]), old.nameRange())
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +256,7 @@ func headerSteps(h, nh *Header, old *headerLayout) ([]headerSwitch, error) {
 		return nil, fmt.Errorf("%w: the header extensions do not fit in one sector without the feature name table, so the header cannot be rewritten crash-safely", ErrUnsupported)
 	}
 	for _, drop := range []bool{false, true} {
-		target, err := newLayout(nh, compact.buf, drop, compact.live)
+		target, err := newLayout(nh, compact.buf, drop, compact.live, compact.nameRange())
 		if err != nil {
 			return nil, err
 		}

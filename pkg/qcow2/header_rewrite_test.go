@@ -12,11 +12,12 @@ import (
 // With 512-byte clusters there may be no room for the new backing file
 // name beside the live header and the old name: the rewrite is refused
 // and the file is left byte for byte as it was (a rewrite in place could
-// tear). A name that fits is accepted.
+// tear). An unchanged name stays where it is, and a name that fits is
+// accepted.
 func TestRebaseRefusedWithoutRoomChangesNothing(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "a.qcow2")
-	old := strings.Repeat("o", 180) + ".raw"
+	old := strings.Repeat("o", 296) + ".raw"
 	if err := Create(p, CreateOptions{Size: 1 << 20, ClusterSize: 512, BackingFile: old, BackingFormat: "raw", Unsafe: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -34,6 +35,12 @@ func TestRebaseRefusedWithoutRoomChangesNothing(t *testing.T) {
 	}
 	if !bytes.Equal(before, after) {
 		t.Fatal("refused rebase changed the file")
+	}
+	if err := Rebase(p, old, "qcow2", true, BackingPolicy{}); err != nil {
+		t.Fatalf("format change keeping the name: %v", err)
+	}
+	if h := readHeaderFile(t, p); h.BackingFile != old || h.BackingFormat != "qcow2" {
+		t.Fatalf("backing file %q (%q) after the format change", h.BackingFile, h.BackingFormat)
 	}
 	if err := Rebase(p, "short.raw", "raw", true, BackingPolicy{}); err != nil {
 		t.Fatal(err)
