@@ -196,29 +196,51 @@ func planSwitch(old, to *headerLayout) (headerSwitch, bool) {
 // caller holds mu exclusively and has made durable everything the new
 // header relies on.
 func (img *Image) rewriteHeaderLocked(edit func(h *Header)) (*Header, error) {
-	h, err := readHeader(img.f)
-	if err != nil {
-		return nil, err
-	}
-	old, err := currentLayout(img.f, h)
-	if err != nil {
-		return nil, err
-	}
-	nh := *h
-	edit(&nh)
-	steps, err := headerSteps(h, &nh, old)
+	steps, err := planHeaderRewrite(img.f, edit)
 	if err != nil {
 		return nil, err
 	}
 	if err := img.checkMetaWrite(0, metaHeader); err != nil {
 		return nil, err
 	}
+	return applyHeaderSteps(img.f, steps)
+}
+
+// rewriteHeaderFile is rewriteHeaderLocked on a file no Image holds yet
+// (during open).
+func rewriteHeaderFile(f File, edit func(h *Header)) (*Header, error) {
+	steps, err := planHeaderRewrite(f, edit)
+	if err != nil {
+		return nil, err
+	}
+	return applyHeaderSteps(f, steps)
+}
+
+// planHeaderRewrite reads the header in f and plans the steps to the
+// header edit makes of it; it writes nothing.
+func planHeaderRewrite(f File, edit func(h *Header)) ([]headerSwitch, error) {
+	h, err := readHeader(f)
+	if err != nil {
+		return nil, err
+	}
+	old, err := currentLayout(f, h)
+	if err != nil {
+		return nil, err
+	}
+	nh := *h
+	edit(&nh)
+	return headerSteps(h, &nh, old)
+}
+
+// applyHeaderSteps carries out the steps and returns the header as read
+// back.
+func applyHeaderSteps(f File, steps []headerSwitch) (*Header, error) {
 	for _, s := range steps {
-		if err := img.applySwitch(s); err != nil {
+		if err := applySwitch(f, s); err != nil {
 			return nil, err
 		}
 	}
-	return readHeader(img.f)
+	return readHeader(f)
 }
 
 // rewriteHeader writes h (read from the file and changed by the caller) as
@@ -269,22 +291,19 @@ func headerSteps(h, nh *Header, old *headerLayout) ([]headerSwitch, error) {
 
 // applySwitch writes and syncs the unreferenced bytes, then writes and
 // syncs the switch.
-func (img *Image) applySwitch(s headerSwitch) error {
+func applySwitch(f File, s headerSwitch) error {
 	for _, w := range s.pre {
-		if _, err := img.f.WriteAt(w.buf, w.off); err != nil {
+		if _, err := f.WriteAt(w.buf, w.off); err != nil {
 			return err
 		}
 	}
 	if len(s.pre) > 0 {
-		if err := img.f.Sync(); err != nil {
+		if err := f.Sync(); err != nil {
 			return err
 		}
 	}
 	if len(s.sw.buf) == 0 {
 		return nil
 	}
-	if _, err := img.f.WriteAt(s.sw.buf, s.sw.off); err != nil {
-		return err
-	}
-	return img.f.Sync()
+	return writeDurable(f, s.sw.buf, s.sw.off)
 }
