@@ -117,9 +117,6 @@ func runRebaseCrash(t *testing.T, qemuImg string, c rebaseCrashCase) {
 		t.Errorf("final state: %v", err)
 	}
 	t.Logf("%d operations, %d crash states checked", len(rec.Ops()), len(all))
-	if os.Getenv("HDR_DEBUG") != "" {
-		t.Log(rec.OpsString(0, len(rec.Ops())))
-	}
 }
 
 // crashTopClusters is the virtual size, in clusters, of the images these
