@@ -255,76 +255,15 @@ func (img *Image) expandZeroClusters() error {
 }
 
 // rewriteVersion rewrites the header from the one on disk as edit
-// changes it, so that a crash at any point leaves either the old or the
-// new header: the new header and its extensions are one write of at most
-// one sector (the feature name table, which is informational, is left out
-// when it would not fit), and a backing file name that must move is first
-// written, and synced, past everything the old header uses. Afterwards
-// the image is read-only: its in-memory state describes the old version.
-// Caller holds mu and has made everything the new header relies on
-// durable.
+// changes it, crash-safely (rewriteHeaderLocked): a crash at any point
+// leaves the old header or the new one (or, on the way, the old one
+// without its feature name table). Afterwards the image is read-only: its
+// in-memory state describes the old version. Caller holds mu and has made
+// everything the new header relies on durable.
 func (img *Image) rewriteVersion(edit func(h *Header)) error {
-	h, err := readHeader(img.f)
-	if err != nil {
-		return err
-	}
-	old := make([]byte, h.clusterSize())
-	if err := readFull(img.f, old, 0); err != nil {
-		return err
-	}
-	oldEnd, err := extensionsEnd(old, headerLen(h))
-	if err != nil {
-		return err
-	}
-	oldName := int64(h.BackingFileOffset)
-	oldEnd = max(oldEnd, oldName+int64(h.BackingFileSize))
-
-	edit(h)
-	buf, err := h.encode()
-	if err != nil {
-		return err
-	}
-	hl := headerLen(h)
-	end, err := extensionsEnd(buf, hl)
-	if err != nil {
-		return err
-	}
-	if end > sectorSize {
-		if buf, err = withoutExtension(buf, hl, extFeatureNames); err != nil {
-			return err
-		}
-		if end, err = extensionsEnd(buf, hl); err != nil {
-			return err
-		}
-	}
-	if end > sectorSize {
-		return fmt.Errorf("%w: the new header and its extensions (%d bytes) do not fit in one sector, so they cannot be rewritten atomically", ErrUnsupported, end)
-	}
-	if err := img.checkMetaWrite(0, metaHeader); err != nil {
-		return err
-	}
 	img.readOnly = true
-	if name := h.BackingFile; name != "" {
-		at := oldName
-		if at < end {
-			// Move the name past the old header area and the new one.
-			at = (max(end, oldEnd) + 7) &^ 7
-			if at+int64(len(name)) > h.clusterSize() {
-				return fmt.Errorf("%w: no room in cluster 0 to move the backing file name", ErrUnsupported)
-			}
-			if _, err := img.f.WriteAt([]byte(name), at); err != nil {
-				return err
-			}
-			if err := img.f.Sync(); err != nil {
-				return err
-			}
-		}
-		binary.BigEndian.PutUint64(buf[8:], uint64(at))
-	}
-	if _, err := img.f.WriteAt(buf[:end], 0); err != nil {
-		return err
-	}
-	return img.f.Sync()
+	_, err := img.rewriteHeaderLocked(edit)
+	return err
 }
 
 // sectorSize is the unit a disk writes atomically.

@@ -47,7 +47,8 @@ func dropUnmaintainableBitmaps(f File, h *Header) (*Header, error) {
 // removeBitmapExtFile removes the bitmaps extension from the header in f
 // in the steps bitmap_header.go describes: the autoclear bit is cleared
 // first, then the extension becomes an end marker (or, if it is not the
-// last one, cluster 0 is rewritten without it).
+// last one, the header is rewritten without it, crash-safely:
+// header_rewrite.go).
 func removeBitmapExtFile(f File, h *Header) error {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], h.AutoclearFeatures&^autoclearBitmaps)
@@ -65,11 +66,9 @@ func removeBitmapExtFile(f File, h *Header) error {
 	if l := scanExtensions(buf, h); l.bitmaps >= 0 && l.next == l.end {
 		return writeDurable(f, make([]byte, 8), l.bitmaps-8)
 	}
-	h.Bitmaps = nil
-	h.AutoclearFeatures &^= autoclearBitmaps
-	enc, err := h.encode()
-	if err != nil {
-		return err
-	}
-	return writeDurable(f, enc, 0)
+	_, err = rewriteHeaderFile(f, func(h *Header) {
+		h.Bitmaps = nil
+		h.AutoclearFeatures &^= autoclearBitmaps
+	})
+	return err
 }

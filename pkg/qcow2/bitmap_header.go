@@ -19,7 +19,8 @@ import "encoding/binary"
 //
 // Each step is synced before the next. A header that leaves no room for
 // these steps (or whose bitmaps extension is not the last one) is
-// rewritten whole, with the autoclear bit clear during the rewrite.
+// rewritten by rewriteHeader (header_rewrite.go), with the autoclear bit
+// clear during the rewrite.
 
 // extLayout is where the bitmaps extension and the end marker are in
 // cluster 0 (-1: absent), within the area before the backing file name.
@@ -134,11 +135,21 @@ func (img *Image) appendBitmapExt(h *Header, end int64, data []byte) (bool, erro
 		}
 		img.hdr.BackingFileOffset = uint64(newOff)
 	}
-	ext := make([]byte, 8+bitmapExtLen+8) // header, data, end marker
-	binary.BigEndian.PutUint32(ext[0:], extBitmaps)
-	binary.BigEndian.PutUint32(ext[4:], bitmapExtLen)
-	copy(ext[8:], data)
-	if err := writeDurable(img.f, ext, end); err != nil {
+	// The data and the new end marker go past the live end marker first;
+	// then the extension's type and length replace that marker in one
+	// 8-byte write (8-aligned, so inside one sector). One 40-byte write
+	// could tear across a sector boundary into the type and length
+	// without the new end marker, and the parser would read what lies
+	// after the data (the old backing file name) as another extension.
+	tail := make([]byte, bitmapExtLen+8) // data, end marker
+	copy(tail, data)
+	if err := writeDurable(img.f, tail, end+8); err != nil {
+		return true, err
+	}
+	var eh [8]byte
+	binary.BigEndian.PutUint32(eh[0:], extBitmaps)
+	binary.BigEndian.PutUint32(eh[4:], bitmapExtLen)
+	if err := writeDurable(img.f, eh[:], end); err != nil {
 		return true, err
 	}
 	img.hdr.Bitmaps = data

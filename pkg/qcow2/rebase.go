@@ -18,35 +18,57 @@ import (
 // backing file and content that reads the same through it, or the new one
 // with everything copied: the copy is flushed before the header switch.
 func Rebase(path, newBacking, newFormat string, unsafe bool, pol BackingPolicy) error {
-	if newBacking == "" {
-		newFormat = ""
+	if _, err := rebaseFormat(newBacking, newFormat); err != nil {
+		return err
 	}
-	switch {
-	case newBacking != "" && newFormat == "":
-		return fmt.Errorf("%w: backing format must be specified", ErrInvalid)
-	case newFormat != "" && newFormat != "qcow2" && newFormat != "raw":
-		return fmt.Errorf("%w: backing file format %q", ErrUnsupported, newFormat)
-	}
-	opts := Options{Backing: pol, NoBacking: unsafe}
-	img, err := Open(path, opts)
+	img, err := Open(path, Options{Backing: pol, NoBacking: unsafe})
 	if err != nil {
 		return err
 	}
-	if !unsafe {
-		err = img.rebaseCopy(newBacking, newFormat, pol)
-	}
-	if err == nil {
-		err = img.Flush()
-	}
-	if err == nil {
-		img.mu.Lock()
-		err = img.setBackingLocked(newBacking, newFormat)
-		img.mu.Unlock()
-	}
+	err = img.Rebase(newBacking, newFormat, unsafe, pol)
 	if cerr := img.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// Rebase is the package-level Rebase on an open image, which the safe mode
+// needs opened with its old backing chain. Afterwards the image still
+// reads through its old chain: close it and open it again to go on.
+func (img *Image) Rebase(newBacking, newFormat string, unsafe bool, pol BackingPolicy) error {
+	newFormat, err := rebaseFormat(newBacking, newFormat)
+	if err != nil {
+		return err
+	}
+	if !unsafe && img.opts.NoBacking && img.Header().BackingFile != "" {
+		return fmt.Errorf("%w: a safe rebase needs the image opened with its backing chain", ErrInvalid)
+	}
+	if !unsafe {
+		if err := img.rebaseCopy(newBacking, newFormat, pol); err != nil {
+			return err
+		}
+	}
+	if err := img.Flush(); err != nil {
+		return err
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.setBackingLocked(newBacking, newFormat)
+}
+
+// rebaseFormat validates the new backing format and returns it ("" when
+// the backing file is removed).
+func rebaseFormat(newBacking, newFormat string) (string, error) {
+	if newBacking == "" {
+		return "", nil
+	}
+	switch {
+	case newFormat == "":
+		return "", fmt.Errorf("%w: backing format must be specified", ErrInvalid)
+	case newFormat != "qcow2" && newFormat != "raw":
+		return "", fmt.Errorf("%w: backing file format %q", ErrUnsupported, newFormat)
+	}
+	return newFormat, nil
 }
 
 // rebaseCopy writes into img (opened with its old chain) the old content of
@@ -152,47 +174,27 @@ func (img *Image) zeroUnallocated(vi int64) error {
 	return img.commit(&writeBatch{l2: []l2Update{{vi, e, bitmap}}})
 }
 
-// setBackingLocked rewrites cluster 0 so that the image names a new backing
-// file and format ("" for none). Everything else is kept as it is on disk:
-// the header is re-read from the file, so table offsets, feature bits and
-// unknown extensions stay untouched. The caller holds mu exclusively and
-// has made every data write the switch depends on durable.
+// setBackingLocked rewrites the header so that the image names a new
+// backing file and format ("" for none), crash-safely (rewriteHeader).
+// Everything else is kept as it is on disk: the header is re-read from the
+// file, so table offsets, feature bits and unknown extensions stay
+// untouched. The caller holds mu exclusively and has made every data write
+// the switch depends on durable.
 func (img *Image) setBackingLocked(name, format string) error {
 	if err := img.writable(); err != nil {
 		return err
+	}
+	if name == "" {
+		format = ""
 	}
 	h, err := readHeader(img.f)
 	if err != nil {
 		return err
 	}
 	h.BackingFile, h.BackingFormat = name, format
-	if name == "" {
-		h.BackingFormat = ""
-	}
 	if err := img.rewriteHeader(h); err != nil {
 		return err
 	}
 	img.hdr.BackingFile, img.hdr.BackingFormat = h.BackingFile, h.BackingFormat
-	return nil
-}
-
-// rewriteHeader writes h (read from the file and changed by the caller) as
-// cluster 0, durably, and takes over the layout fields encoding set.
-func (img *Image) rewriteHeader(h *Header) error {
-	buf, err := h.encode()
-	if err != nil {
-		return err
-	}
-	if err := img.checkMetaWrite(0, metaHeader); err != nil {
-		return err
-	}
-	if _, err := img.f.WriteAt(buf, 0); err != nil {
-		return err
-	}
-	if err := img.f.Sync(); err != nil {
-		return err
-	}
-	img.hdr.BackingFileOffset, img.hdr.BackingFileSize = h.BackingFileOffset, h.BackingFileSize
-	img.hdr.HeaderLength = h.HeaderLength
 	return nil
 }
