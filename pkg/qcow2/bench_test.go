@@ -13,6 +13,13 @@ package qcow2_test
 //	BenchmarkWrite/<pattern>/raw-sparse   os.File.WriteAt into a fresh sparse file
 //	BenchmarkWrite/<pattern>/qcow2-sparse allocating writes into a fresh image
 //	BenchmarkWrite/<pattern>/qcow2-sparse-lazy  the same with lazy_refcounts=on
+//	BenchmarkWrite/<pattern>/qcow2-overlay allocating writes into a fresh overlay
+//	                                      over a fully written raw base: every
+//	                                      write copies on write from the base
+//	BenchmarkWrite/<pattern>/raw-par16, qcow2-overlay-par16  the same with
+//	                                      16 writes in flight at once (as an
+//	                                      NBD client at queue depth 16); one
+//	                                      op is a batch of 16, so compare MB/s
 //
 // with <pattern> one of 4K-random and 1M-sequential. Every write of the
 // qcow2-sparse benchmarks allocates (4K-random writes each land in a
@@ -275,13 +282,15 @@ func benchCreate(b *testing.B, path, variant string, size int64, fill bool, stat
 			}
 		}
 		d = f
-	case "qcow2-falloc", "qcow2-sparse", "qcow2-sparse-lazy":
+	case "qcow2-falloc", "qcow2-sparse", "qcow2-sparse-lazy", "qcow2-overlay":
 		o := qcow2.CreateOptions{Size: size}
 		switch variant {
 		case "qcow2-falloc":
 			o.Preallocation = qcow2.PreallocFalloc
 		case "qcow2-sparse-lazy":
 			o.LazyRefcounts = true
+		case "qcow2-overlay":
+			o = qcow2.CreateOptions{BackingFile: benchBase(b, filepath.Dir(path), size), BackingFormat: "raw"}
 		}
 		if err := qcow2.Create(path, o); err != nil {
 			b.Fatal(err)
@@ -315,6 +324,23 @@ func benchCreate(b *testing.B, path, variant string, size int64, fill bool, stat
 	// Start every benchmark with nothing waiting for writeback.
 	benchSync(b, d)
 	return d
+}
+
+// benchBase returns the name (in dir) of a raw file of size bytes, all
+// written with non-zero data, made on first use: the base of the
+// qcow2-overlay variants, whose writes must then copy on write.
+func benchBase(b *testing.B, dir string, size int64) string {
+	b.Helper()
+	name := "overlay-base-" + strconv.FormatInt(size, 10) + ".raw"
+	path := filepath.Join(dir, name)
+	if _, err := os.Stat(path); err == nil {
+		return name
+	}
+	d := benchCreate(b, path, "raw", size, true, nil)
+	if err := d.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return name
 }
 
 func benchSync(b *testing.B, d benchDisk) {
@@ -375,19 +401,29 @@ func BenchmarkRead(b *testing.B) {
 	}
 }
 
-// BenchmarkWrite: in-place writes (raw, qcow2-falloc) and allocating
-// writes (raw-sparse, qcow2-sparse), each on a disk of its own.
+// BenchmarkWrite: in-place writes (raw, qcow2-falloc), allocating writes
+// (raw-sparse, qcow2-sparse) and copy-on-write allocations (qcow2-overlay),
+// each on a disk of its own; the -par16 variants keep 16 writes in flight.
 func BenchmarkWrite(b *testing.B) {
 	size := benchSize(b)
 	dir := benchDir(b)
 	for _, pat := range benchPatterns {
 		offs := benchOffsets(size, pat.bs, pat.random)
-		for _, variant := range []string{"raw", "qcow2-falloc", "raw-sparse", "qcow2-sparse", "qcow2-sparse-lazy"} {
+		for _, variant := range []string{"raw", "qcow2-falloc", "raw-sparse", "qcow2-sparse", "qcow2-sparse-lazy", "qcow2-overlay", "raw-par16", "qcow2-overlay-par16"} {
 			b.Run(pat.name+"/"+variant, func(b *testing.B) {
-				sparse := strings.Contains(variant, "-sparse")
+				kind, par := variant, 1
+				if k, ok := strings.CutSuffix(variant, "-par16"); ok {
+					kind, par = k, 16
+				}
+				// Allocating variants are replaced by fresh ones when full:
+				// every further write would be in place.
+				fresh := strings.Contains(kind, "-sparse") || kind == "qcow2-overlay"
 				path := filepath.Join(dir, variant+"-"+pat.name)
-				st := benchNewStats(variant)
-				d := benchCreate(b, path, variant, size, false, st)
+				var st *benchIOStats
+				if par == 1 {
+					st = benchNewStats(kind) // not safe for concurrent use
+				}
+				d := benchCreate(b, path, kind, size, false, st)
 				defer func() {
 					if img, ok := d.(*benchImage); ok {
 						img.file.discard = true
@@ -396,18 +432,17 @@ func BenchmarkWrite(b *testing.B) {
 					os.Remove(path)
 				}()
 				data := benchData(pat.bs)
-				b.SetBytes(pat.bs)
+				b.SetBytes(pat.bs * int64(par))
 				i := 0
 				for b.Loop() {
-					if _, err := d.WriteAt(data, offs[i]); err != nil {
+					if err := benchWriteBatch(d, data, offs[i:i+par]); err != nil {
 						b.Fatal(err)
 					}
-					if i++; i < len(offs) {
+					if i += par; i+par <= len(offs) {
 						continue
 					}
 					i = 0
-					if sparse {
-						// Full: every further write would be in place.
+					if fresh {
 						b.StopTimer()
 						if st != nil {
 							st.paused = true
@@ -416,7 +451,7 @@ func BenchmarkWrite(b *testing.B) {
 						if err := os.Remove(path); err != nil {
 							b.Fatal(err)
 						}
-						d = benchCreate(b, path, variant, size, false, st)
+						d = benchCreate(b, path, kind, size, false, st)
 						if st != nil {
 							st.paused = false
 						}
@@ -427,6 +462,28 @@ func BenchmarkWrite(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchWriteBatch writes data at every offset in offs, all at once.
+func benchWriteBatch(d benchDisk, data []byte, offs []int64) error {
+	if len(offs) == 1 {
+		_, err := d.WriteAt(data, offs[0])
+		return err
+	}
+	errs := make(chan error, len(offs))
+	for _, off := range offs {
+		go func() {
+			_, err := d.WriteAt(data, off)
+			errs <- err
+		}()
+	}
+	var first error
+	for range offs {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // TestBenchHelpers keeps the offset generator honest: random offsets of an
