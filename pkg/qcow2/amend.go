@@ -28,7 +28,7 @@ func (img *Image) setLazyRefcounts(on bool) error {
 	if err := img.Flush(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.writable(); err != nil {
 		return err

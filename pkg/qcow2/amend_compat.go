@@ -59,7 +59,7 @@ func (img *Image) upgradeToV3() error {
 	if err := img.Flush(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.writable(); err != nil {
 		return err
@@ -89,7 +89,7 @@ func (img *Image) downgradeToV2() error {
 	if err := img.Flush(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.writable(); err != nil {
 		return err

@@ -122,7 +122,7 @@ func (img *Image) makeEmpty() error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.writable(); err != nil {
 		return err

@@ -120,7 +120,7 @@ func (img *Image) WriteCompressedBatch(b *CompressedBatch) error {
 	if len(cl) == 0 {
 		return nil
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.writable(); err != nil {
 		return err

@@ -201,7 +201,7 @@ func (img *Image) settle() error {
 	if err := img.Flush(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if img.keepDirty {
 		return errorf(ErrInvalid, "a failed snapshot operation left the refcounts to repair; reopen the image before freezing it")

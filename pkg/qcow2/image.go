@@ -15,7 +15,9 @@ import (
 // Locking: mu guards all metadata. Reads and in-place writes to clusters
 // this image owns exclusively (OFLAG_COPIED) hold it shared, so they run in
 // parallel; anything that changes metadata (allocation, zeroing, discard,
-// resize, flush's deferred frees) holds it exclusively.
+// resize, flush's deferred frees) holds it exclusively; all but the
+// allocating write path and Flush take it with lockQuiesced
+// (group_commit.go).
 type Image struct {
 	name     string
 	f        File
@@ -47,6 +49,8 @@ type Image struct {
 	alloc allocator
 	meta  metadataSet
 	cpack compressPack // where the next compressed stream goes (compress_write.go)
+	cow   cowInflight  // copy-on-write allocations waiting for their sync (group_commit.go)
+	syncs syncGroup    // fdatasync shared by those allocations
 
 	backing Disk
 	bm      bitmapState // persistent bitmaps (bitmap.go)
@@ -339,7 +343,7 @@ func (img *Image) Info() Info {
 // Close flushes the image, releases unused reserved clusters, clears the
 // dirty bit, and closes the file and the backing chain.
 func (img *Image) Close() error {
-	img.mu.Lock()
+	img.lockQuiesced()
 	if img.closed {
 		img.mu.Unlock()
 		return ErrClosed
@@ -348,7 +352,7 @@ func (img *Image) Close() error {
 	var err error
 	if !img.ReadOnly() {
 		err = img.Flush()
-		img.mu.Lock()
+		img.lockQuiesced()
 		if err == nil && !img.ReadOnly() {
 			err = img.storeBitmapsLocked()
 		}
@@ -357,7 +361,7 @@ func (img *Image) Close() error {
 		}
 		img.mu.Unlock()
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	img.closed = true
 	img.mu.Unlock()
 	if !img.keepFile {

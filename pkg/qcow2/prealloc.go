@@ -7,7 +7,7 @@ import "golang.org/x/sys/unix"
 // extended L2 images the subclusters stay unallocated (bitmap 0), as
 // QEMU leaves them: they read through to the backing file, if any.
 func (img *Image) preallocate(mode string) error {
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	total := ceilDiv(img.size, img.cs)
 	for l1i := int64(0); l1i < ceilDiv(total, img.l2Entries); l1i++ {

@@ -51,7 +51,7 @@ func (img *Image) Rebase(newBacking, newFormat string, unsafe bool, pol BackingP
 	if err := img.Flush(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	return img.setBackingLocked(newBacking, newFormat)
 }
@@ -149,7 +149,7 @@ func (img *Image) zeroUnallocated(vi int64) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.writable(); err != nil {
 		return err

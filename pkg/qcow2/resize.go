@@ -9,7 +9,7 @@ func (img *Image) Resize(newSize int64) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if img.closed {
 		return ErrClosed

@@ -127,7 +127,7 @@ func (img *Image) snapshotOpOn(idOrName string) (*snapshotTable, int, error) {
 // snapshot. Names must be unique (QEMU allows duplicates; this engine
 // refuses them so that a name identifies one snapshot).
 func (img *Image) CreateSnapshot(name string) (_ SnapshotInfo, err error) {
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	t, err := img.snapshotOpStart()
 	if err != nil {
@@ -566,7 +566,7 @@ func (img *Image) flushLocked(extra []int64) error {
 // -a): the active L1 table becomes a copy of the snapshot's and the virtual
 // size becomes the snapshot's disk size. The snapshot is kept.
 func (img *Image) ApplySnapshot(idOrName string) (err error) {
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	t, i, err := img.snapshotOpOn(idOrName)
 	if err != nil {
@@ -708,7 +708,7 @@ func (img *Image) clearCopiedL2(l1i, l2off int64) error {
 // DeleteSnapshot removes a snapshot (found by id, then by name) and
 // releases the clusters only it referenced.
 func (img *Image) DeleteSnapshot(idOrName string) (err error) {
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	t, i, err := img.snapshotOpOn(idOrName)
 	if err != nil {

@@ -38,13 +38,17 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	}
 	img.mu.Lock()
 	defer img.mu.Unlock()
+	if err := img.checkRange(off, int64(len(p))); err != nil || len(p) == 0 {
+		return 0, err
+	}
+	img.waitAllocatable(off/img.cs, (off+int64(len(p))-1)/img.cs)
 	if err := img.checkRange(off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	if err := img.writable(); err != nil {
 		return 0, err
 	}
-	if err := img.writeLocked(p, off); err != nil {
+	if err := img.writeGrouped(p, off); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -128,25 +132,65 @@ type l2Update struct {
 	bitmap uint64 // extended L2 only
 }
 
-// writeLocked is the general write path; it holds mu exclusively.
+// writeLocked is the general write path for callers that hold mu
+// exclusively throughout (lockQuiesced): it syncs under the lock.
 func (img *Image) writeLocked(p []byte, off int64) error {
-	if err := img.markDirty(); err != nil {
+	w, err := img.planBatch(p, off)
+	if err != nil {
 		return err
+	}
+	return img.commit(&w)
+}
+
+// writeGrouped is WriteAt's allocating path, called with mu held
+// exclusively and no allocation of these clusters in flight: a batch that
+// needs its data durable before its L2 entries waits for that sync
+// without mu, sharing it with other writers (group_commit.go).
+func (img *Image) writeGrouped(p []byte, off int64) error {
+	w, err := img.planBatch(p, off)
+	if err != nil {
+		return err
+	}
+	if !w.needSync || len(w.l2) == 0 {
+		return img.commit(&w)
+	}
+	if err := img.commitData(&w); err != nil {
+		return err
+	}
+	first, last := off/img.cs, (off+int64(len(p))-1)/img.cs
+	ch := img.cowBegin(first, last)
+	defer img.cowEnd(first, last, ch)
+	img.mu.Unlock()
+	err = img.syncs.sync(img.f)
+	img.mu.Lock()
+	if err != nil {
+		return err
+	}
+	if err := img.writable(); err != nil {
+		return err
+	}
+	return img.commitMapping(&w)
+}
+
+// planBatch plans a write of p at off: the batch, its fresh clusters taken.
+func (img *Image) planBatch(p []byte, off int64) (writeBatch, error) {
+	var w writeBatch
+	if err := img.markDirty(); err != nil {
+		return w, err
 	}
 	n := int64(len(p))
 	first, last := off/img.cs, (off+n-1)/img.cs
 	if err := img.ensureReserved((last - first + 1) + (last/img.l2Entries - first/img.l2Entries + 1)); err != nil {
-		return err
+		return w, err
 	}
-	var w writeBatch
 	for vi := first; vi <= last; vi++ {
 		start := vi * img.cs
 		a, b := max(off, start), min(off+n, start+img.cs)
 		if err := img.planWrite(&w, vi, a-start, p[a-off:b-off]); err != nil {
-			return err
+			return w, err
 		}
 	}
-	return img.commit(&w)
+	return w, nil
 }
 
 // planWrite decides how chunk reaches guest cluster vi at offset in.
@@ -323,6 +367,19 @@ func (img *Image) prepareL2(l1i int64) (int64, error) {
 
 // commit writes a batch in the safe order.
 func (img *Image) commit(w *writeBatch) error {
+	if err := img.commitData(w); err != nil {
+		return err
+	}
+	if w.needSync && len(w.l2) > 0 {
+		if err := img.f.Sync(); err != nil {
+			return err
+		}
+	}
+	return img.commitMapping(w)
+}
+
+// commitData writes a batch's data, adjacent pieces joined.
+func (img *Image) commitData(w *writeBatch) error {
 	slices.SortFunc(w.data, func(a, b hostWrite) int { return cmp.Compare(a.off, b.off) })
 	for i := 0; i < len(w.data); {
 		j, end := i+1, w.data[i].off+int64(len(w.data[i].buf))
@@ -348,11 +405,11 @@ func (img *Image) commit(w *writeBatch) error {
 		}
 		i = j
 	}
-	if w.needSync && len(w.l2) > 0 {
-		if err := img.f.Sync(); err != nil {
-			return err
-		}
-	}
+	return nil
+}
+
+// commitMapping writes a batch's L2 entries, then punches and frees.
+func (img *Image) commitMapping(w *writeBatch) error {
 	if err := img.writeL2(w.l2); err != nil {
 		return err
 	}

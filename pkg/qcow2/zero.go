@@ -7,7 +7,7 @@ func (img *Image) WriteZeroes(off, n int64, unmap bool) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.checkRange(off, n); err != nil {
 		return err
