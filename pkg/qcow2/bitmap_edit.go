@@ -19,7 +19,7 @@ func (img *Image) DefaultBitmapGranularity() int64 { return min(max(img.cs, 4096
 // AddBitmap creates an empty persistent bitmap; granularity 0 means the
 // default. A disabled bitmap does not record writes until enabled.
 func (img *Image) AddBitmap(name string, granularity int64, disabled bool) error {
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.bitmapEditable(); err != nil {
 		return err
@@ -63,7 +63,7 @@ func (img *Image) AddBitmap(name string, granularity int64, disabled bool) error
 // RemoveBitmap deletes a persistent bitmap (consistent or not) and frees
 // its clusters.
 func (img *Image) RemoveBitmap(name string) error {
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.bitmapEditable(); err != nil {
 		return err
@@ -106,7 +106,7 @@ func (img *Image) SetBitmapEnabled(name string, enabled bool) error {
 // MergeBitmap sets in dst every range src records (granularities may
 // differ, as in QEMU's block-dirty-bitmap-merge).
 func (img *Image) MergeBitmap(dst, src string) error {
-	img.mu.Lock()
+	img.lockQuiesced()
 	s, err := img.bitmapSource(src)
 	img.mu.Unlock()
 	if err != nil {
@@ -138,7 +138,7 @@ func (img *Image) bitmapSource(name string) (*liveBitmap, error) {
 // editBitmap applies change to a bitmap held in memory, loading it (and
 // marking it in use on disk) first if needed.
 func (img *Image) editBitmap(name string, change func(*liveBitmap)) error {
-	img.mu.Lock()
+	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if err := img.bitmapEditable(); err != nil {
 		return err
