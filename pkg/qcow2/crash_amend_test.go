@@ -82,19 +82,7 @@ func TestCrashStatesAmendCompat(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			r.Reopen()
-			from := r.Len()
-			img, err = qcow2.OpenFile(r, name, qcow2.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := img.SetCompat(c.to); err != nil {
-				t.Fatalf("SetCompat(%s): %v", c.to, err)
-			}
-			if err := img.Close(); err != nil {
-				t.Fatal(err)
-			}
-			rec := r.Recording().Since(from)
+			rec := recordOp(t, r, name, qcow2.Options{}, setCompat(c.to))
 			states := rec.States(crashsim.Plan{Seed: 7, ReorderedPerEpoch: 20, Prefixes: 20})
 			states = pickStates(states, 60, 7)
 			var final []byte
@@ -142,4 +130,14 @@ func checkAmendState(dir string, s crashsim.State, buf, want []byte, qemuImg str
 		return fmt.Errorf("%v (version %d): guest content differs at byte %d", s, buf[7], firstDiff(got, want))
 	}
 	return nil
+}
+
+// setCompat is the operation of the compat crash tests.
+func setCompat(to string) func(*qcow2.Image) error {
+	return func(img *qcow2.Image) error {
+		if err := img.SetCompat(to); err != nil {
+			return fmt.Errorf("SetCompat(%s): %w", to, err)
+		}
+		return nil
+	}
 }

@@ -123,19 +123,7 @@ func TestCrashHeaderTearsAmendCompat(t *testing.T) {
 			name := filepath.Join(dir, "top.qcow2")
 			want := writeCrashTop(t, r, name, cs, size, c.from == "1.1")
 
-			r.Reopen()
-			from := r.Len()
-			img, err := qcow2.OpenFile(r, name, qcow2.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := img.SetCompat(c.to); err != nil {
-				t.Fatalf("SetCompat(%s): %v", c.to, err)
-			}
-			if err := img.Close(); err != nil {
-				t.Fatal(err)
-			}
-			rec := r.Recording().Since(from)
+			rec := recordOp(t, r, name, qcow2.Options{}, setCompat(c.to))
 			versions := map[uint32]bool{map[string]uint32{"0.10": 2, "1.1": 3}[c.from]: true, map[string]uint32{"0.10": 2, "1.1": 3}[c.to]: true}
 			var states []fmt.Stringer
 			var bufs [][]byte

@@ -67,19 +67,12 @@ func runRebaseCrash(t *testing.T, qemuImg string, c rebaseCrashCase) {
 		newContent = qemuRebasedContent(t, qemuImg, dir, r.Bytes(), c)
 	}
 
-	r.Reopen()
-	from := r.Len()
-	img, err := qcow2.OpenFile(r, name, qcow2.Options{NoBacking: c.unsafe})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Rebase(c.to, c.toFmt, c.unsafe, qcow2.BackingPolicy{}); err != nil {
-		t.Fatalf("Rebase: %v", err)
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
-	rec := r.Recording().Since(from)
+	rec := recordOp(t, r, name, qcow2.Options{NoBacking: c.unsafe}, func(img *qcow2.Image) error {
+		if err := img.Rebase(c.to, c.toFmt, c.unsafe, qcow2.BackingPolicy{}); err != nil {
+			return fmt.Errorf("Rebase: %w", err)
+		}
+		return nil
+	})
 	states := rec.States(crashsim.Plan{Seed: 11, ReorderedPerEpoch: 24, Prefixes: 12})
 	states = pickStates(states, 80, 11)
 	var all []fmt.Stringer
@@ -255,4 +248,24 @@ func checkRebaseState(dir string, s fmt.Stringer, buf []byte, c rebaseCrashCase,
 		return h, fmt.Errorf("%v: backing file %q: guest content differs at byte %d", s, h.BackingFile, firstDiff(got, want))
 	}
 	return h, nil
+}
+
+// recordOp reopens the recorder, runs op on the image opened with opts and
+// closes it, and returns the recording of just that: the crash states of
+// one operation on an image that was durable before it.
+func recordOp(t *testing.T, r *crashsim.Recorder, name string, opts qcow2.Options, op func(*qcow2.Image) error) *crashsim.Recording {
+	t.Helper()
+	r.Reopen()
+	from := r.Len()
+	img, err := qcow2.OpenFile(r, name, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := op(img); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return r.Recording().Since(from)
 }
