@@ -304,6 +304,18 @@ func iopSeed(name string) int64 {
 	return h
 }
 
+// iopEach runs body as a parallel subtest per configuration, named after
+// it, with a random source seeded from the subtest's name (so a failing
+// subtest reruns with the same operations).
+func iopEach[C fmt.Stringer](t *testing.T, cfgs []C, body func(t *testing.T, c C, rng *rand.Rand)) {
+	for _, c := range cfgs {
+		t.Run(c.String(), func(t *testing.T) {
+			t.Parallel()
+			body(t, c, rand.New(rand.NewSource(iopSeed(t.Name()))))
+		})
+	}
+}
+
 // TestInteropRead reads qemu-made backing chains of depth 3 through the
 // engine, for the whole option matrix.
 func TestInteropRead(t *testing.T) {
@@ -437,47 +449,43 @@ func TestInteropReadPrealloc(t *testing.T) {
 func TestInteropReadUnaligned(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, cfg := range []iopConfig{
+	iopEach(t, []iopConfig{
 		{compat: "1.1", cluster: 512, rbits: 16},
 		{compat: "0.10", cluster: 64 << 10, rbits: 16},
-	} {
-		t.Run(cfg.String(), func(t *testing.T) {
-			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			size := int64(1<<20 + 512)
-			base := filepath.Join(dir, "base.qcow2")
-			qemutest.CreateImage(t, base, cfg.qemu(size))
-			qemutest.QemuIO(t, base, "qcow2", qemutest.Write(0, size, 0x5a))
-			top := filepath.Join(dir, "top.qcow2")
-			o := cfg.qemu(0)
-			o.BackingFile, o.BackingFormat = "base.qcow2", "qcow2"
-			qemutest.CreateImage(t, top, o)
-			var ops []qemutest.Op
-			for i := 0; i < 300; i++ {
-				b := (1 + rng.Int63n(size/cfg.cluster-1)) * cfg.cluster
-				off := b - 1 - 2*rng.Int63n(min(cfg.cluster/2, 300))
-				l := 2*rng.Int63n(700) + 1
-				if off+l > size {
-					l = size - off
-				}
-				if rng.Intn(5) == 0 {
-					ops = append(ops, qemutest.Zero(off, l))
-				} else {
-					ops = append(ops, qemutest.Write(off, l, byte(1+rng.Intn(255))))
-				}
+	}, func(t *testing.T, cfg iopConfig, rng *rand.Rand) {
+		dir := t.TempDir()
+		size := int64(1<<20 + 512)
+		base := filepath.Join(dir, "base.qcow2")
+		qemutest.CreateImage(t, base, cfg.qemu(size))
+		qemutest.QemuIO(t, base, "qcow2", qemutest.Write(0, size, 0x5a))
+		top := filepath.Join(dir, "top.qcow2")
+		o := cfg.qemu(0)
+		o.BackingFile, o.BackingFormat = "base.qcow2", "qcow2"
+		qemutest.CreateImage(t, top, o)
+		var ops []qemutest.Op
+		for i := 0; i < 300; i++ {
+			b := (1 + rng.Int63n(size/cfg.cluster-1)) * cfg.cluster
+			off := b - 1 - 2*rng.Int63n(min(cfg.cluster/2, 300))
+			l := 2*rng.Int63n(700) + 1
+			if off+l > size {
+				l = size - off
 			}
-			ops = append(ops, qemutest.Write(size-3, 3, 0xee), qemutest.Write(1, 1, 0x01))
-			qemutest.QemuIO(t, top, "qcow2", ops...)
-			want := qemutest.ReadGuest(t, top, "qcow2")
-			img, err := qcow2.Open(top, qcow2.Options{ReadOnly: true})
-			if err != nil {
-				t.Fatal(err)
+			if rng.Intn(5) == 0 {
+				ops = append(ops, qemutest.Zero(off, l))
+			} else {
+				ops = append(ops, qemutest.Write(off, l, byte(1+rng.Intn(255))))
 			}
-			defer img.Close()
-			iopVerifyReads(t, img, want, cfg.cluster, rng)
-		})
-	}
+		}
+		ops = append(ops, qemutest.Write(size-3, 3, 0xee), qemutest.Write(1, 1, 0x01))
+		qemutest.QemuIO(t, top, "qcow2", ops...)
+		want := qemutest.ReadGuest(t, top, "qcow2")
+		img, err := qcow2.Open(top, qcow2.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer img.Close()
+		iopVerifyReads(t, img, want, cfg.cluster, rng)
+	})
 }
 
 // TestInteropReadDirtyLazy reads an image that qemu-io left dirty (lazy
@@ -574,36 +582,32 @@ func iopMakeCompressed(t *testing.T, dir string, c iopCompressedConfig, rng *ran
 func TestInteropReadCompressed(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, c := range iopCompressedConfigs() {
-		t.Run(c.String(), func(t *testing.T) {
-			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			golden, size := iopMakeCompressed(t, dir, c, rng)
-			top := filepath.Join(dir, "top.qcow2")
-			o := c.cfg.qemu(0)
-			o.BackingFile, o.BackingFormat = "golden.qcow2", "qcow2"
-			qemutest.CreateImage(t, top, o)
-			qemutest.QemuIO(t, top, "qcow2", iopGenOps(rng, size, c.cfg.cluster, 15, true)...)
-			// Partial overwrites of compressed clusters in the golden
-			// image itself, after the overlay exists (its content is
-			// then the new golden content plus its own writes).
-			qemutest.QemuIO(t, golden, "qcow2", iopGenOps(rng, size, c.cfg.cluster, 10, true)...)
-			for _, path := range []string{golden, top} {
-				want := qemutest.ReadGuest(t, path, "qcow2")
-				img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
-				if err != nil {
-					t.Fatalf("Open(%s): %v", path, err)
-				}
-				if ct := img.Info().CompressionType; path == golden && ct != c.ctype {
-					t.Errorf("Info().CompressionType = %q, want %q", ct, c.ctype)
-				}
-				iopVerifyReads(t, img, want, c.cfg.cluster, rng)
-				iopCheckMap(t, img, want, path)
-				img.Close()
+	iopEach(t, iopCompressedConfigs(), func(t *testing.T, c iopCompressedConfig, rng *rand.Rand) {
+		dir := t.TempDir()
+		golden, size := iopMakeCompressed(t, dir, c, rng)
+		top := filepath.Join(dir, "top.qcow2")
+		o := c.cfg.qemu(0)
+		o.BackingFile, o.BackingFormat = "golden.qcow2", "qcow2"
+		qemutest.CreateImage(t, top, o)
+		qemutest.QemuIO(t, top, "qcow2", iopGenOps(rng, size, c.cfg.cluster, 15, true)...)
+		// Partial overwrites of compressed clusters in the golden
+		// image itself, after the overlay exists (its content is
+		// then the new golden content plus its own writes).
+		qemutest.QemuIO(t, golden, "qcow2", iopGenOps(rng, size, c.cfg.cluster, 10, true)...)
+		for _, path := range []string{golden, top} {
+			want := qemutest.ReadGuest(t, path, "qcow2")
+			img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatalf("Open(%s): %v", path, err)
 			}
-		})
-	}
+			if ct := img.Info().CompressionType; path == golden && ct != c.ctype {
+				t.Errorf("Info().CompressionType = %q, want %q", ct, c.ctype)
+			}
+			iopVerifyReads(t, img, want, c.cfg.cluster, rng)
+			iopCheckMap(t, img, want, path)
+			img.Close()
+		}
+	})
 }
 
 // iopSnapshotConfigs are the configurations of the internal snapshot tests.
@@ -641,19 +645,15 @@ func iopMakeSnapshots(t *testing.T, dir string, cfg iopConfig, rng *rand.Rand) (
 func TestInteropReadSnapshots(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, cfg := range iopSnapshotConfigs() {
-		t.Run(cfg.String(), func(t *testing.T) {
-			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			path, _ := iopMakeSnapshots(t, t.TempDir(), cfg, rng)
-			want := qemutest.ReadGuest(t, path, "qcow2")
-			img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
-			iopVerifyReads(t, img, want, cfg.cluster, rng)
-			iopCheckMap(t, img, want, path)
-		})
-	}
+	iopEach(t, iopSnapshotConfigs(), func(t *testing.T, cfg iopConfig, rng *rand.Rand) {
+		path, _ := iopMakeSnapshots(t, t.TempDir(), cfg, rng)
+		want := qemutest.ReadGuest(t, path, "qcow2")
+		img, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer img.Close()
+		iopVerifyReads(t, img, want, cfg.cluster, rng)
+		iopCheckMap(t, img, want, path)
+	})
 }

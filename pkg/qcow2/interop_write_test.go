@@ -244,12 +244,9 @@ func iopCheckCreated(t *testing.T, path string, cfg iopConfig, backing, backingF
 func TestInteropWriteEngineChain(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, cfg := range iopMatrix() {
-		t.Run(cfg.String(), func(t *testing.T) {
-			t.Parallel()
-			iopWriteEngineChain(t, cfg)
-		})
-	}
+	iopEach(t, iopMatrix(), func(t *testing.T, cfg iopConfig, _ *rand.Rand) {
+		iopWriteEngineChain(t, cfg)
+	})
 }
 
 // iopWriteEngineChain creates base, mid and top with the engine and
@@ -292,12 +289,9 @@ func iopWriteEngineChain(t *testing.T, cfg iopConfig) {
 func TestInteropWriteQemuChain(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, cfg := range iopMatrix() {
-		t.Run(cfg.String(), func(t *testing.T) {
-			t.Parallel()
-			iopWriteQemuChain(t, cfg)
-		})
-	}
+	iopEach(t, iopMatrix(), func(t *testing.T, cfg iopConfig, _ *rand.Rand) {
+		iopWriteQemuChain(t, cfg)
+	})
 }
 
 // iopWriteQemuChain: qemu makes and writes base and mid, the engine writes
@@ -336,30 +330,26 @@ func iopWriteQemuChain(t *testing.T, cfg iopConfig) {
 func TestInteropWriteRawBacking(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, cfg := range []iopConfig{
+	iopEach(t, []iopConfig{
 		{compat: "0.10", cluster: 4 << 10, rbits: 16},
 		{compat: "1.1", cluster: 64 << 10, rbits: 1, lazy: true},
-	} {
-		t.Run(cfg.String(), func(t *testing.T) {
-			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			size := iopSize(cfg.cluster)
-			base := filepath.Join(dir, "golden.img")
-			qemutest.CreateRaw(t, base, size)
-			qemutest.QemuIO(t, base, "raw", qemutest.Write(0, size, 0xa5), qemutest.Zero(size/2, 12345))
-			ref := filepath.Join(dir, "ref.raw")
-			iopCopyFile(t, base, ref)
-			l := iopLayer{path: filepath.Join(dir, "vol.qcow2"), ref: ref, cluster: cfg.cluster, discardKeeps: cfg.v2()}
-			o := cfg.engine(0)
-			o.BackingFile = "golden.img"
-			iopCreate(t, l.path, o)
-			iopCheckCreated(t, l.path, cfg, "golden.img", "raw")
-			ops := iopEngineOps(rng, size, cfg.cluster, 40, true)
-			l.write(t, qcow2.Options{}, ops)
-			l.verify(t, ops)
-		})
-	}
+	}, func(t *testing.T, cfg iopConfig, rng *rand.Rand) {
+		dir := t.TempDir()
+		size := iopSize(cfg.cluster)
+		base := filepath.Join(dir, "golden.img")
+		qemutest.CreateRaw(t, base, size)
+		qemutest.QemuIO(t, base, "raw", qemutest.Write(0, size, 0xa5), qemutest.Zero(size/2, 12345))
+		ref := filepath.Join(dir, "ref.raw")
+		iopCopyFile(t, base, ref)
+		l := iopLayer{path: filepath.Join(dir, "vol.qcow2"), ref: ref, cluster: cfg.cluster, discardKeeps: cfg.v2()}
+		o := cfg.engine(0)
+		o.BackingFile = "golden.img"
+		iopCreate(t, l.path, o)
+		iopCheckCreated(t, l.path, cfg, "golden.img", "raw")
+		ops := iopEngineOps(rng, size, cfg.cluster, 40, true)
+		l.write(t, qcow2.Options{}, ops)
+		l.verify(t, ops)
+	})
 }
 
 // TestInteropWritePrealloc: engine-created preallocated images (and
@@ -422,33 +412,29 @@ func TestInteropWritePrealloc(t *testing.T) {
 func TestInteropWriteDirtyLazy(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, cfg := range []iopConfig{
+	iopEach(t, []iopConfig{
 		{compat: "1.1", cluster: 4 << 10, rbits: 16, lazy: true},
 		{compat: "1.1", cluster: 512, rbits: 1, lazy: true},
-	} {
-		t.Run(cfg.String(), func(t *testing.T) {
-			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			size := iopSize(cfg.cluster)
-			path := filepath.Join(dir, "dirty.qcow2")
-			qemutest.CreateImage(t, path, cfg.qemu(size))
-			args := []string{"-f", "qcow2"}
-			for _, op := range iopGenOps(rng, size, cfg.cluster, 40, false) {
-				args = append(args, "-c", op.QemuIO())
-			}
-			qemutest.RunExit(t, "qemu-io", append(args, "-c", "abort", path)...)
-			if c := qemutest.Check(t, path, "qcow2", ""); c.Clean() {
-				t.Fatalf("expected a dirty image with refcount errors: %s", c.Output)
-			}
-			ref := filepath.Join(dir, "ref.raw")
-			iopCopyGuest(t, path, "qcow2", ref)
-			l := iopLayer{path: path, ref: ref, cluster: cfg.cluster}
-			ops := iopEngineOps(rng, size, cfg.cluster, 30, true)
-			l.write(t, qcow2.Options{}, ops)
-			l.verify(t, ops)
-		})
-	}
+	}, func(t *testing.T, cfg iopConfig, rng *rand.Rand) {
+		dir := t.TempDir()
+		size := iopSize(cfg.cluster)
+		path := filepath.Join(dir, "dirty.qcow2")
+		qemutest.CreateImage(t, path, cfg.qemu(size))
+		args := []string{"-f", "qcow2"}
+		for _, op := range iopGenOps(rng, size, cfg.cluster, 40, false) {
+			args = append(args, "-c", op.QemuIO())
+		}
+		qemutest.RunExit(t, "qemu-io", append(args, "-c", "abort", path)...)
+		if c := qemutest.Check(t, path, "qcow2", ""); c.Clean() {
+			t.Fatalf("expected a dirty image with refcount errors: %s", c.Output)
+		}
+		ref := filepath.Join(dir, "ref.raw")
+		iopCopyGuest(t, path, "qcow2", ref)
+		l := iopLayer{path: path, ref: ref, cluster: cfg.cluster}
+		ops := iopEngineOps(rng, size, cfg.cluster, 30, true)
+		l.write(t, qcow2.Options{}, ops)
+		l.verify(t, ops)
+	})
 }
 
 // TestInteropWriteErrors: out-of-range writes fail with ErrRange and change
@@ -503,33 +489,29 @@ func TestInteropWriteErrors(t *testing.T) {
 func TestInteropWriteCompressed(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, c := range iopCompressedConfigs() {
-		t.Run(c.String(), func(t *testing.T) {
-			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			golden, size := iopMakeCompressed(t, dir, c, rng)
+	iopEach(t, iopCompressedConfigs(), func(t *testing.T, c iopCompressedConfig, rng *rand.Rand) {
+		dir := t.TempDir()
+		golden, size := iopMakeCompressed(t, dir, c, rng)
 
-			// An overlay first, while the golden image is unchanged.
-			ref := filepath.Join(dir, "ref-top.raw")
-			iopCopyGuest(t, golden, "qcow2", ref)
-			l := iopLayer{path: filepath.Join(dir, "top.qcow2"), ref: ref, cluster: c.cfg.cluster, discardKeeps: c.cfg.v2()}
-			o := c.cfg.engine(0)
-			o.BackingFile, o.BackingFormat = "golden.qcow2", "qcow2"
-			iopCreate(t, l.path, o)
-			ops := iopEngineOps(rng, size, c.cfg.cluster, 25, true)
-			l.write(t, qcow2.Options{}, ops)
-			l.verify(t, ops)
+		// An overlay first, while the golden image is unchanged.
+		ref := filepath.Join(dir, "ref-top.raw")
+		iopCopyGuest(t, golden, "qcow2", ref)
+		l := iopLayer{path: filepath.Join(dir, "top.qcow2"), ref: ref, cluster: c.cfg.cluster, discardKeeps: c.cfg.v2()}
+		o := c.cfg.engine(0)
+		o.BackingFile, o.BackingFormat = "golden.qcow2", "qcow2"
+		iopCreate(t, l.path, o)
+		ops := iopEngineOps(rng, size, c.cfg.cluster, 25, true)
+		l.write(t, qcow2.Options{}, ops)
+		l.verify(t, ops)
 
-			// Then the compressed image itself.
-			ref = filepath.Join(dir, "ref-golden.raw")
-			iopCopyGuest(t, golden, "qcow2", ref)
-			l = iopLayer{path: golden, ref: ref, cluster: c.cfg.cluster}
-			ops = iopEngineOps(rng, size, c.cfg.cluster, 40, true)
-			l.write(t, qcow2.Options{}, ops)
-			l.verify(t, ops)
-		})
-	}
+		// Then the compressed image itself.
+		ref = filepath.Join(dir, "ref-golden.raw")
+		iopCopyGuest(t, golden, "qcow2", ref)
+		l = iopLayer{path: golden, ref: ref, cluster: c.cfg.cluster}
+		ops = iopEngineOps(rng, size, c.cfg.cluster, 40, true)
+		l.write(t, qcow2.Options{}, ops)
+		l.verify(t, ops)
+	})
 }
 
 // TestInteropWriteSnapshots: the engine writes into the active layer of a
@@ -540,32 +522,28 @@ func TestInteropWriteCompressed(t *testing.T) {
 func TestInteropWriteSnapshots(t *testing.T) {
 	testtools.Need(t, "qemu-img", "qemu-io")
 	t.Parallel()
-	for _, cfg := range iopSnapshotConfigs() {
-		t.Run(cfg.String(), func(t *testing.T) {
-			t.Parallel()
-			rng := rand.New(rand.NewSource(iopSeed(t.Name())))
-			dir := t.TempDir()
-			path, size := iopMakeSnapshots(t, dir, cfg, rng)
-			ref := filepath.Join(dir, "ref.raw")
-			iopCopyGuest(t, path, "qcow2", ref)
-			l := iopLayer{path: path, ref: ref, cluster: cfg.cluster}
-			ops := iopEngineOps(rng, size, cfg.cluster, 50, false)
-			l.write(t, qcow2.Options{}, ops)
-			l.verify(t, ops)
-			for _, s := range []string{"s1", "s2"} {
-				got := filepath.Join(dir, s+".after.raw")
-				qemutest.ConvertSnapshotToRaw(t, path, s, got)
-				d, err := qemutest.FilesDiff(filepath.Join(dir, s+".raw"), got)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if d != "" {
-					t.Errorf("snapshot %s changed by engine writes to the active layer: %s", s, d)
-				}
+	iopEach(t, iopSnapshotConfigs(), func(t *testing.T, cfg iopConfig, rng *rand.Rand) {
+		dir := t.TempDir()
+		path, size := iopMakeSnapshots(t, dir, cfg, rng)
+		ref := filepath.Join(dir, "ref.raw")
+		iopCopyGuest(t, path, "qcow2", ref)
+		l := iopLayer{path: path, ref: ref, cluster: cfg.cluster}
+		ops := iopEngineOps(rng, size, cfg.cluster, 50, false)
+		l.write(t, qcow2.Options{}, ops)
+		l.verify(t, ops)
+		for _, s := range []string{"s1", "s2"} {
+			got := filepath.Join(dir, s+".after.raw")
+			qemutest.ConvertSnapshotToRaw(t, path, s, got)
+			d, err := qemutest.FilesDiff(filepath.Join(dir, s+".raw"), got)
+			if err != nil {
+				t.Fatal(err)
 			}
-			qemutest.Run(t, "qemu-img", "snapshot", "-a", "s1", path)
-			qemutest.MustCheckClean(t, path, "qcow2")
-			qemutest.MustCompare(t, path, "qcow2", filepath.Join(dir, "s1.raw"), "raw")
-		})
-	}
+			if d != "" {
+				t.Errorf("snapshot %s changed by engine writes to the active layer: %s", s, d)
+			}
+		}
+		qemutest.Run(t, "qemu-img", "snapshot", "-a", "s1", path)
+		qemutest.MustCheckClean(t, path, "qcow2")
+		qemutest.MustCompare(t, path, "qcow2", filepath.Join(dir, "s1.raw"), "raw")
+	})
 }
