@@ -19,11 +19,11 @@ import (
 
 func newImgAttachCmd() *cobra.Command {
 	var (
-		format, device, id       string
-		readOnly, useIoctl       bool
-		connections              int
-		blockSize                uint64
-		timeout, deadConnTimeout time.Duration
+		format, device, id          string
+		readOnly, useIoctl, journal bool
+		connections                 int
+		blockSize                   uint64
+		timeout, deadConnTimeout    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "attach [-f fmt] [-r] [--device /dev/nbdN] [--id ID] [--connections N] filename",
@@ -68,7 +68,7 @@ waits on the device it serves.
 				return err
 			}
 			defer lock.Close()
-			backend, closeFn, err := openServeBackend(args[0], format, readOnly)
+			backend, closeFn, err := openServeBackend(args[0], format, readOnly, journal)
 			if err != nil {
 				return err
 			}
@@ -100,6 +100,7 @@ waits on the device it serves.
 	f.DurationVar(&timeout, "timeout", nbdattach.DefaultTimeout, "kernel request timeout; a connection whose request exceeds it is replaced")
 	f.DurationVar(&deadConnTimeout, "dead-conn-timeout", nbdattach.DefaultDeadConnTimeout, "how long the kernel holds I/O for a restarted server before failing it")
 	f.BoolVar(&useIoctl, "ioctl", false, "use the legacy NBD ioctls instead of netlink")
+	addJournalFlag(f, &journal)
 	return cmd
 }
 

@@ -13,12 +13,13 @@ import (
 	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func newImgServeCmd() *cobra.Command {
 	var (
 		format, socket, exportName, description string
-		readOnly                                bool
+		readOnly, journal                       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve [-f fmt] [-r] [-x NAME] --socket PATH filename",
@@ -29,6 +30,9 @@ nbd+unix:///NAME?socket=PATH (NAME is empty by default). Any number of
 clients may connect at once; all see the same image (the export offers
 multi-connection). The engine writes through the host page cache, the
 equivalent of qemu-nbd --cache=writeback; FLUSH and FUA fdatasync the image.
+A writable qcow2 export keeps a write journal in FILENAME.journal (see
+--journal): a killed server loses no acknowledged write, and the next open
+of the image applies the journal.
 
 A qcow2 image is served through the engine (backing chain included; block
 status reports the allocation over the whole chain); a raw image is served
@@ -42,7 +46,14 @@ as a plain file (pread/pwrite, holes punched for trim and zeroing).
 			if socket == "" {
 				return failf("--socket is required")
 			}
-			backend, closeFn, err := openServeBackend(args[0], format, readOnly)
+			if !readOnly {
+				lock, err := lockForServing(args[0])
+				if err != nil {
+					return err
+				}
+				defer lock.Close()
+			}
+			backend, closeFn, err := openServeBackend(args[0], format, readOnly, journal)
 			if err != nil {
 				return err
 			}
@@ -66,11 +77,18 @@ as a plain file (pread/pwrite, holes punched for trim and zeroing).
 	f.StringVarP(&exportName, "export-name", "x", "", "export name")
 	f.StringVarP(&description, "description", "D", "", "export description")
 	f.BoolVarP(&readOnly, "read-only", "r", false, "export read-only")
+	addJournalFlag(f, &journal)
 	return cmd
 }
 
+// addJournalFlag adds --journal, on by default, for the commands that
+// serve an image to a guest.
+func addJournalFlag(f *pflag.FlagSet, journal *bool) {
+	f.BoolVar(journal, "journal", true, "qcow2: let copy-on-write writes return without an fdatasync; their mappings wait in FILENAME.journal until the next FLUSH (docs/engine.md, \"The write journal\")")
+}
+
 // openServeBackend opens the image and adapts it to the NBD server.
-func openServeBackend(filename, format string, readOnly bool) (nbdattach.Backend, func() error, error) {
+func openServeBackend(filename, format string, readOnly, journal bool) (nbdattach.Backend, func() error, error) {
 	if format == "" {
 		var err error
 		if format, err = qcow2.Probe(filename); err != nil {
@@ -84,7 +102,9 @@ func openServeBackend(filename, format string, readOnly bool) (nbdattach.Backend
 		}
 		return b, b.Close, nil
 	}
-	img, err := qcow2.Open(filename, openOptions(readOnly, false))
+	opts := openOptions(readOnly, false)
+	opts.Journal = journal
+	img, err := qcow2.Open(filename, opts)
 	if err != nil {
 		return nil, nil, failf("Could not open '%s': %v", filename, err)
 	}

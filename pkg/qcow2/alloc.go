@@ -257,6 +257,9 @@ func (img *Image) settleFrees() error {
 	if int64(len(img.alloc.pending)) <= reserveCapClusters(img.size, img.cs) {
 		return nil
 	}
+	if err := img.checkpointLocked(); err != nil {
+		return err
+	}
 	if err := img.f.Sync(); err != nil {
 		return err
 	}

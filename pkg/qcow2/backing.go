@@ -37,6 +37,9 @@ func openBackingMode(child, name, format string, opts Options, depth int, writab
 		bopts := opts
 		bopts.ReadOnly = !writable
 		bopts.NoBacking = false
+		// A backing file has no journal of its own here: one with
+		// journal-only mappings is refused (ErrJournalPending).
+		bopts.Journal, bopts.journalFile, bopts.journalPath = false, nil, ""
 		if bopts.Backing.Root == "" && !bopts.Backing.AllowAnyPath {
 			// Deeper layers stay confined to the top image's root.
 			bopts.Backing.Root = filepath.Dir(absPath(child))

@@ -282,14 +282,14 @@ func benchCreate(b *testing.B, path, variant string, size int64, fill bool, stat
 			}
 		}
 		d = f
-	case "qcow2-falloc", "qcow2-sparse", "qcow2-sparse-lazy", "qcow2-overlay":
+	case "qcow2-falloc", "qcow2-sparse", "qcow2-sparse-lazy", "qcow2-overlay", "qcow2-overlay-journal":
 		o := qcow2.CreateOptions{Size: size}
 		switch variant {
 		case "qcow2-falloc":
 			o.Preallocation = qcow2.PreallocFalloc
 		case "qcow2-sparse-lazy":
 			o.LazyRefcounts = true
-		case "qcow2-overlay":
+		case "qcow2-overlay", "qcow2-overlay-journal":
 			o = qcow2.CreateOptions{BackingFile: benchBase(b, filepath.Dir(path), size), BackingFormat: "raw"}
 		}
 		if err := qcow2.Create(path, o); err != nil {
@@ -300,7 +300,15 @@ func benchCreate(b *testing.B, path, variant string, size int64, fill bool, stat
 			b.Fatal(err)
 		}
 		bf := &benchFile{File: qcow2.NewOSFile(f), stats: stats}
-		img, err := qcow2.OpenFile(bf, path, qcow2.Options{})
+		opts := qcow2.Options{}
+		if variant == "qcow2-overlay-journal" {
+			jf, err := os.OpenFile(qcow2.JournalPath(path), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+			if err != nil {
+				b.Fatal(err)
+			}
+			opts = qcow2.WithJournal(opts, qcow2.NewOSFile(jf), qcow2.HostBoot())
+		}
+		img, err := qcow2.OpenFile(bf, path, opts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -410,7 +418,7 @@ func BenchmarkWrite(b *testing.B) {
 	dir := benchDir(b)
 	for _, pat := range benchPatterns {
 		offs := benchOffsets(size, pat.bs, pat.random)
-		for _, variant := range []string{"raw", "qcow2-falloc", "raw-sparse", "qcow2-sparse", "qcow2-sparse-lazy", "qcow2-overlay", "raw-par16", "qcow2-par16-overlay"} {
+		for _, variant := range []string{"raw", "qcow2-falloc", "raw-sparse", "qcow2-sparse", "qcow2-sparse-lazy", "qcow2-overlay", "qcow2-overlay-journal", "raw-par16", "qcow2-par16-overlay", "qcow2-par16-overlay-journal"} {
 			b.Run(pat.name+"/"+variant, func(b *testing.B) {
 				kind, par := variant, 1
 				if strings.Contains(variant, "-par16") {
@@ -418,7 +426,7 @@ func BenchmarkWrite(b *testing.B) {
 				}
 				// Allocating variants are replaced by fresh ones when full:
 				// every further write would be in place.
-				fresh := strings.Contains(kind, "-sparse") || kind == "qcow2-overlay"
+				fresh := strings.Contains(kind, "-sparse") || strings.HasPrefix(kind, "qcow2-overlay")
 				path := filepath.Join(dir, variant+"-"+pat.name)
 				var st *benchIOStats
 				if par == 1 {

@@ -87,6 +87,9 @@ func (img *Image) l2Table(tree *layerTree, l1i int64, buf []byte, fsize int64) (
 	if err := readFull(img.f, buf, off); err != nil {
 		return false, err
 	}
+	if !tree.snap {
+		img.overlayPinned(buf, off) // mappings in the write journal only
+	}
 	return true, nil
 }
 

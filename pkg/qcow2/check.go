@@ -147,6 +147,9 @@ func Check(path string, opts CheckOptions) (*CheckResult, error) {
 	flag := os.O_RDONLY
 	if opts.Repair != RepairNone {
 		flag = os.O_RDWR
+		if err := applyPendingJournal(path); err != nil {
+			return nil, err
+		}
 	}
 	osf, err := os.OpenFile(path, flag, 0)
 	if err != nil {
@@ -199,6 +202,10 @@ func checkOnce(f File, fix fixFlags) (*CheckResult, error) {
 	h, err := readCheckHeader(f)
 	if err != nil {
 		return nil, err
+	}
+	if h.IncompatibleFeatures&incompatJournal != 0 {
+		// Its clusters would count as leaks, and a repair would free them.
+		return nil, fmt.Errorf("%w (the process serving it was killed); a writable open applies it: `img check -r leaks` does", ErrJournalPending)
 	}
 	c := &checker{f: f, h: h, res: res, writable: fix != 0}
 	if err := c.open(); err != nil {

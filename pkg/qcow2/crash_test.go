@@ -83,6 +83,9 @@ type crashConfig struct {
 	// extendedL2: 128-bit L2 entries with subclusters (16 KiB clusters
 	// and up).
 	extendedL2 bool
+	// journal: the image is opened with a write journal, recorded as a
+	// second file on one clock (crash_journal_test.go).
+	journal bool
 }
 
 func crashConfigs() []crashConfig {
@@ -327,13 +330,17 @@ func (g guestOp) apply(content []byte, size *int64) {
 
 // crashRun is one configuration's recorded workload and guest model.
 type crashRun struct {
-	cfg      crashConfig
-	dir      string
-	backing  string // file name inside dir, "" if none
-	initial  []byte // guest content before the workload (backing or zeros), maxSize long
-	maxSize  int64
-	ops      []guestOp
-	rec      *crashsim.Recording
+	cfg     crashConfig
+	dir     string
+	backing string // file name inside dir, "" if none
+	initial []byte // guest content before the workload (backing or zeros), maxSize long
+	maxSize int64
+	ops     []guestOp
+	rec     *crashsim.Recording
+	// journal configurations: the journal's recording, on clock with
+	// rec; guest operation marks are clock values then.
+	jrec     *crashsim.Recording
+	clock    *crashsim.Clock
 	liveRead []byte // the guest content read from the live image after the workload
 
 	snapMu sync.Mutex
@@ -417,6 +424,12 @@ func runCrashTest(t *testing.T, testName string, configs []crashConfig, defaultS
 		}
 		t.Run(cfg.name, func(t *testing.T) {
 			run := recordCrashRun(t, cfg, seed+uint64(i)*1000003, qemuImg, nil)
+			if cfg.journal {
+				n, q := run.checkJournalStates(t, testName, seed, i, perConfig, qemuEvery)
+				total.Add(n)
+				qemuChecked.Add(q)
+				return
+			}
 			states := run.rec.States(crashsim.Plan{
 				Seed:              seed ^ uint64(i)<<40,
 				ReorderedPerEpoch: max(40, perConfig/2),
@@ -737,6 +750,18 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 	}
 
 	r := crashsim.NewRecorder(nil)
+	var jr *crashsim.Recorder
+	if cfg.journal {
+		run.clock = &crashsim.Clock{}
+		r, jr = crashsim.NewRecorderOn(run.clock, nil), crashsim.NewRecorderOn(run.clock, nil)
+	}
+	openOpts := func() qcow2.Options {
+		if jr == nil {
+			return qcow2.Options{}
+		}
+		jr.Reopen()
+		return qcow2.WithJournal(qcow2.Options{}, jr, bootA)
+	}
 	var f qcow2.File = r
 	if wrap != nil {
 		f = wrap(r)
@@ -747,11 +772,19 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 	}
 	r.Reopen() // whether or not CreateFile closed it
 	from := r.Len()
-	img, err := qcow2.OpenFile(f, name, qcow2.Options{})
+	jfrom := 0
+	if jr != nil {
+		jfrom = jr.Len()
+	}
+	img, err := qcow2.OpenFile(f, name, openOpts())
 	if err != nil {
 		t.Fatalf("OpenFile: %v", err)
 	}
 	mark := func() int { return r.Len() - from }
+	if run.clock != nil {
+		// Two files: guest operations are placed on the shared clock.
+		mark = func() int { return int(run.clock.Now()) }
+	}
 
 	size := cfg.size
 	cs := cfg.clusterSize
@@ -817,7 +850,7 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 				g.kind = gReopen
 				if opErr = img.Close(); opErr == nil {
 					r.Reopen()
-					img, opErr = qcow2.OpenFile(f, name, qcow2.Options{})
+					img, opErr = qcow2.OpenFile(f, name, openOpts())
 				}
 			default:
 				g.kind = gResize
@@ -856,6 +889,9 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 		t.Fatalf("Close: %v", err)
 	}
 	run.rec = r.Recording().Since(from)
+	if jr != nil {
+		run.jrec = jr.Recording().Since(jfrom)
+	}
 	return run
 }
 

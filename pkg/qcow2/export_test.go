@@ -8,3 +8,19 @@ func SetFreezeHook(l *Live, fn func(step string) error) { l.stepHook = fn }
 // CommitImages is Commit on images already open: top without its chain
 // (read-only with drop), base writable. It closes both.
 func CommitImages(top *Image, base Disk, drop bool) error { return commitImages(top, base, drop) }
+
+// WithJournal returns opts for OpenFile with jf as the write journal and
+// boot as the host's boot identity.
+func WithJournal(opts Options, jf File, boot [16]byte) Options {
+	opts.Journal, opts.journalFile, opts.bootID = true, jf, &boot
+	return opts
+}
+
+// WithBoot returns opts that take boot as the host's boot identity.
+func WithBoot(opts Options, boot [16]byte) Options {
+	opts.bootID = &boot
+	return opts
+}
+
+// HostBoot is this host's boot identity, as the journal records it.
+func HostBoot() [16]byte { b, _ := currentBoot(Options{}); return b }

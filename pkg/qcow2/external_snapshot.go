@@ -251,6 +251,9 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 	}
 	opts := old.opts
 	opts.ReadOnly, opts.NoBacking = false, false
+	// The new top does without a write journal: the volume's journal
+	// path is still the frozen layer's until the switch.
+	opts.Journal = false
 	return OpenFile(f, p.volume, opts)
 }
 

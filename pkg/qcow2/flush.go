@@ -12,6 +12,10 @@ func (img *Image) Flush() error {
 		img.mu.Unlock()
 		return nil
 	}
+	if img.jr.pending() {
+		img.mu.Unlock()
+		return img.flushJournaled()
+	}
 	pend := img.alloc.pending
 	img.alloc.pending = nil
 	img.mu.Unlock()
@@ -32,6 +36,26 @@ func (img *Image) Flush() error {
 		img.mu.Unlock()
 	}
 	return err
+}
+
+// flushJournaled is Flush when mappings wait in the write journal: the
+// checkpoint syncs the data, writes and syncs those mappings; only then
+// may the clusters they unlinked be released. It holds mu throughout.
+func (img *Image) flushJournaled() error {
+	img.lockQuiesced()
+	defer img.mu.Unlock()
+	if err := img.jr.err(); err != nil {
+		return err
+	}
+	pend := img.alloc.pending
+	img.alloc.pending = nil
+	if len(pend) == 0 {
+		return nil
+	}
+	if err := img.applyFrees(pend); err != nil {
+		return err
+	}
+	return img.f.Sync()
 }
 
 // lazy reports whether the image uses lazy refcounts.

@@ -44,11 +44,15 @@ func (img *Image) cowIdle() *sync.Cond {
 }
 
 // lockQuiesced locks mu exclusively once no copy-on-write allocation is in
-// flight. Every exclusive holder of mu that changes metadata takes it this
+// flight and the write journal is checkpointed. Every exclusive holder of mu that changes metadata takes it this
 // way, except the allocating write path itself and Flush (which only syncs
 // and releases clusters already unlinked).
 func (img *Image) lockQuiesced() {
 	img.mu.Lock()
+	// Mappings in the write journal go to the image first: the caller may
+	// read L2 tables from the file or share them with a snapshot. A
+	// failure is sticky and makes writable (which callers check) fail.
+	defer func() { _ = img.checkpointLocked() }()
 	if img.cow.pending == 0 {
 		return
 	}

@@ -51,6 +51,9 @@ type Image struct {
 	cpack compressPack // where the next compressed stream goes (compress_write.go)
 	cow   cowInflight  // copy-on-write allocations waiting for their sync (group_commit.go)
 	syncs syncGroup    // fdatasync shared by those allocations
+	jr    journal      // deferred copy-on-write mappings (journal.go)
+	// cowBufs holds cluster buffers for copy-on-write (clusterBuf).
+	cowBufs sync.Pool
 
 	backing Disk
 	bm      bitmapState // persistent bitmaps (bitmap.go)
@@ -77,7 +80,17 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return OpenFile(NewOSFile(fh), path, opts)
+	f := NewOSFile(fh)
+	jf, err := openJournalFile(path, f, opts)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	opts.journalFile, opts.journalPath = jf, ""
+	if jf != nil {
+		opts.journalPath = JournalPath(path)
+	}
+	return OpenFile(f, path, opts)
 }
 
 // OpenFile opens an image stored in f. name is the image's path: backing
@@ -87,6 +100,9 @@ func OpenFile(f File, name string, opts Options) (*Image, error) {
 	img, err := openFile(f, name, opts, 0)
 	if err != nil {
 		f.Close()
+		if opts.journalFile != nil {
+			opts.journalFile.Close()
+		}
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return img, nil
@@ -110,6 +126,20 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 	if h.IncompatibleFeatures&incompatCorrupt != 0 && !readOnly {
 		return nil, fmt.Errorf("%w: the corrupt bit is set; open it read-only, or repair it with `img check -r all`", ErrCorrupt)
 	}
+	jf := opts.journalFile
+	if h.IncompatibleFeatures&incompatJournal != 0 {
+		if jf == nil {
+			return nil, fmt.Errorf("%w; open the image by its path, which finds the journal (%s)", ErrJournalPending, JournalPath(name))
+		}
+		if !readOnly {
+			if err := settleJournalOnOpen(f, h, jf, opts); err != nil {
+				return nil, err
+			}
+			if h, err = readHeader(f); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if h.IncompatibleFeatures&incompatDirty != 0 && !readOnly {
 		if opts.NoAutoRepair {
 			readOnly = true
@@ -128,8 +158,14 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 		}
 	}
 	img := &Image{name: name, f: f, opts: opts, readOnly: readOnly, hdr: h}
+	img.opts.journalFile, img.opts.journalPath = nil, ""
 	if err := img.loadTables(); err != nil {
 		return nil, err
+	}
+	if jf != nil {
+		if err := img.attachJournal(jf, opts); err != nil {
+			return nil, err
+		}
 	}
 	if h.BackingFile != "" && !opts.NoBacking {
 		if depth+1 >= maxChainDepth {
@@ -364,6 +400,9 @@ func (img *Image) Close() error {
 	img.lockQuiesced()
 	img.closed = true
 	img.mu.Unlock()
+	if cerr := img.closeJournal(); err == nil {
+		err = cerr
+	}
 	if !img.keepFile {
 		if cerr := img.f.Close(); err == nil {
 			err = cerr

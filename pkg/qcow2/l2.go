@@ -35,7 +35,12 @@ func (img *Image) l2Slice(l2off, vi int64) ([]byte, int64, error) {
 
 // loadL2Slice is l2Slice's miss path, apart so that l2Slice inlines.
 func (img *Image) loadL2Slice(sliceOff, vi int64) ([]byte, int64, error) {
-	buf, err := img.l2c.get(sliceOff, uint64(vi>>img.sliceBits), func(b []byte) error { return readFull(img.f, b, sliceOff) })
+	buf, err := img.l2c.get(sliceOff, uint64(vi>>img.sliceBits), func(b []byte) error {
+		if img.jr.slices != nil && img.pinnedSlice(b, sliceOff) {
+			return nil // it holds entries that are in the journal only
+		}
+		return readFull(img.f, b, sliceOff)
+	})
 	return buf, sliceOff, err
 }
 

@@ -40,7 +40,12 @@ const (
 	incompatDataFile    = 1 << 2
 	incompatCompression = 1 << 3
 	incompatExtendedL2  = 1 << 4
-	incompatKnown       = incompatDirty | incompatCorrupt | incompatDataFile | incompatCompression | incompatExtendedL2
+	// incompatJournal: mappings live in the image's write journal only
+	// (journal.go). The bit is csi-qcow2's, the highest, far from QEMU's
+	// assignments; QEMU refuses an image with a bit it does not know,
+	// which is what such an image needs.
+	incompatJournal = 1 << 63
+	incompatKnown   = incompatDirty | incompatCorrupt | incompatDataFile | incompatCompression | incompatExtendedL2 | incompatJournal
 
 	compatLazyRefcounts = 1 << 0
 

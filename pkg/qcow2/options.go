@@ -19,6 +19,19 @@ type Options struct {
 	// NoAutoRepair opens a dirty image without rebuilding its refcounts
 	// (it is then read-only). `img check` uses it to report what it finds.
 	NoAutoRepair bool
+	// Journal lets a copy-on-write write (the first write into a cluster
+	// of an overlay, say) return without waiting for an fdatasync: its
+	// mapping waits in a write journal beside the image (JournalPath)
+	// until the next Flush (journal.go). Open only; it applies to
+	// writable version 3 images on Linux.
+	Journal bool
+
+	// journalFile is the journal Open opened for openFile (tests set it
+	// through export_test.go); journalPath is its path; bootID stands in
+	// for the host's boot identity in tests.
+	journalFile File
+	journalPath string
+	bootID      *[16]byte
 }
 
 // BackingPolicy decides whether a file name stored in an image may be opened.

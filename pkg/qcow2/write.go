@@ -16,6 +16,9 @@ func (img *Image) writable() error {
 	if img.corrupt.Load() {
 		return errorf(ErrCorrupt, "writes are refused after corruption was detected")
 	}
+	if err := img.jr.err(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -119,6 +122,9 @@ type writeBatch struct {
 	punch    []clusterRun
 	frees    []int64
 	needSync bool
+	// pooled: buffers of data from clusterBuf, released once the data
+	// is written.
+	pooled [][]byte
 }
 
 type hostWrite struct {
@@ -156,6 +162,18 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 	}
 	if err := img.commitData(&w); err != nil {
 		return err
+	}
+	if img.jr.on() && len(w.punch) == 0 {
+		// The mapping waits in the journal for the next checkpoint
+		// (journal.go); the frees wait for a Flush, which checkpoints
+		// before it applies them.
+		if err := img.deferMappings(w.l2); err != nil {
+			return err
+		}
+		for _, c := range w.frees {
+			img.alloc.freeLater(c)
+		}
+		return nil
 	}
 	first, last := off/img.cs, (off+int64(len(p))-1)/img.cs
 	ch := img.cowBegin(first, last)
@@ -240,6 +258,7 @@ func (img *Image) planWrite(w *writeBatch, vi, in int64, chunk []byte) error {
 	} else {
 		copy(old[in:], chunk)
 		w.data = append(w.data, hostWrite{host, old})
+		w.pooled = append(w.pooled, old)
 	}
 	w.needSync = w.needSync || oldNonZero
 	w.l2 = append(w.l2, l2Update{vi, uint64(host) | oflagCopied, img.allocBitmap()})
@@ -275,7 +294,7 @@ func (img *Image) oldContent(vi int64, m mapping, full bool) ([]byte, bool, erro
 			zero, err := diskIsZero(img.backing, start, img.cs)
 			return nil, !zero, err
 		}
-		old = make([]byte, img.cs)
+		old = img.clusterBuf()
 		if err := readDisk(img.backing, old, start); err != nil {
 			return nil, false, err
 		}
@@ -283,7 +302,7 @@ func (img *Image) oldContent(vi int64, m mapping, full bool) ([]byte, bool, erro
 		if full {
 			return nil, true, nil
 		}
-		old = make([]byte, img.cs)
+		old = img.clusterBuf()
 		if err := readFull(img.f, old, m.host); err != nil {
 			return nil, false, err
 		}
@@ -297,9 +316,28 @@ func (img *Image) oldContent(vi int64, m mapping, full bool) ([]byte, bool, erro
 		}
 	}
 	if isZero(old) {
+		img.releaseClusterBuf(old)
 		return nil, false, nil
 	}
 	return old, true, nil
+}
+
+// clusterBuf returns a cluster-sized buffer for copy-on-write, with any
+// content: callers fill all of it. A 64 KiB allocation (zeroed, then
+// collected) per copy-on-write write costs more than the copy itself.
+func (img *Image) clusterBuf() []byte {
+	if b, ok := img.cowBufs.Get().(*[]byte); ok && int64(len(*b)) == img.cs {
+		return *b
+	}
+	return make([]byte, img.cs)
+}
+
+// releaseClusterBuf returns a buffer from clusterBuf once nothing refers
+// to it any more.
+func (img *Image) releaseClusterBuf(b []byte) {
+	if int64(len(b)) == img.cs {
+		img.cowBufs.Put(&b)
+	}
 }
 
 // unlink schedules the release of the host clusters a replaced mapping
@@ -380,6 +418,12 @@ func (img *Image) commit(w *writeBatch) error {
 
 // commitData writes a batch's data, adjacent pieces joined.
 func (img *Image) commitData(w *writeBatch) error {
+	defer func() {
+		for _, b := range w.pooled {
+			img.releaseClusterBuf(b)
+		}
+		w.pooled = nil
+	}()
 	slices.SortFunc(w.data, func(a, b hostWrite) int { return cmp.Compare(a.off, b.off) })
 	for i := 0; i < len(w.data); {
 		j, end := i+1, w.data[i].off+int64(len(w.data[i].buf))
@@ -444,18 +488,22 @@ func (img *Image) writeL2(ups []l2Update) error {
 			return err
 		}
 		sliceFirst := vi - vi%img.sliceEntries
-		lo, hi := int64(-1), int64(0)
-		for ; i < len(ups) && ups[i].vi-sliceFirst < img.sliceEntries && ups[i].vi >= sliceFirst; i++ {
-			k := ups[i].vi - sliceFirst
-			img.putEntry(buf, k, ups[i].entry, ups[i].bitmap)
-			if lo < 0 {
-				lo = k
+		// One write per run of adjacent entries: an entry between two
+		// runs may be in the journal only (journal.go), and must not
+		// reach the image before its checkpoint.
+		inSlice := func(vi int64) bool { return vi >= sliceFirst && vi-sliceFirst < img.sliceEntries }
+		for i < len(ups) && inSlice(ups[i].vi) {
+			lo := ups[i].vi - sliceFirst
+			hi := lo
+			for ; i < len(ups) && inSlice(ups[i].vi) && ups[i].vi-sliceFirst <= hi; i++ {
+				k := ups[i].vi - sliceFirst
+				img.putEntry(buf, k, ups[i].entry, ups[i].bitmap)
+				hi = max(hi, k+1)
 			}
-			hi = k + 1
-		}
-		if _, err := img.f.WriteAt(buf[lo*img.l2es:hi*img.l2es], sliceOff+lo*img.l2es); err != nil {
-			img.l2c.drop(sliceOff, int64(len(buf)))
-			return err
+			if _, err := img.f.WriteAt(buf[lo*img.l2es:hi*img.l2es], sliceOff+lo*img.l2es); err != nil {
+				img.dropSliceAfterFailedWrite(sliceOff, buf, err)
+				return err
+			}
 		}
 	}
 	return nil
