@@ -89,24 +89,36 @@ var interopImages = []interopImage{
 	},
 	{
 		// An overlay on a qemu-made base: reads fall through to the base.
-		name: "qcow2-overlay",
-		create: func(t *testing.T, dir string) string {
-			base := filepath.Join(dir, "base.qcow2")
-			p := filepath.Join(dir, "disk.qcow2")
-			run(t, "qemu-img", "create", "-f", "qcow2", base, strconv.Itoa(interopSize))
-			run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 5M 64k", "-c", "write -z 8M 1M", base)
-			run(t, "qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", base, p)
-			run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x33 512k 4k", p)
-			return p
-		},
-		open: func(t *testing.T, p string) (nbdattach.Backend, func() error) {
-			img, err := qcow2.Open(p, qcow2.Options{Backing: qcow2.BackingPolicy{AllowAnyPath: true}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return New(img, false), img.Close
-		},
+		name:   "qcow2-overlay",
+		create: createInteropOverlay,
+		open:   openInteropQcow2(false),
 	},
+	{
+		// The same with the write journal, as img serve opens it.
+		name:   "qcow2-overlay-journal",
+		create: createInteropOverlay,
+		open:   openInteropQcow2(true),
+	},
+}
+
+func createInteropOverlay(t *testing.T, dir string) string {
+	base := filepath.Join(dir, "base.qcow2")
+	p := filepath.Join(dir, "disk.qcow2")
+	run(t, "qemu-img", "create", "-f", "qcow2", base, strconv.Itoa(interopSize))
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 5M 64k", "-c", "write -z 8M 1M", base)
+	run(t, "qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", base, p)
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x33 512k 4k", p)
+	return p
+}
+
+func openInteropQcow2(journal bool) func(t *testing.T, p string) (nbdattach.Backend, func() error) {
+	return func(t *testing.T, p string) (nbdattach.Backend, func() error) {
+		img, err := qcow2.Open(p, qcow2.Options{Backing: qcow2.BackingPolicy{AllowAnyPath: true}, Journal: journal})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return New(img, false), img.Close
+	}
 }
 
 // qemuOps are applied through NBD and, for reference, to a raw copy.

@@ -73,8 +73,9 @@ type rdConfig struct {
 	// random ops intact) or "compressed" (the image is made by qemu-img
 	// convert -c, zstd, from qemu-written patterns; no backing),
 	// "engine-compressed" (the same patterns, every cluster written by
-	// the engine's WriteCompressedClusters) or "prealloc" (created by the
-	// engine with preallocation=metadata).
+	// the engine's WriteCompressedClusters), "prealloc" (created by the
+	// engine with preallocation=metadata) or "journal" (an empty image
+	// opened with the write journal).
 	prep string
 }
 
@@ -113,6 +114,11 @@ func rdConfigs() []rdConfig {
 		{"v3-c64K-rb16-extl2-prealloc-qcow2backing", 18, ext(64<<10, 16, false), "qcow2", false, 16 * M, 24 * M, 1500, "prealloc"},
 		{"v3-c16K-rb16-engine-compressed", 19, v3(16<<10, 16, false), "", false, 16 * M, 24 * M, 1500, "engine-compressed"},
 		{"v3-c64K-rb16-extl2-engine-compressed", 20, ext(64<<10, 16, false), "", false, 16 * M, 24 * M, 1500, "engine-compressed"},
+		// The write journal: copy-on-write mappings pinned in the cache
+		// between flushes (Close and reopen checkpoint them).
+		{"v3-c512-rb16-journal-rawbacking-smallcache", 21, v3(512, 16, false), "raw", true, 8 * M, 12 * M, 2000, "journal"},
+		{"v3-c64K-rb16-lazy-journal-qcow2backing", 22, v3(64<<10, 16, true), "qcow2", false, 32 * M, 48 * M, 1500, "journal"},
+		{"v3-c16K-rb16-extl2-journal-qcow2backing-smallcache", 23, ext(16<<10, 16, false), "qcow2", true, 16 * M, 24 * M, 1500, "journal"},
 	}
 }
 
@@ -465,6 +471,7 @@ func TestRandomDiff(t *testing.T) {
 				r.opts.L2CacheBytes = 2 * rc.cfg.cluster
 				r.opts.RefcountCacheBytes = rc.cfg.cluster
 			}
+			r.opts.Journal = rc.prep == "journal"
 			ref, err := os.OpenFile(r.refPath, os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)
