@@ -452,3 +452,33 @@ func TestJournalConcurrentWithEviction(t *testing.T) {
 		}
 	}
 }
+
+// TestJournalVersion2: a version 2 image has no incompatible feature
+// field, so its copy-on-write writes sync instead of journaling (the bit
+// would land in the header extensions), with or without Journal.
+func TestJournalVersion2(t *testing.T) {
+	qemuImg := testtools.Need(t, "qemu-img")[0]
+	fx := newJournalFixtureBoot(t, 64<<10, qcow2.HostBoot())
+	rng := rand.New(rand.NewPCG(11, 12))
+	fx.write(t, rng, 4096, 4096)
+	if err := fx.img.SetCompat("0.10"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fx.img = fx.open(t, qcow2.HostBoot())
+	for range 10 {
+		fx.write(t, rng, rng.Int64N(journalDisk-4096)&^4095, 4096)
+	}
+	killed := fx.killCopy(t)
+	if err := fx.img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fx.path, killed} {
+		if got := readAll(t, p, qcow2.Options{ReadOnly: true}); !bytes.Equal(got, fx.want) {
+			t.Fatalf("%s: differs at %d", p, firstDiff(got, fx.want))
+		}
+		qemuCheckClean(t, qemuImg, p)
+	}
+}

@@ -163,7 +163,8 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 	if err := img.commitData(&w); err != nil {
 		return err
 	}
-	if img.jr.on() && len(w.punch) == 0 {
+	if img.jr.on() && img.hdr.Version >= 3 && len(w.punch) == 0 {
+		// (Version 2 after an amend: no field for the journal's bit.)
 		// The mapping waits in the journal for the next checkpoint
 		// (journal.go); the frees wait for a Flush, which checkpoints
 		// before it applies them.
