@@ -97,6 +97,20 @@ make_files() {
 	done
 }
 
+# kill_and_readopt IMAGE [ATTACH ARGS...]: kill -9 the server of $DEV and
+# attach IMAGE again with the same $ID; the new server must re-adopt the
+# same device.
+kill_and_readopt() {
+	local img=$1 old=$DEV
+	shift
+	echo "kill -9 server $SERVER_PID"
+	kill -9 "$SERVER_PID"
+	wait "$SERVER_PID" || true
+	attach "$img" "$ID" "$@"
+	[ "$DEV" = "$old" ] || fail "re-attach made a new device $DEV instead of re-adopting $old"
+	grep -q "re-adopted $DEV" "attach-$ID.log" || fail "the new server did not re-adopt $DEV"
+}
+
 # no_io_errors: fails when the kernel logged an I/O error or a filesystem
 # error. (A restart logs "Receive control failed" and "Connection timed out,
 # retrying": those are the kernel noticing the dead server and requeueing,

@@ -25,12 +25,8 @@ done
 # offset 72) says its L2 tables lack mappings that only the journal has.
 [ "$(od -An -tx1 -j72 -N1 disk.qcow2 | tr -d ' ')" = 80 ] || fail "no journal-only mappings before the kill"
 [ -s disk.qcow2.journal ] || fail "no write journal beside the image"
-echo "kill -9 server $SERVER_PID with $blocks copy-on-write writes in the journal"
-kill -9 "$SERVER_PID"
-wait "$SERVER_PID" || true
-old=$DEV
-attach disk.qcow2 "$ID" --timeout 3s --dead-conn-timeout 90s
-[ "$DEV" = "$old" ] || fail "re-attach made a new device $DEV instead of re-adopting $old"
+echo "$blocks copy-on-write writes in the journal"
+kill_and_readopt disk.qcow2 --timeout 3s --dead-conn-timeout 90s
 dd if="$DEV" of=got.raw bs=1M count=16 iflag=direct 2>/dev/null || fail "reading the device back failed"
 cmp got.raw want.raw || fail "answered writes were lost across kill -9"
 detach
