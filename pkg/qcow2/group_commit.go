@@ -44,15 +44,30 @@ func (img *Image) cowIdle() *sync.Cond {
 }
 
 // lockQuiesced locks mu exclusively once no copy-on-write allocation is in
-// flight and the write journal is checkpointed. Every exclusive holder of mu that changes metadata takes it this
-// way, except the allocating write path itself and Flush (which only syncs
-// and releases clusters already unlinked).
+// flight and the write journal is checkpointed. Every exclusive holder of
+// mu that changes metadata takes it this way (or with lockQuiescedRange),
+// except the allocating write path itself and Flush (which only syncs and
+// releases clusters already unlinked).
 func (img *Image) lockQuiesced() {
-	img.mu.Lock()
 	// Mappings in the write journal go to the image first: the caller may
 	// read L2 tables from the file or share them with a snapshot. A
 	// failure is sticky and makes writable (which callers check) fail.
-	defer func() { _ = img.checkpointLocked() }()
+	img.lockQuiescedRange(0, -1)
+}
+
+// lockQuiescedRange is lockQuiesced for an operation that changes the
+// mappings of guest clusters [first, last] only, through the L2 cache
+// (zeroing, discard): the journal is checkpointed only if it holds
+// entries of those clusters' L2 slices, which the operation could
+// otherwise change under a record that a replay would apply again.
+// last < first means the whole disk.
+func (img *Image) lockQuiescedRange(first, last int64) {
+	img.mu.Lock()
+	defer func() {
+		if last < first || img.jr.pinsGuest(first>>img.sliceBits, last>>img.sliceBits) {
+			_ = img.checkpointLocked()
+		}
+	}()
 	if img.cow.pending == 0 {
 		return
 	}

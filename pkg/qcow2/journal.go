@@ -77,6 +77,8 @@ type journal struct {
 	// slices holds the L2 slices with entries that are in the journal
 	// only, by slice offset: the cached bytes, which also hold them.
 	slices map[int64][]byte
+	// guest: the guest slice numbers (vi >> sliceBits) of those entries.
+	guest map[int64]struct{}
 	// maxSlices bounds the memory slices pins; more makes a checkpoint.
 	maxSlices int
 	// failed is a failed checkpoint: the image takes no more writes. It
@@ -103,6 +105,28 @@ func (j *journal) fail(err error) error {
 
 // pending reports whether mappings live in the journal only.
 func (j *journal) pending() bool { return len(j.slices) > 0 }
+
+// pinsGuest reports whether entries of guest slices [first, last] are in
+// the journal only.
+func (j *journal) pinsGuest(first, last int64) bool {
+	if len(j.guest) == 0 {
+		return false
+	}
+	if last-first >= int64(len(j.guest)) {
+		for g := range j.guest {
+			if g >= first && g <= last {
+				return true
+			}
+		}
+		return false
+	}
+	for g := first; g <= last; g++ {
+		if _, ok := j.guest[g]; ok {
+			return true
+		}
+	}
+	return false
+}
 
 // journalRecord is one deferred L2 entry.
 type journalRecord struct {
@@ -246,6 +270,7 @@ func (img *Image) pinMappings(ups []l2Update) error {
 		img.jr.slicesMu.Lock()
 		img.jr.slices = map[int64][]byte{}
 		img.jr.slicesMu.Unlock()
+		img.jr.guest = map[int64]struct{}{}
 	}
 	for _, u := range ups {
 		l1i := u.vi >> img.l2Bits
@@ -267,6 +292,7 @@ func (img *Image) pinMappings(ups []l2Update) error {
 		img.jr.slicesMu.Lock()
 		img.jr.slices[sliceOff] = buf
 		img.jr.slicesMu.Unlock()
+		img.jr.guest[u.vi>>img.sliceBits] = struct{}{}
 	}
 	return nil
 }
@@ -323,6 +349,7 @@ func (img *Image) checkpointSteps() error {
 		img.jr.slicesMu.Lock()
 		img.jr.slices = nil
 		img.jr.slicesMu.Unlock()
+		img.jr.guest = nil
 	}
 	if img.jr.f != nil {
 		// A new generation: the records written so far stop counting.

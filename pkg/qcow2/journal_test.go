@@ -482,3 +482,37 @@ func TestJournalVersion2(t *testing.T) {
 		qemuCheckClean(t, qemuImg, p)
 	}
 }
+
+// TestJournalZeroOverPendingSurvivesKill: zeroing or discarding a cluster
+// whose mapping is in the journal only must not leave a record that a
+// replay applies over the newer state (the zeroed cluster's old data, or
+// a mapping a later write replaced, would come back).
+func TestJournalZeroOverPendingSurvivesKill(t *testing.T) {
+	const cs = 64 << 10
+	fx := newJournalFixtureBoot(t, cs, qcow2.HostBoot())
+	rng := rand.New(rand.NewPCG(13, 14))
+	fx.write(t, rng, 2*cs+512, 4096) // copy-on-write: journaled
+	fx.write(t, rng, 5*cs, 4096)     // copy-on-write: journaled
+	fx.write(t, rng, 9*cs, 4096)     // copy-on-write: journaled
+	if err := fx.img.WriteZeroes(2*cs, cs, false); err != nil {
+		t.Fatal(err)
+	}
+	clear(fx.want[2*cs : 3*cs])
+	if err := fx.img.Discard(5*cs, cs); err != nil {
+		t.Fatal(err)
+	}
+	clear(fx.want[5*cs : 6*cs])
+	fx.write(t, rng, 5*cs, cs) // a whole cluster over zeros: mapped directly
+	// A discard elsewhere leaves the journal's entries where they are.
+	if err := fx.img.Discard(30*cs, 2*cs); err != nil {
+		t.Fatal(err)
+	}
+	clear(fx.want[30*cs : 32*cs])
+	killed := fx.killCopy(t)
+	fx.img.Close()
+	if got := readAll(t, killed, qcow2.Options{}); !bytes.Equal(got, fx.want) {
+		i := firstDiff(got, fx.want)
+		t.Fatalf("after kill and replay guest offset %d (cluster %d) reads %#x, want %#x", i, i/cs, got[i], fx.want[i])
+	}
+	qemuCheckClean(t, testtools.Need(t, "qemu-img")[0], killed)
+}

@@ -7,7 +7,11 @@ func (img *Image) WriteZeroes(off, n int64, unmap bool) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	img.lockQuiesced()
+	if n <= 0 || off < 0 {
+		img.lockQuiesced()
+	} else {
+		img.lockQuiescedRange(off>>img.cb, (off+n-1)>>img.cb)
+	}
 	defer img.mu.Unlock()
 	if err := img.checkRange(off, n); err != nil {
 		return err
