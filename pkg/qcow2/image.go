@@ -127,12 +127,13 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 		return nil, fmt.Errorf("%w: the corrupt bit is set; open it read-only, or repair it with `img check -r all`", ErrCorrupt)
 	}
 	jf := opts.journalFile
+	rebuild := false // a discarded journal leaked the clusters it mapped
 	if h.IncompatibleFeatures&incompatJournal != 0 {
 		if jf == nil {
 			return nil, fmt.Errorf("%w; open the image by its path, which finds the journal (%s)", ErrJournalPending, JournalPath(name))
 		}
 		if !readOnly {
-			if err := settleJournalOnOpen(f, h, jf, opts); err != nil {
+			if rebuild, err = settleJournalOnOpen(f, h, jf, opts); err != nil {
 				return nil, err
 			}
 			if h, err = readHeader(f); err != nil {
@@ -140,7 +141,7 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			}
 		}
 	}
-	if h.IncompatibleFeatures&incompatDirty != 0 && !readOnly {
+	if (h.IncompatibleFeatures&incompatDirty != 0 || rebuild) && !readOnly {
 		if opts.NoAutoRepair {
 			readOnly = true
 		} else {

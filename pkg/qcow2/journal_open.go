@@ -88,28 +88,42 @@ func openJournalFile(path string, f File, opts Options) (File, error) {
 // killed), else discards it (a power failure or reboot: their data may
 // not be on disk); then it clears the bit. It runs before anything else
 // reads the metadata, the refcount rebuild of a dirty image included (the
-// clusters the journal maps must count as used).
-func settleJournalOnOpen(f File, h *Header, jf File, opts Options) error {
+// clusters the journal maps must count as used). It reports whether it
+// discarded records: the clusters they mapped are leaked then, and the
+// caller rebuilds the refcounts to return them. (They cannot be freed one
+// by one: after a power failure the journal's header may be older than
+// its last checkpoint, and a cluster an old record names may be in use
+// elsewhere by now.)
+func settleJournalOnOpen(f File, h *Header, jf File, opts Options) (discarded bool, err error) {
 	tmp := &Image{f: f, opts: opts, hdr: h}
 	if err := tmp.loadTables(); err != nil {
-		return err
+		return false, err
 	}
 	boot, bootOK := currentBoot(opts)
 	gen, jboot, ok := readJournalHeader(jf)
-	if ok && bootOK && jboot == boot {
+	switch {
+	case ok && bootOK && jboot == boot:
 		ups, err := tmp.journalMappings(jf, gen)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if err := tmp.pinMappings(ups); err != nil {
-			return err
+			return false, err
 		}
+	default:
+		// Any record, even of a header that did not persist, may have
+		// taken a cluster.
+		size, err := jf.Size()
+		if err != nil {
+			return false, err
+		}
+		discarded = size > journalHeaderSize
 	}
 	tmp.jr.f, tmp.jr.gen, tmp.jr.boot = jf, gen, boot
 	if err := tmp.checkpointSteps(); err != nil {
-		return fmt.Errorf("applying the write journal: %w", err)
+		return false, fmt.Errorf("applying the write journal: %w", err)
 	}
-	return f.Sync()
+	return discarded, f.Sync()
 }
 
 // loadJournalReadOnly shows a read-only image's journal-only mappings

@@ -250,6 +250,10 @@ func testJournalKill(t *testing.T, ext bool) {
 	if bytes.Equal(got, fx.want) {
 		t.Fatal("after a reboot the journal's mappings were applied")
 	}
+	// The clusters the discarded records had taken are returned.
+	if res, err := qcow2.Check(rebooted, qcow2.CheckOptions{}); err != nil || res.Leaks != 0 || res.Corruptions != 0 {
+		t.Fatalf("after the discard: %+v, %v", res, err)
+	}
 	qemuCheckClean(t, qemuImg, rebooted)
 
 	// Same boot, writable: replayed, the bit cleared, the journal gone.
