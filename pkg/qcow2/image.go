@@ -21,6 +21,7 @@ import (
 type Image struct {
 	name     string
 	f        File
+	fd       int // img.f's descriptor for guest data reads, -1: f.ReadAt (pread.go)
 	opts     Options
 	readOnly bool // opened read-only (immutable after open)
 
@@ -63,8 +64,10 @@ type Image struct {
 	hdrIncompat atomic.Uint64
 	corruptMu   sync.Mutex
 	corrupt     atomic.Bool // corruption found: no more writes
-	closed      bool
-	keepFile    bool // Close leaves f open (CreateFile's caller owns it)
+	// closed is set by Close under the exclusive lock before it closes f;
+	// readers check it under the shared lock before they use f or fd.
+	closed   bool
+	keepFile bool // Close leaves f open (CreateFile's caller owns it)
 	// keepDirty: an operation failed while the dirty bit was set, so the
 	// refcounts may be wrong; Close leaves the bit set (Open rebuilds).
 	keepDirty bool
@@ -158,7 +161,7 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			return nil, err
 		}
 	}
-	img := &Image{name: name, f: f, opts: opts, readOnly: readOnly, hdr: h}
+	img := &Image{name: name, f: f, fd: readFD(f), opts: opts, readOnly: readOnly, hdr: h}
 	img.opts.journalFile, img.opts.journalPath = nil, ""
 	if err := img.loadTables(); err != nil {
 		return nil, err

@@ -22,12 +22,17 @@ type mapping struct {
 	bitmap uint64 // extended L2: the subcluster allocation/zero bitmap
 }
 
+// sliceKey returns the host offset of the L2 slice holding entry vi of
+// the table at l2off, and its cache hint: the guest slice number, so a
+// cache that covers the disk finds every slice without a lock.
+func (img *Image) sliceKey(l2off, vi int64) (int64, uint64) {
+	return l2off + (vi&(img.l2Entries-1))>>img.sliceBits*img.sliceEntries*img.l2es, uint64(vi >> img.sliceBits)
+}
+
 // l2Slice returns the cached L2 slice holding entry vi of the table at l2off.
 func (img *Image) l2Slice(l2off, vi int64) ([]byte, int64, error) {
-	sliceOff := l2off + (vi&(img.l2Entries-1))>>img.sliceBits*img.sliceEntries*img.l2es
-	// The guest slice number is the front hint: a cache that covers the
-	// disk then finds every slice without a lock.
-	if buf := img.l2c.cached(sliceOff, uint64(vi>>img.sliceBits)); buf != nil {
+	sliceOff, hint := img.sliceKey(l2off, vi)
+	if buf := img.l2c.cached(sliceOff, hint); buf != nil {
 		return buf, sliceOff, nil
 	}
 	return img.loadL2Slice(sliceOff, vi)

@@ -1,6 +1,9 @@
 package qcow2
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // run is a maximal stretch of guest bytes that maps uniformly.
 type run struct {
@@ -89,11 +92,50 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// readAt is ReadAt under mu. A request inside one cluster (the common
-// 4 KiB read) needs one lookup and, for a data cluster, one pread: this
-// path runs between two page-cache preads, where every instruction and
-// cache line counts (docs/benchmarks.md).
+// readAt is ReadAt under mu. It runs between two page-cache preads,
+// where every instruction and cache line counts (docs/benchmarks.md), so
+// the common request, plain data inside one cluster with its L2 slice
+// cached, takes dataHost and one pread; readAny handles everything else.
 func (img *Image) readAt(p []byte, off int64) error {
+	if host, ok := img.dataHost(off, int64(len(p))); ok {
+		return img.readHost(p, host)
+	}
+	return img.readAny(p, off)
+}
+
+// dataHost returns the host offset of guest offset off if [off, off+n)
+// is the common request: inside the image and inside one cluster whose
+// L2 entry is cached and maps plain data (not compressed, no zero flag, no
+// subclusters). It answers false for everything else, malformed entries
+// included, which lookup and decodeL2 then classify and report in full.
+func (img *Image) dataHost(off, n int64) (int64, bool) {
+	vi := off >> img.cb
+	if img.closed || img.ext || off < 0 || n <= 0 || off > img.size-n || (off+n-1)>>img.cb != vi {
+		return 0, false
+	}
+	l1i := vi >> img.l2Bits
+	if l1i >= int64(len(img.l1)) {
+		return 0, false
+	}
+	l2off := int64(img.l1[l1i] & l1OffsetMask)
+	if l2off == 0 || l2off&(img.cs-1) != 0 {
+		return 0, false
+	}
+	buf := img.l2c.cached(img.sliceKey(l2off, vi))
+	if buf == nil {
+		return 0, false
+	}
+	e := binary.BigEndian.Uint64(buf[(vi&(img.sliceEntries-1))*8:])
+	host := int64(e & l2OffsetMask)
+	if e&(oflagCompressed|oflagZero) != 0 || host == 0 || host&(img.cs-1) != 0 {
+		return 0, false
+	}
+	return host + off&(img.cs-1), true
+}
+
+// readAny is readAt for any request: range and closed checks, requests
+// spanning clusters, every cluster kind, L2 cache misses, errors.
+func (img *Image) readAny(p []byte, off int64) error {
 	if err := img.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -107,8 +149,7 @@ func (img *Image) readAt(p []byte, off int64) error {
 		return err
 	}
 	if m.kind == kindData {
-		n, err := img.f.ReadAt(p, m.host+off&(img.cs-1))
-		return fullRead(p, n, err)
+		return img.readHost(p, m.host+off&(img.cs-1))
 	}
 	return img.readCluster(p, off, m)
 }
@@ -116,7 +157,7 @@ func (img *Image) readAt(p []byte, off int64) error {
 func (img *Image) readRun(dst []byte, r run) error {
 	switch r.m.kind {
 	case kindData:
-		return readFull(img.f, dst, r.m.host)
+		return img.readHost(dst, r.m.host)
 	case kindZero:
 		clear(dst)
 		return nil
