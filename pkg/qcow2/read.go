@@ -3,6 +3,7 @@ package qcow2
 import (
 	"encoding/binary"
 	"fmt"
+	"syscall"
 )
 
 // run is a maximal stretch of guest bytes that maps uniformly.
@@ -82,25 +83,33 @@ func (img *Image) outOfRange(off, n int64) error {
 }
 
 // ReadAt reads len(p) bytes at guest offset off.
+//
+// It runs between two page-cache preads, where every call, instruction
+// and cache line counts (docs/benchmarks.md), so the common request, plain
+// data inside one cluster with its L2 slice cached, is served here: dataHost
+// and one pread of the image's descriptor. readAt handles everything else,
+// and readHost whatever that one pread did not finish.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	img.mu.RLock()
-	err := img.readAt(p, off)
+	var err error
+	host, ok := img.dataHost(off, int64(len(p)))
+	switch {
+	case !ok:
+		err = img.readAt(p, off)
+	case img.fd >= 0:
+		// One pread is the whole request nearly always (package
+		// syscall: see readHost).
+		if n, perr := syscall.Pread(img.fd, p, host); perr != nil || n != len(p) {
+			err = img.readHost(p, host)
+		}
+	default:
+		err = img.readHost(p, host)
+	}
 	img.mu.RUnlock()
 	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
-}
-
-// readAt is ReadAt under mu. It runs between two page-cache preads,
-// where every instruction and cache line counts (docs/benchmarks.md), so
-// the common request, plain data inside one cluster with its L2 slice
-// cached, takes dataHost and one pread; readAny handles everything else.
-func (img *Image) readAt(p []byte, off int64) error {
-	if host, ok := img.dataHost(off, int64(len(p))); ok {
-		return img.readHost(p, host)
-	}
-	return img.readAny(p, off)
 }
 
 // dataHost returns the host offset of guest offset off if [off, off+n)
@@ -133,9 +142,9 @@ func (img *Image) dataHost(off, n int64) (int64, bool) {
 	return host + off&(img.cs-1), true
 }
 
-// readAny is readAt for any request: range and closed checks, requests
-// spanning clusters, every cluster kind, L2 cache misses, errors.
-func (img *Image) readAny(p []byte, off int64) error {
+// readAt is ReadAt under mu for any request: range and closed checks,
+// requests spanning clusters, every cluster kind, L2 cache misses, errors.
+func (img *Image) readAt(p []byte, off int64) error {
 	if err := img.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
