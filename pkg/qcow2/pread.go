@@ -7,11 +7,11 @@ import (
 
 // fdReader is implemented by Files whose ReadAt is a pread(2) of one host
 // file descriptor that stays open until their Close. The engine then reads
-// guest data with pread on that descriptor itself: os.File's ReadAt adds
-// about 100 ns of reference counting (two atomic updates of a line the
-// previous read's copy evicted) to a 4 KiB page-cache read of about
-// 1.2 µs (docs/benchmarks.md). Wrappers that must see every read (the
-// crash recorder, counters) do not implement it, or answer ok false.
+// guest data with pread on that descriptor itself: going through the
+// File's ReadAt (an interface call, then os.File's ReadAt with poll.FD's
+// reference counting) made a 4 KiB page-cache read of about 1.3 µs some
+// 100 ns slower (docs/benchmarks.md). Wrappers that must see every read
+// (the crash recorder, counters) do not implement it, or answer ok false.
 type fdReader interface {
 	ReadFD() (fd int, ok bool)
 }
