@@ -35,12 +35,16 @@ func readFD(f File) int {
 // package syscall, not x/sys/unix, whose Pread adds an assembly trampoline
 // and two ABI wrappers (about 30 instructions a call, callgrind).
 //
-// Callers hold mu shared and have seen closed false (checkRange, or
-// dataHost for ReadAt's own pread): the descriptor img.fd belongs to
-// img.f, which only Close closes, after it has set closed under the
-// exclusive lock. So no pread can reach a descriptor number that has been
-// closed and reused for another file (TestReadAfterCloseNeverReadsReusedFD).
+// Callers hold mu. The descriptor img.fd belongs to img.f, which only
+// Close closes, after it has set closed under the exclusive lock; every
+// pread of it (here, and ReadAt's own after dataHost) first sees closed
+// false under mu, so none can reach a descriptor number that has been
+// closed and reused for another file (TestReadAfterCloseNeverReadsReusedFD,
+// TestSnapshotViewReadAfterCloseNeverReadsReusedFD).
 func (img *Image) readHost(p []byte, off int64) error {
+	if img.closed {
+		return ErrClosed
+	}
 	if img.fd < 0 {
 		n, err := img.f.ReadAt(p, off)
 		return fullRead(p, n, err)

@@ -149,6 +149,42 @@ func TestReadAfterCloseNeverReadsReusedFD(t *testing.T) {
 	}
 }
 
+// Other readers of guest data (a snapshot view) share the image's
+// descriptor: after Close they must not pread it either.
+func TestSnapshotViewReadAfterCloseNeverReadsReusedFD(t *testing.T) {
+	const size, fill = 4 << 20, 1 << 20
+	img, p := openFilled(t, size, fill, 0xaa, Options{})
+	if _, err := img.CreateSnapshot("s"); err != nil {
+		t.Fatal(err)
+	}
+	v, err := img.OpenSnapshot("s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	if _, err := v.ReadAt(buf, 0); err != nil || buf[0] != 0xaa { // caches the L2 slice
+		t.Fatalf("snapshot read: %v, %#x", err, buf[0])
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decoy := filepath.Join(t.TempDir(), "decoy")
+	if err := os.WriteFile(decoy, bytes.Repeat([]byte{0x55}, int(fi.Size())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fd := img.fd
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	holdFD(t, decoy, fd)
+	clear(buf)
+	_, err = v.ReadAt(buf, 0)
+	if err == nil || bytes.IndexByte(buf, 0x55) >= 0 {
+		t.Fatalf("snapshot read after Close: %v, first byte %#x; want an error and no other file's bytes", err, buf[0])
+	}
+}
+
 // readHost through the descriptor reads what readFull of the File reads,
 // in the file and across its end (zeros past it).
 func TestReadHostMatchesFileRead(t *testing.T) {
