@@ -64,6 +64,10 @@ func (img *Image) lockQuiesced() {
 func (img *Image) lockQuiescedRange(first, last int64) {
 	img.mu.Lock()
 	defer func() {
+		if last < first {
+			// The caller may change any mapping, by any means.
+			img.forgetMirrorAll()
+		}
 		if last < first || img.jr.pinsGuest(first>>img.sliceBits, last>>img.sliceBits) {
 			_ = img.checkpointLocked()
 		}

@@ -53,6 +53,8 @@ type Image struct {
 	cow   cowInflight  // copy-on-write allocations waiting for their sync (group_commit.go)
 	syncs syncGroup    // fdatasync shared by those allocations
 	jr    journal      // deferred copy-on-write mappings (journal.go)
+	// mirror: host offsets of data clusters, learnt by reads (l2_mirror.go).
+	mirror []atomic.Uint64
 	// cowBufs holds cluster buffers for copy-on-write (clusterBuf).
 	cowBufs sync.Pool
 
@@ -283,6 +285,7 @@ func (img *Image) loadTables() error {
 	}
 	img.rbc = newTableCache(int(img.cs), rbBytes, 4)
 	img.alloc.init(ceilDiv(fsize, img.cs))
+	img.initMirror()
 	img.hdrIncompat.Store(h.IncompatibleFeatures)
 	return img.meta.build(img)
 }

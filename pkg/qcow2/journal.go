@@ -288,6 +288,7 @@ func (img *Image) pinMappings(ups []l2Update) error {
 		if err != nil {
 			return err
 		}
+		img.forgetMirror(u.vi)
 		img.putEntry(buf, u.vi&(img.sliceEntries-1), u.entry, u.bitmap)
 		img.jr.slicesMu.Lock()
 		img.jr.slices[sliceOff] = buf

@@ -256,6 +256,7 @@ func TestDataHostAgreesWithLookup(t *testing.T) {
 					e &^= oflagCompressed
 				}
 				binary.BigEndian.PutUint64(buf[(vi&(img.sliceEntries-1))*8:], e)
+				img.forgetMirror(vi) // as writeL2 does
 				in := rng.Int64N(cs)
 				n := rng.Int64N(cs+1) + rng.Int64N(2)*cs // crossing the cluster end at times
 				off := vi*cs + in

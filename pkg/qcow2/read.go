@@ -122,6 +122,9 @@ func (img *Image) dataHost(off, n int64) (int64, bool) {
 	if img.closed || img.ext || off < 0 || n <= 0 || off > img.size-n || (off+n-1)>>img.cb != vi {
 		return 0, false
 	}
+	if host := img.mirrored(vi); host != 0 {
+		return host + off&(img.cs-1), true
+	}
 	l1i := vi >> img.l2Bits
 	if l1i >= int64(len(img.l1)) {
 		return 0, false
@@ -139,6 +142,7 @@ func (img *Image) dataHost(off, n int64) (int64, bool) {
 	if e&(oflagCompressed|oflagZero) != 0 || host == 0 || host&(img.cs-1) != 0 {
 		return 0, false
 	}
+	img.learnMirror(vi, host)
 	return host + off&(img.cs-1), true
 }
 

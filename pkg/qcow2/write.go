@@ -498,6 +498,7 @@ func (img *Image) writeL2(ups []l2Update) error {
 			hi := lo
 			for ; i < len(ups) && inSlice(ups[i].vi) && ups[i].vi-sliceFirst <= hi; i++ {
 				k := ups[i].vi - sliceFirst
+				img.forgetMirror(ups[i].vi)
 				img.putEntry(buf, k, ups[i].entry, ups[i].bitmap)
 				hi = max(hi, k+1)
 			}
