@@ -6,7 +6,11 @@
 #
 # Environment:
 #   BENCHTIME         -benchtime per benchmark (default 2s)
-#   COUNT             -count, runs of each benchmark; the table shows medians (default 3)
+#   COUNT             runs of the whole set; the table shows medians (default 3).
+#                     Each run is its own `go test -count 1`, so the variants
+#                     alternate (raw, qcow2, raw, qcow2, ...) instead of
+#                     running as blocks: a host that drifts during the
+#                     minutes a run takes then weighs on every variant alike.
 #   BENCH             -bench regexp (default: the engine-vs-raw benchmarks)
 #   OUT               where the raw `go test` output is kept (default bin/bench.txt)
 #   QCOW2_BENCH_SIZE  disk size per benchmark (default 1G)
@@ -21,8 +25,11 @@ OUT=${OUT:-bin/bench.txt}
 GO=${GO:-go}
 
 mkdir -p "$(dirname "$OUT")"
-echo "# $GO test -run '^\$' -bench '$BENCH' -benchtime $BENCHTIME -count $COUNT -benchmem ./pkg/qcow2/ (TMPDIR=${TMPDIR:-/tmp}, QCOW2_BENCH_SIZE=${QCOW2_BENCH_SIZE:-1G})" >&2
-"$GO" test -run '^$' -bench "$BENCH" -benchtime "$BENCHTIME" -count "$COUNT" -benchmem -timeout 120m ./pkg/qcow2/ | tee "$OUT" >&2
+echo "# $COUNT x: $GO test -run '^\$' -bench '$BENCH' -benchtime $BENCHTIME -count 1 -benchmem ./pkg/qcow2/ (TMPDIR=${TMPDIR:-/tmp}, QCOW2_BENCH_SIZE=${QCOW2_BENCH_SIZE:-1G})" >&2
+for run in $(seq "$COUNT"); do
+	echo "# run $run/$COUNT (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+	"$GO" test -run '^$' -bench "$BENCH" -benchtime "$BENCHTIME" -count 1 -benchmem -timeout 120m ./pkg/qcow2/
+done | tee "$OUT" >&2
 echo >&2
 "$GO" run ./internal/tools/benchratio \
 	-target 'Read/*/qcow2-*=0.9' \
