@@ -48,7 +48,7 @@ func overheadImage(b *testing.B, prepare func(*Image)) (*Image, []int64) {
 	}
 	// Metadata preallocation puts every L2 table before the data.
 	img.f = dataNopFile{File: img.f, metadataEnd: 1 << 22}
-	img.fd = readFD(img.f)
+	img.fd, img.wfd = readFD(img.f), writeFD(img.f, img.readOnly)
 	rng := rand.New(rand.NewSource(1))
 	offs := make([]int64, 1<<16)
 	for i := range offs {

@@ -232,6 +232,15 @@ func (f *benchFile) ReadFD() (int, bool) {
 	return -1, false
 }
 
+// WriteFD forwards the plain file's descriptor likewise, unless writes
+// are being counted.
+func (f *benchFile) WriteFD() (int, bool) {
+	if w, ok := f.File.(interface{ WriteFD() (int, bool) }); ok && f.stats == nil {
+		return w.WriteFD()
+	}
+	return -1, false
+}
+
 func (f *benchFile) PunchHole(off, n int64) error {
 	if f.stats != nil {
 		defer f.stats.add(statPunch, time.Now())

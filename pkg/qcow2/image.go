@@ -22,6 +22,7 @@ type Image struct {
 	name     string
 	f        File
 	fd       int // img.f's descriptor for guest data reads, -1: f.ReadAt (pread.go)
+	wfd      int // its descriptor for in-place guest writes, -1: f.WriteAt
 	opts     Options
 	readOnly bool // opened read-only (immutable after open)
 
@@ -163,7 +164,7 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			return nil, err
 		}
 	}
-	img := &Image{name: name, f: f, fd: readFD(f), opts: opts, readOnly: readOnly, hdr: h}
+	img := &Image{name: name, f: f, fd: readFD(f), wfd: writeFD(f, readOnly), opts: opts, readOnly: readOnly, hdr: h}
 	img.opts.journalFile, img.opts.journalPath = nil, ""
 	if err := img.loadTables(); err != nil {
 		return nil, err

@@ -2,7 +2,8 @@ package qcow2
 
 // The data mirror: for each guest cluster of a disk of at most
 // maxMirrorClusters clusters, the host offset of its cluster when the
-// active L2 table maps it to plain data, learnt by reads (dataHost); 0
+// active L2 table maps it to plain data, with mirrorCopied when the entry
+// has OFLAG_COPIED, learnt by reads and in-place writes (dataWord); 0
 // means not known. A 4 KiB read of a cached mapping then touches one
 // 8-byte word instead of the L2 cache's chain (front slot, entry, slice
 // bytes): after the kernel's copy evicted the user side's cache lines,
@@ -17,6 +18,10 @@ package qcow2
 
 import "sync/atomic"
 
+// mirrorCopied marks a word whose entry has OFLAG_COPIED (host offsets
+// are cluster aligned, so bit 0 is free).
+const mirrorCopied = 1
+
 // maxMirrorClusters bounds the mirror to 1 MiB per image (an 8 GiB disk
 // at 64 KiB clusters); larger disks read through the L2 cache only.
 const maxMirrorClusters = 1 << 17
@@ -29,18 +34,19 @@ func (img *Image) initMirror() {
 	}
 }
 
-// mirrored returns the host offset of guest cluster vi if the mirror knows it.
-func (img *Image) mirrored(vi int64) int64 {
+// mirrored returns the word of guest cluster vi: its host offset, with
+// mirrorCopied, or 0 if the mirror does not know it.
+func (img *Image) mirrored(vi int64) uint64 {
 	if uint64(vi) < uint64(len(img.mirror)) {
-		return int64(img.mirror[vi].Load())
+		return img.mirror[vi].Load()
 	}
 	return 0
 }
 
-// learnMirror records that guest cluster vi maps plain data at host.
-func (img *Image) learnMirror(vi, host int64) {
+// learnMirror records the word of guest cluster vi.
+func (img *Image) learnMirror(vi int64, w uint64) {
 	if uint64(vi) < uint64(len(img.mirror)) {
-		img.mirror[vi].Store(uint64(host))
+		img.mirror[vi].Store(w)
 	}
 }
 

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"fmt"
+	"io"
 	"syscall"
 )
 
@@ -68,4 +69,47 @@ func (img *Image) readHost(p []byte, off int64) error {
 // preadError is readHost's error, apart so that readHost stays small.
 func (img *Image) preadError(off int64, err error) error {
 	return fmt.Errorf("read %s at %#x: %w", img.name, off, err)
+}
+
+// fdWriter is implemented by Files whose WriteAt is a pwrite(2) of the
+// descriptor they offer, open for writing until their Close: in-place
+// guest writes then pwrite it directly (writeHost), as reads do.
+type fdWriter interface {
+	WriteFD() (fd int, ok bool)
+}
+
+// WriteFD returns the descriptor of the file.
+func (o *osFile) WriteFD() (int, bool) { return int(o.f.Fd()), true }
+
+// writeFD returns the descriptor in-place guest writes go to, or -1 when
+// they go through f.WriteAt (read-only images never write).
+func writeFD(f File, readOnly bool) int {
+	if w, ok := f.(fdWriter); ok && !readOnly {
+		if fd, ok := w.WriteFD(); ok && fd >= 0 {
+			return fd
+		}
+	}
+	return -1
+}
+
+// writeHost writes p, guest data, at host offset off. Callers hold mu, and
+// closed is false (dataWord checked it), so img.wfd is still img.f's.
+func (img *Image) writeHost(p []byte, off int64) error {
+	if img.wfd < 0 {
+		_, err := img.f.WriteAt(p, off)
+		return err
+	}
+	for len(p) > 0 {
+		n, err := syscall.Pwrite(img.wfd, p, off)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return fmt.Errorf("write %s at %#x: %w", img.name, off, err)
+		case n == 0:
+			return fmt.Errorf("write %s at %#x: %w", img.name, off, io.ErrShortWrite)
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
 }

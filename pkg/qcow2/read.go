@@ -118,32 +118,44 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 // subclusters). It answers false for everything else, malformed entries
 // included, which lookup and decodeL2 then classify and report in full.
 func (img *Image) dataHost(off, n int64) (int64, bool) {
+	w := img.dataWord(off, n)
+	return int64(w&^mirrorCopied) + off&(img.cs-1), w != 0
+}
+
+// dataWord is dataHost's lookup: the cluster's host offset, with
+// mirrorCopied set if the entry has OFLAG_COPIED (the cluster may be
+// written in place), or 0 when the request is not the common one.
+func (img *Image) dataWord(off, n int64) uint64 {
 	vi := off >> img.cb
 	if img.closed || img.ext || off < 0 || n <= 0 || off > img.size-n || (off+n-1)>>img.cb != vi {
-		return 0, false
+		return 0
 	}
-	if host := img.mirrored(vi); host != 0 {
-		return host + off&(img.cs-1), true
+	if w := img.mirrored(vi); w != 0 {
+		return w
 	}
 	l1i := vi >> img.l2Bits
 	if l1i >= int64(len(img.l1)) {
-		return 0, false
+		return 0
 	}
 	l2off := int64(img.l1[l1i] & l1OffsetMask)
 	if l2off == 0 || l2off&(img.cs-1) != 0 {
-		return 0, false
+		return 0
 	}
 	buf := img.l2c.cached(img.sliceKey(l2off, vi))
 	if buf == nil {
-		return 0, false
+		return 0
 	}
 	e := binary.BigEndian.Uint64(buf[(vi&(img.sliceEntries-1))*8:])
 	host := int64(e & l2OffsetMask)
 	if e&(oflagCompressed|oflagZero) != 0 || host == 0 || host&(img.cs-1) != 0 {
-		return 0, false
+		return 0
 	}
-	img.learnMirror(vi, host)
-	return host + off&(img.cs-1), true
+	w := uint64(host)
+	if e&oflagCopied != 0 {
+		w |= mirrorCopied
+	}
+	img.learnMirror(vi, w)
+	return w
 }
 
 // readAt is ReadAt under mu for any request: range and closed checks,
