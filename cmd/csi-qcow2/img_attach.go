@@ -63,12 +63,7 @@ waits on the device it serves.
 				}
 				id = abs
 			}
-			lock, err := lockForServing(args[0])
-			if err != nil {
-				return err
-			}
-			defer lock.Close()
-			backend, closeFn, err := openServeBackend(args[0], format, readOnly, journal)
+			backend, closeFn, err := openServeBackend(args[0], format, readOnly, journal, true)
 			if err != nil {
 				return err
 			}

@@ -46,14 +46,7 @@ as a plain file (pread/pwrite, holes punched for trim and zeroing).
 			if socket == "" {
 				return failf("--socket is required")
 			}
-			if !readOnly {
-				lock, err := lockForServing(args[0])
-				if err != nil {
-					return err
-				}
-				defer lock.Close()
-			}
-			backend, closeFn, err := openServeBackend(args[0], format, readOnly, journal)
+			backend, closeFn, err := openServeBackend(args[0], format, readOnly, journal, !readOnly)
 			if err != nil {
 				return err
 			}
@@ -87,8 +80,31 @@ func addJournalFlag(f *pflag.FlagSet, journal *bool) {
 	f.BoolVar(journal, "journal", true, "qcow2: let copy-on-write writes return without an fdatasync; their mappings wait in FILENAME.journal until the next FLUSH (docs/engine.md, \"The write journal\")")
 }
 
-// openServeBackend opens the image and adapts it to the NBD server.
-func openServeBackend(filename, format string, readOnly, journal bool) (nbdattach.Backend, func() error, error) {
+// openServeBackend opens the image and adapts it to the NBD server; with
+// lock it first takes the image's serving lock (lockForServing), which the
+// returned close function releases after closing the image.
+func openServeBackend(filename, format string, readOnly, journal, lock bool) (nbdattach.Backend, func() error, error) {
+	if !lock {
+		return openBackend(filename, format, readOnly, journal)
+	}
+	l, err := lockForServing(filename)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, closeFn, err := openBackend(filename, format, readOnly, journal)
+	if err != nil {
+		l.Close()
+		return nil, nil, err
+	}
+	return b, func() error {
+		err := closeFn()
+		l.Close()
+		return err
+	}, nil
+}
+
+// openBackend opens the image (qcow2 through the engine, raw as a file).
+func openBackend(filename, format string, readOnly, journal bool) (nbdattach.Backend, func() error, error) {
 	if format == "" {
 		var err error
 		if format, err = qcow2.Probe(filename); err != nil {
