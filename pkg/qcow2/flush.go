@@ -142,9 +142,18 @@ func (img *Image) closeCleanLocked() error {
 // (before the sync: should the sync fail, the bits may be on disk) and
 // syncs.
 func (img *Image) storeIncompat(v uint64) error {
+	if err := img.writeIncompat(v); err != nil {
+		return err
+	}
+	return img.f.Sync()
+}
+
+// writeIncompat writes incompatible_features and records it in
+// hdrIncompat, without a sync.
+func (img *Image) writeIncompat(v uint64) error {
 	if err := img.writeU64(hdrOffIncompat, v); err != nil {
 		return err
 	}
 	img.hdrIncompat.Store(v)
-	return img.f.Sync()
+	return nil
 }

@@ -247,10 +247,9 @@ func (img *Image) deferMappings(ups []l2Update) error {
 		// No sync: a crash that loses the bit loses the journal's
 		// entries with it, and only a power failure can lose it, after
 		// which the journal is discarded anyway.
-		if err := img.writeU64(hdrOffIncompat, v|incompatJournal); err != nil {
+		if err := img.writeIncompat(v | incompatJournal); err != nil {
 			return err
 		}
-		img.hdrIncompat.Store(v | incompatJournal)
 	}
 	buf := make([]byte, len(ups)*journalRecordSize)
 	for i, u := range ups {
@@ -361,10 +360,7 @@ func (img *Image) checkpointSteps() error {
 		img.jr.gen, img.jr.n = gen, 0
 	}
 	if v := img.hdrIncompat.Load(); v&incompatJournal != 0 {
-		if err := img.writeU64(hdrOffIncompat, v&^incompatJournal); err != nil {
-			return err
-		}
-		img.hdrIncompat.Store(v &^ incompatJournal)
+		return img.writeIncompat(v &^ incompatJournal)
 	}
 	return nil
 }

@@ -176,13 +176,7 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 		// The mapping waits in the journal for the next checkpoint
 		// (journal.go); the frees wait for a Flush, which checkpoints
 		// before it applies them.
-		if err := img.deferMappings(w.l2); err != nil {
-			return err
-		}
-		for _, c := range w.frees {
-			img.alloc.freeLater(c)
-		}
-		return nil
+		return img.commitMapping(&w, img.deferMappings)
 	}
 	first, last := off/img.cs, (off+int64(len(p))-1)/img.cs
 	ch := img.cowBegin(first, last)
@@ -196,7 +190,7 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	return img.commitMapping(&w)
+	return img.commitMapping(&w, img.writeL2)
 }
 
 // planBatch plans a write of p at off: the batch, its fresh clusters taken.
@@ -422,7 +416,7 @@ func (img *Image) commit(w *writeBatch) error {
 			return err
 		}
 	}
-	return img.commitMapping(w)
+	return img.commitMapping(w, img.writeL2)
 }
 
 // commitData writes a batch's data, adjacent pieces joined.
@@ -461,9 +455,10 @@ func (img *Image) commitData(w *writeBatch) error {
 	return nil
 }
 
-// commitMapping writes a batch's L2 entries, then punches and frees.
-func (img *Image) commitMapping(w *writeBatch) error {
-	if err := img.writeL2(w.l2); err != nil {
+// commitMapping writes a batch's L2 entries with mapL2 (writeL2, or
+// deferMappings for the journal), then punches and frees.
+func (img *Image) commitMapping(w *writeBatch, mapL2 func([]l2Update) error) error {
+	if err := mapL2(w.l2); err != nil {
 		return err
 	}
 	for _, p := range mergeRuns(w.punch) {
