@@ -3,11 +3,11 @@
 GO ?= go
 # Unit, interop (qemu-img) and fuzz-seed tests. A whole run takes minutes on
 # 2 cores; the timeout only catches hangs.
-TEST_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 30m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test test-vm bench bench-convert bench-nbd vet fmt clean
+.PHONY: all build test test-repeat test-vm bench bench-convert bench-nbd vet fmt clean
 
 all: build
 
@@ -18,6 +18,13 @@ test:
 	scripts/install-test-tools.sh
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# make test N times (default 5), HOG=1 with every core kept busy, and the
+# tests that failed with their run numbers; PKGS=... runs go test on those
+# packages instead of make test. scripts/test-repeat.sh --help says more.
+N ?= 5
+test-repeat:
+	scripts/test-repeat.sh -n $(N) $(if $(filter 1,$(HOG)),--hog) $(if $(PKGS),-- $(PKGS))
 
 # Only the VM test bed (docs/vm-testbed.md), verbose: every guest test's
 # output. CSI_QCOW2_VM_RUN / CSI_QCOW2_VM_STRESS select and lengthen.

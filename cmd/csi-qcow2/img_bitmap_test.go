@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
@@ -20,14 +19,13 @@ func dirtyMap(t *testing.T, file, bitmap string) string {
 		t.Fatal(err)
 	}
 	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	for i := 0; i < 300; i++ {
-		if r := qemu(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+bitmap, "nbd+unix:///?socket="+sock); r.code == 0 {
-			return r.stdout
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("could not read bitmap %s of %s through qemu-nbd", bitmap, file)
-	return ""
+	var out string
+	testtools.WaitFor(t, "qemu-nbd to serve bitmap "+bitmap+" of "+file, func() bool {
+		r := qemu(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+bitmap, "nbd+unix:///?socket="+sock)
+		out = r.stdout
+		return r.code == 0
+	})
+	return out
 }
 
 // TestBitmapMatchesQemu runs the same `bitmap` operations with img and

@@ -5,7 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // TestImgServe serves a qcow2 image with `img serve`, writes and reads it
@@ -27,13 +28,8 @@ func TestImgServe(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case r := <-done:
-		if r.code != 0 {
-			t.Fatalf("img serve: exit %d: %s", r.code, r.stderr)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("img serve did not stop on SIGTERM")
+	if r := testtools.Within(t, "img serve to stop on SIGTERM", done); r.code != 0 {
+		t.Fatalf("img serve: exit %d: %s", r.code, r.stderr)
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Error("socket left behind")
@@ -66,15 +62,13 @@ func TestImgServeErrors(t *testing.T) {
 
 func waitForSocket(t *testing.T, sock string, done <-chan result) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if st, err := os.Stat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
-			return
-		}
+	testtools.WaitFor(t, "img serve's socket "+sock, func() bool {
 		select {
 		case r := <-done:
 			t.Fatalf("img serve exited %d: %s", r.code, r.stderr)
 		default:
 		}
-	}
-	t.Fatal("socket did not appear")
+		st, err := os.Stat(sock)
+		return err == nil && st.Mode()&os.ModeSocket != 0
+	})
 }

@@ -1,4 +1,5 @@
-// Package testtools gates tests on external programs (qemu-img, qemu-io, ...).
+// Package testtools gates tests on external programs (qemu-img, qemu-io, ...)
+// and bounds their waits for things that happen (WaitFor, Within).
 // Locally a missing tool skips the test with the install command to run; in
 // CI (CI=true) it fails the test, so a green run never hides a skipped layer.
 // It must not import any package of this module.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // testClient speaks the client side of the protocol for the tests, and
@@ -37,7 +39,7 @@ func (tc *testClient) write(b []byte) {
 func (tc *testClient) read(n int) []byte {
 	tc.t.Helper()
 	b := make([]byte, n)
-	tc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	tc.c.SetReadDeadline(time.Now().Add(testtools.Patience))
 	if _, err := io.ReadFull(tc.c, b); err != nil {
 		tc.t.Fatalf("client read of %d bytes: %v", n, err)
 	}
@@ -361,11 +363,5 @@ func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
 
 func waitDone(t testing.TB, done <-chan error) error {
 	t.Helper()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(10 * time.Second):
-		t.Fatal("server did not end the connection")
-		return nil
-	}
+	return testtools.Within(t, "the server to end the connection", done)
 }

@@ -7,7 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // fakeSysBlock builds a /sys/block look-alike.
@@ -86,25 +87,21 @@ func TestFindByBackendRefusesDuplicates(t *testing.T) {
 func TestZombieServerIsDead(t *testing.T) {
 	// A server killed with -9 stays a zombie until its parent reaps it; its
 	// sockets are closed already, so it must count as dead.
-	cmd := exec.Command("sleep", "0.05")
+	cmd := exec.Command("sleep", "3600")
 	if err := cmd.Start(); err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	dev := Device{PID: cmd.Process.Pid}
 	if !dev.ServerAlive() {
 		t.Error("a running child counts as dead")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile("/proc/" + strconv.Itoa(dev.PID) + "/stat")
-		if strings.Contains(string(b), ") Z ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("child did not become a zombie")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
 	}
+	testtools.WaitFor(t, "the killed child to become a zombie", func() bool {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(dev.PID) + "/stat")
+		return strings.Contains(string(b), ") Z ")
+	})
 	if dev.ServerAlive() {
 		t.Error("a zombie counts as alive")
 	}

@@ -9,11 +9,17 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // fuzzDeadline is how long one input may take to be served; longer is a
-// hang.
-const fuzzDeadline = 5 * time.Second
+// hang. Generous: CI runs the seeds on a loaded machine.
+const fuzzDeadline = testtools.Patience
+
+// fuzzHandshakeTimeout bounds a handshake that stalls; the fuzz inputs end
+// with EOF, so only the server's own bugs would reach it.
+const fuzzHandshakeTimeout = 5 * time.Second
 
 // FuzzServe feeds arbitrary client bytes to the server: the handshake and
 // option parser (ServeConn) when the first byte is even, the transmission
@@ -33,7 +39,7 @@ func FuzzServe(f *testing.F) {
 
 		m := newMem(1<<20, allCaps)
 		m.caps.ReadOnly = mode&2 != 0
-		s := NewServer(Options{HandshakeTimeout: fuzzDeadline / 2})
+		s := NewServer(Options{HandshakeTimeout: fuzzHandshakeTimeout})
 		if err := s.AddExport(&Export{Name: "", Backend: m}); err != nil {
 			t.Fatal(err)
 		}

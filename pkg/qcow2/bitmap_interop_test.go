@@ -19,7 +19,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/csi-qcow2/csi-qcow2/internal/qemutest"
 	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
@@ -78,19 +77,21 @@ func qemuDirty(t *testing.T, path, name string) [][2]int64 {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { _ = srv.Wait(); close(exited) }()
 	defer func() {
 		_ = srv.Process.Kill()
-		_ = srv.Wait()
+		<-exited
 	}()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
+	testtools.WaitFor(t, "qemu-nbd's socket "+sock, func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("qemu-nbd exited: %s", stderr.String())
+		default:
 		}
-		if i > 200 {
-			t.Fatalf("qemu-nbd did not start: %s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		_, err := os.Stat(sock)
+		return err == nil
+	})
 	out := qemutest.Run(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+name, "nbd+unix:///?socket="+sock)
 	var got [][2]int64
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {

@@ -9,6 +9,8 @@ BLKDISCARD=/usr/sbin/blkdiscard
 fail() {
 	echo "FAIL: $*"
 	local f
+	# A load left running would write on into the next test's time.
+	[ -z "$LOAD_PID" ] || kill "$LOAD_PID" 2>/dev/null || true
 	for f in attach-*.log; do
 		[ -s "$f" ] || continue
 		echo "--- $f"
@@ -17,13 +19,14 @@ fail() {
 	exit 1
 }
 
-# wait_for SECONDS CMD...: runs CMD every 0.1 s until it succeeds.
+# wait_for SECONDS CMD...: runs CMD every 0.1 s until it succeeds; fails
+# (returns 1) once SECONDS have passed on the clock, however slowly the
+# guest runs.
 wait_for() {
-	local n=$(($1 * 10))
+	local end=$(($(date +%s) + $1))
 	shift
 	until "$@" >/dev/null 2>&1; do
-		n=$((n - 1))
-		[ "$n" -gt 0 ] || return 1
+		[ "$(date +%s)" -lt "$end" ] || return 1
 		sleep 0.1
 	done
 }
@@ -52,9 +55,9 @@ attach() {
 	rm -f "attach-$id.out"
 	csi-qcow2 img attach "$img" --id "$id" "$@" >"attach-$id.out" 2>>"attach-$id.log" &
 	SERVER_PID=$!
-	if ! wait_for 30 grep -q /dev/nbd "attach-$id.out"; then
+	if ! wait_for 60 grep -q /dev/nbd "attach-$id.out"; then
 		cat "attach-$id.log"
-		fail "attach $img: no device after 30 s"
+		fail "attach $img: no device after 60 s"
 	fi
 	DEV=$(cat "attach-$id.out")
 	# A warning here would be PR_SET_IO_FLUSHER failing.
@@ -97,18 +100,113 @@ make_files() {
 	done
 }
 
-# kill_and_readopt IMAGE [ATTACH ARGS...]: kill -9 the server of $DEV and
-# attach IMAGE again with the same $ID; the new server must re-adopt the
-# same device.
-kill_and_readopt() {
-	local img=$1 old=$DEV
-	shift
+# kill_server: kill -9 the server of $DEV and reap it.
+kill_server() {
 	echo "kill -9 server $SERVER_PID"
 	kill -9 "$SERVER_PID"
 	wait "$SERVER_PID" || true
+}
+
+# readopt IMAGE [ATTACH ARGS...]: attach IMAGE again with the same $ID
+# after its server died; the new server must re-adopt the same device.
+readopt() {
+	local img=$1 old=$DEV
+	shift
 	attach "$img" "$ID" "$@"
 	[ "$DEV" = "$old" ] || fail "re-attach made a new device $DEV instead of re-adopting $old"
 	grep -q "re-adopted $DEV" "attach-$ID.log" || fail "the new server did not re-adopt $DEV"
+}
+
+# A load is a command run over and over in the background until
+# stop_load: start_load CMD... runs "CMD... I" for I = 0, 1, 2, ... and
+# appends I to load.started before and to load.acked after each run that
+# succeeded, so the test can count the steps acknowledged so far and see
+# whether one is outstanding. A step that fails ends the load with its
+# error in load.err. The load never ends by itself, so a test cannot
+# outlast it.
+start_load() {
+	rm -f load.started load.acked load.stop load.err
+	: >load.started
+	: >load.acked
+	(
+		i=0
+		while [ ! -e load.stop ]; do
+			echo "$i" >>load.started
+			if ! "$@" "$i" 2>load.step.err; then
+				cat load.step.err >>load.err
+				echo "load step $i failed" >>load.err
+				exit 1
+			fi
+			echo "$i" >>load.acked
+			i=$((i + 1))
+		done
+	) &
+	LOAD_PID=$!
+}
+
+# load_started, load_acked: how many load steps began, and how many were
+# acknowledged (returned successfully).
+load_started() { wc -l <load.started; }
+load_acked() { wc -l <load.acked; }
+
+# load_blocked: true when a load step has begun and neither it returns
+# nor another begins for a second. With the server dead, a step that writes
+# through the device waits until the device has a server again, however
+# long that takes; a step that finishes, or a load that does not touch the
+# device at all, fails this. (The second is no deadline: a blocked step
+# stays blocked.)
+load_blocked() {
+	local s a
+	s=$(load_started)
+	a=$(load_acked)
+	[ "$s" -gt "$a" ] || return 1
+	sleep 1
+	[ "$(load_started)" = "$s" ] && [ "$(load_acked)" = "$a" ]
+}
+
+# load_reached N: true once N steps were acknowledged, or the load failed.
+load_reached() { [ "$(load_acked)" -ge "$1" ] || [ -s load.err ]; }
+
+# wait_load N SECONDS WHEN: waits until the load acknowledged N steps;
+# fails, saying WHEN, if it took longer than SECONDS or the load failed.
+wait_load() {
+	wait_for "$2" load_reached "$1" ||
+		fail "the load acknowledged $(load_acked) steps, not $1, within $2 s $3"
+	[ ! -s load.err ] || {
+		cat load.err
+		fail "the load failed after $(load_acked) acknowledged steps $3"
+	}
+}
+
+# stop_load: asks the load to stop after its current step, waits for it,
+# and fails on any error it saw. Prints how many steps it acknowledged.
+stop_load() {
+	touch load.stop
+	wait "$LOAD_PID" || { cat load.err; fail "the load failed"; }
+	[ ! -s load.err ] || { cat load.err; fail "the load reported errors"; }
+	echo "the load stopped after $(load_acked) acknowledged steps"
+}
+
+# kill_under_load IMAGE [ATTACH ARGS...]: kill -9 the server of $DEV while
+# the load writes through it, and re-adopt the device. Shown, not assumed:
+# the load acknowledged two more steps just before the kill (it is
+# running); with the server dead a step stays outstanding (it waits on the
+# device: the kill did not find the device idle); and that very step and
+# one more are acknowledged after the re-adoption (the held writes went
+# through the new server). Each wait is on its condition, bounded
+# generously for a loaded host.
+kill_under_load() {
+	local img=$1 before pending
+	shift
+	wait_load $(($(load_acked) + 2)) 120 "before the kill"
+	before=$(load_acked)
+	kill_server
+	wait_for 60 load_blocked ||
+		fail "no load step stayed outstanding with the server dead (60 s): the kill found the device idle"
+	pending=$(load_started)
+	readopt "$img" "$@"
+	wait_load $((pending + 1)) 120 "after the re-adoption"
+	echo "kill under load: $before steps acknowledged before the kill, step $((pending - 1)) outstanding while the server was dead, $(load_acked) acknowledged after the re-adoption"
 }
 
 # no_io_errors: fails when the kernel logged an I/O error or a filesystem

@@ -3,6 +3,8 @@
 # re-adopts the device, the engine replays the journal (the same boot, so
 # the page cache kept every byte the journal maps), and every answered
 # write reads back; the image then checks clean and the journal is gone.
+# The kill lands while more such writes are outstanding: a load keeps
+# writing until the kill is done (kill_under_load).
 . /lib/vmtest.sh
 ID=vol-journal
 blocks=64
@@ -26,7 +28,16 @@ done
 [ "$(od -An -tx1 -j72 -N1 disk.qcow2 | tr -d ' ')" = 80 ] || fail "no journal-only mappings before the kill"
 [ -s disk.qcow2.journal ] || fail "no write journal beside the image"
 echo "$blocks copy-on-write writes in the journal"
-kill_and_readopt disk.qcow2 --timeout 3s --dead-conn-timeout 90s
+# A load step writes one more 4 KiB block (most of them copy-on-write into
+# a cluster not written yet), then records it in want.raw once answered.
+cow_step() {
+	local b=$((($1 * 37 + 11) % 4096)) from=$(($1 % blocks))
+	dd if=new.bin of="$DEV" bs=4k skip="$from" seek="$b" count=1 oflag=direct conv=notrunc &&
+		dd if=new.bin of=want.raw bs=4k skip="$from" seek="$b" count=1 conv=notrunc
+}
+start_load cow_step
+kill_under_load disk.qcow2 --timeout 3s --dead-conn-timeout 90s
+stop_load
 dd if="$DEV" of=got.raw bs=1M count=16 iflag=direct 2>/dev/null || fail "reading the device back failed"
 cmp got.raw want.raw || fail "answered writes were lost across kill -9"
 detach
