@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -68,7 +69,11 @@ func waitForSocket(t *testing.T, sock string, done <-chan result) {
 			t.Fatalf("img serve exited %d: %s", r.code, r.stderr)
 		default:
 		}
-		st, err := os.Stat(sock)
-		return err == nil && st.Mode()&os.ModeSocket != 0
+		// Listening, not only bound: a client may connect.
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
 	})
 }

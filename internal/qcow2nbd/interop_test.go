@@ -38,7 +38,9 @@ type served struct {
 
 func serveBackend(t *testing.T, b nbdattach.Backend, closeFn func() error) *served {
 	t.Helper()
-	s := nbdattach.NewServer(nbdattach.Options{Logf: t.Logf})
+	// qemu-io, nbdcopy and fio may be slow to finish the handshake on a
+	// loaded host: the default 10 s would cut them off.
+	s := nbdattach.NewServer(nbdattach.Options{Logf: t.Logf, HandshakeTimeout: testtools.Patience})
 	if err := s.AddExport(&nbdattach.Export{Backend: b}); err != nil {
 		t.Fatal(err)
 	}

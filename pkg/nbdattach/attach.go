@@ -166,7 +166,11 @@ func (a *Attachment) relink(cause error) *kernelSocket {
 	}
 	if err := reconfigureOnce(a.opts.kernelConfig(a.Index), s.kernelFD); err != nil {
 		s.closeAll()
-		a.addErr(err)
+		if a.configured() {
+			a.addErr(err)
+		}
+		// Else the device was being torn down after all (a disconnect
+		// that outlasted detachGrace on a stalled host): no error.
 		return nil
 	}
 	s.releaseKernelEnd()
@@ -181,20 +185,25 @@ func (a *Attachment) relink(cause error) *kernelSocket {
 const detachGrace = time.Second
 
 // stillConfigured reports whether the device keeps our backend identifier
-// for detachGrace: then it is waiting for a new connection.
+// for detachGrace: then it is waiting for a new connection. (A host
+// stalled for longer may still be tearing it down: relink then sees its
+// RECONFIGURE refused and the device gone, and takes that as the detach.)
 func (a *Attachment) stillConfigured() bool {
-	name := "nbd" + strconv.Itoa(a.Index)
 	deadline := time.Now().Add(detachGrace)
-	for {
-		dev, err := readDevice(a.opts.SysBlock, name, a.Index)
-		if err != nil || !dev.Configured() || dev.Backend != a.opts.BackendID {
-			return false
-		}
+	for a.configured() {
 		if time.Now().After(deadline) {
 			return true
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return false
+}
+
+// configured reports whether the device is configured with our backend
+// identifier now.
+func (a *Attachment) configured() bool {
+	dev, err := readDevice(a.opts.SysBlock, "nbd"+strconv.Itoa(a.Index), a.Index)
+	return err == nil && dev.Configured() && dev.Backend == a.opts.BackendID
 }
 
 func (a *Attachment) allowRelink() bool {

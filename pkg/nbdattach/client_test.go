@@ -328,9 +328,13 @@ func (m *memBackend) BlockStatus(off, n int64) ([]Extent, error) {
 var allCaps = Caps{MultiConn: true, FUA: true, Trim: true, WriteZeroes: true, FastZero: true, BlockStatus: true}
 
 // serve starts a server with one export "" on b and returns a connected
-// client and a channel with ServeConn's result.
+// client and a channel with ServeConn's result. Unless opts set one, the
+// handshake may take as long as a loaded host needs.
 func serve(t testing.TB, b Backend, opts Options) (*testClient, <-chan error) {
 	t.Helper()
+	if opts.HandshakeTimeout == 0 {
+		opts.HandshakeTimeout = testtools.Patience
+	}
 	s := NewServer(opts)
 	if err := s.AddExport(&Export{Name: "", Description: "test export", Backend: b}); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package nbdattach
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -48,10 +49,16 @@ func FuzzServe(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
+			var err error
 			if mode&1 == 0 {
-				s.ServeConn(srv)
+				err = s.ServeConn(srv)
 			} else {
-				s.ServeTransmission(srv, "")
+				err = s.ServeTransmission(srv, "")
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// The client's bytes end with EOF: a handshake that
+				// waited for more stalled in the server.
+				t.Errorf("the server stalled until its handshake timeout on %d input bytes: %v", len(stream), err)
 			}
 		}()
 		drained := make(chan struct{})

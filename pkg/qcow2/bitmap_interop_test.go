@@ -83,16 +83,20 @@ func qemuDirty(t *testing.T, path, name string) [][2]int64 {
 		_ = srv.Process.Kill()
 		<-exited
 	}()
-	testtools.WaitFor(t, "qemu-nbd's socket "+sock, func() bool {
+	// nbdinfo itself is the probe: the socket may exist before qemu-nbd
+	// listens, and qemu-nbd serves one client only, so no other probe
+	// may connect first.
+	var out []byte
+	testtools.WaitFor(t, "qemu-nbd to serve bitmap "+name+" on "+sock, func() bool {
 		select {
 		case <-exited:
 			t.Fatalf("qemu-nbd exited: %s", stderr.String())
 		default:
 		}
-		_, err := os.Stat(sock)
+		var err error
+		out, err = exec.Command("nbdinfo", "--map=qemu:dirty-bitmap:"+name, "nbd+unix:///?socket="+sock).Output()
 		return err == nil
 	})
-	out := qemutest.Run(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+name, "nbd+unix:///?socket="+sock)
 	var got [][2]int64
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		f := strings.Fields(line)

@@ -110,11 +110,13 @@ kill_server() {
 # readopt IMAGE [ATTACH ARGS...]: attach IMAGE again with the same $ID
 # after its server died; the new server must re-adopt the same device.
 readopt() {
-	local img=$1 old=$DEV
+	local img=$1 old=$DEV lines
 	shift
+	lines=$(cat "attach-$ID.log" 2>/dev/null | wc -l)
 	attach "$img" "$ID" "$@"
 	[ "$DEV" = "$old" ] || fail "re-attach made a new device $DEV instead of re-adopting $old"
-	grep -q "re-adopted $DEV" "attach-$ID.log" || fail "the new server did not re-adopt $DEV"
+	# Only the new server's lines: an earlier one logged re-adoption too.
+	tail -n +$((lines + 1)) "attach-$ID.log" | grep -q "re-adopted $DEV" || fail "the new server did not re-adopt $DEV"
 }
 
 # A load is a command run over and over in the background until

@@ -4,8 +4,8 @@
 csi-qcow2 img create -f qcow2 disk.qcow2 64M >/dev/null
 csi-qcow2 img attach disk.qcow2 --ioctl --device /dev/nbd5 >attach.out 2>attach-ioctl.log &
 SERVER_PID=$!
-wait_for 30 grep -q /dev/nbd5 attach.out || fail "no device"
-wait_for 10 test -f /sys/block/nbd5/pid || fail "nbd5 not configured"
+wait_for 60 grep -q /dev/nbd5 attach.out || fail "no device"
+wait_for 60 test -f /sys/block/nbd5/pid || fail "nbd5 not configured"
 [ ! -s /sys/block/nbd5/backend ] 2>/dev/null || fail "ioctl attach has a backend identifier"
 [ "$(cat /sys/block/nbd5/size)" = $((64 * 2048)) ] || fail "nbd5 size $(cat /sys/block/nbd5/size) sectors"
 dd if=/dev/urandom of=data bs=1M count=2 2>/dev/null

@@ -19,7 +19,7 @@ if [ "$VMTEST_STRESS" = 1 ]; then
 	kills=5
 fi
 csi-qcow2 img create -f qcow2 disk.qcow2 256M >/dev/null
-attach disk.qcow2 "$ID" --timeout 3s --dead-conn-timeout 90s
+attach disk.qcow2 "$ID" --timeout 3s --dead-conn-timeout 300s
 mkfs_dev ext4 "$DEV"
 mkdir -p mnt
 mount -t ext4 "$DEV" mnt
@@ -35,7 +35,7 @@ start_load copy_step
 
 k=0
 while [ "$k" -lt "$kills" ]; do
-	kill_under_load disk.qcow2 --timeout 3s --dead-conn-timeout 90s
+	kill_under_load disk.qcow2 --timeout 3s --dead-conn-timeout 300s
 	k=$((k + 1))
 done
 stop_load

@@ -10,7 +10,7 @@ ID=vol-journal
 blocks=64
 dd if=/dev/urandom of=base.raw bs=1M count=16 2>/dev/null
 csi-qcow2 img create -f qcow2 -b base.raw -F raw disk.qcow2 >/dev/null
-attach disk.qcow2 "$ID" --timeout 3s --dead-conn-timeout 90s
+attach disk.qcow2 "$ID" --timeout 3s --dead-conn-timeout 300s
 dd if=/dev/urandom of=new.bin bs=4k count=$blocks 2>/dev/null
 cp base.raw want.raw
 # 4 KiB writes 244 KiB apart: each lands in a 64 KiB cluster of its own,
@@ -36,7 +36,7 @@ cow_step() {
 		dd if=new.bin of=want.raw bs=4k skip="$from" seek="$b" count=1 conv=notrunc
 }
 start_load cow_step
-kill_under_load disk.qcow2 --timeout 3s --dead-conn-timeout 90s
+kill_under_load disk.qcow2 --timeout 3s --dead-conn-timeout 300s
 stop_load
 dd if="$DEV" of=got.raw bs=1M count=16 iflag=direct 2>/dev/null || fail "reading the device back failed"
 cmp got.raw want.raw || fail "answered writes were lost across kill -9"
