@@ -27,11 +27,15 @@ func (img *Image) WriteZeroes(off, n int64, unmap bool) error {
 // version 2 image with a backing file there is no way to hide the backing
 // data without storing zeros, and discard is only a hint, so it does nothing.
 func (img *Image) Discard(off, n int64) error {
+	// The version is read under mu: SetCompat rewrites it. Should it
+	// change before WriteZeroes runs, the discard zeroes instead, which a
+	// discard may do.
+	img.mu.RLock()
 	if img.hdr.Version < 3 && img.backing != nil {
-		img.mu.RLock()
 		defer img.mu.RUnlock()
 		return img.checkRange(off, n)
 	}
+	img.mu.RUnlock()
 	return img.WriteZeroes(off, n, true)
 }
 
