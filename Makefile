@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 30m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test test-repeat test-vm bench bench-convert bench-nbd vet fmt clean
+.PHONY: all build test test-repeat test-vm crash-deep bench bench-convert bench-nbd vet fmt clean
 
 all: build
 
@@ -25,6 +25,11 @@ test:
 N ?= 5
 test-repeat:
 	scripts/test-repeat.sh -n $(N) $(if $(filter 1,$(HOG)),--hog) $(if $(PKGS),-- $(PKGS))
+
+# A deep crash-state run of pkg/qcow2: ROUNDS workloads (default 8, about
+# 15,000 states and 80 s each on 2 cores). scripts/crash-deep.sh.
+crash-deep:
+	scripts/crash-deep.sh
 
 # Only the VM test bed (docs/vm-testbed.md), verbose: every guest test's
 # output. CSI_QCOW2_VM_RUN / CSI_QCOW2_VM_STRESS select and lengthen.

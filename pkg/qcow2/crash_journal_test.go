@@ -46,7 +46,7 @@ func journalCrashConfigs() []crashConfig {
 }
 
 func TestCrashStatesJournal(t *testing.T) {
-	runCrashTest(t, "TestCrashStatesJournal", journalCrashConfigs(), 120)
+	runCrashTest(t, "TestCrashStatesJournal", journalCrashConfigs(), 300)
 }
 
 // TestCrashJournalRebootRule records copy-on-write writes into an overlay
@@ -58,26 +58,12 @@ func TestCrashStatesJournal(t *testing.T) {
 // exercise the rule, and the check of it can fail.
 func TestCrashJournalRebootRule(t *testing.T) {
 	const cs, size = 4096, 256 << 10
-	dir := t.TempDir()
 	base := make([]byte, size)
 	for b := range base {
 		base[b] = tag(0, int64(b))
 	}
-	if err := os.WriteFile(filepath.Join(dir, "base.raw"), base, 0o444); err != nil {
-		t.Fatal(err)
-	}
-	clock := &crashsim.Clock{}
-	r, jr := crashsim.NewRecorderOn(clock, nil), crashsim.NewRecorderOn(clock, nil)
-	name := filepath.Join(dir, "top.qcow2")
-	if err := qcow2.CreateFile(r, name, qcow2.CreateOptions{ClusterSize: cs, BackingFile: "base.raw", BackingFormat: "raw"}); err != nil {
-		t.Fatal(err)
-	}
-	r.Reopen()
-	from := r.Len()
-	img, err := qcow2.OpenFile(r, name, qcow2.WithJournal(qcow2.Options{}, jr, bootA))
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := recordOverlay(t, base, qcow2.CreateOptions{ClusterSize: cs})
+	img := o.img
 	want := slices.Clone(base)
 	for seq := 1; seq <= 40; seq++ {
 		off := int64(seq*5%(size/cs))*cs + 512
@@ -91,7 +77,7 @@ func TestCrashJournalRebootRule(t *testing.T) {
 		copy(want[off:], buf)
 	}
 	// Killed here: no Close.
-	recs := []*crashsim.Recording{r.Recording().Since(from), jr.Recording()}
+	recs := o.recordings()
 	states := crashsim.GroupStates(recs, crashsim.Plan{Seed: 11, ReorderedPerEpoch: 40, NoBoundaries: true})
 	bad := map[[16]byte]int{}
 	tried := 0
@@ -101,13 +87,7 @@ func TestCrashJournalRebootRule(t *testing.T) {
 		}
 		tried++
 		for _, boot := range [][16]byte{bootA, bootB} {
-			path := filepath.Join(dir, fmt.Sprintf("state-%x.qcow2", boot[0]))
-			if err := os.WriteFile(path, recs[0].Materialize(s.Files[0]), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(qcow2.JournalPath(path), recs[1].Materialize(s.Files[1]), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			path := o.materialize(t, recs, s, fmt.Sprintf("state-%x.qcow2", boot[0]))
 			got, err := readGuestOpts(path, qcow2.WithBoot(qcow2.Options{}, boot))
 			if err != nil {
 				if boot == bootB {

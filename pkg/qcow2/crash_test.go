@@ -727,6 +727,16 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 			n := min(cfg.size-off, cfg.clusterSize*(1+rng.Int64N(4)))
 			clear(base[off : off+n])
 		}
+		if cfg.extendedL2 {
+			// Zero subclusters beside tagged ones in the same cluster:
+			// a write allocating one needs no sync, one allocating
+			// its neighbour does (subclusterBurst).
+			scs := cfg.clusterSize / 32
+			for range 4 * cfg.size / cfg.clusterSize {
+				off := rng.Int64N(cfg.size/scs) * scs
+				clear(base[off:min(cfg.size, off+scs*(1+rng.Int64N(3)))])
+			}
+		}
 		copy(run.initial, base)
 		raw := filepath.Join(run.dir, "base.raw")
 		if err := os.WriteFile(raw, base, 0o444); err != nil {
@@ -789,6 +799,7 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 	size := cfg.size
 	cs := cfg.clusterSize
 	var written [][2]int64 // ranges written, for rewrites
+	var burst [][2]int64   // writes still to make, one op each, before any other op
 	nops := 30 + rng.IntN(20)
 	if n, err := strconv.Atoi(os.Getenv("QCOW2_CRASH_OPS")); err == nil && n > 0 {
 		nops = n
@@ -804,10 +815,22 @@ func recordCrashRun(t *testing.T, cfg crashConfig, seed uint64, qemuImg string, 
 			g := guestOp{seq: seq, start: mark()}
 			var opErr error
 			p := rng.IntN(100)
+			if len(burst) > 0 {
+				p = 0
+			}
+			shapes := 6
+			if cfg.extendedL2 {
+				shapes = 9 // three in nine: subclusterBurst
+			}
 			switch {
 			case p < 55: // writes of every shape
 				g.kind = gWrite
-				switch q := rng.IntN(6); {
+				switch q := rng.IntN(shapes); {
+				case len(burst) > 0:
+					g.off, g.n, burst = burst[0][0], burst[0][1], burst[1:]
+				case q >= 6:
+					burst = subclusterBurst(rng, run.initial, size, cs)
+					g.off, g.n, burst = burst[0][0], burst[0][1], burst[1:]
 				case q == 0 && len(written) > 0: // rewrite an earlier range
 					w := written[rng.IntN(len(written))]
 					g.off, g.n = w[0], w[1]
@@ -909,6 +932,62 @@ func crashTempDir(t *testing.T) string {
 		}
 	}
 	return t.TempDir()
+}
+
+// subclusterBurst returns 3 to 5 writes of single subclusters (whole or
+// part) of one cluster, made one after the other with nothing between
+// them. The cluster is one where the backing content (initial) has zero
+// and non-zero subclusters side by side, and the burst writes a non-zero
+// one before a zero one: the first needs its data durable before its
+// mapping, the second does not, and it rewrites the L2 entry the first
+// left (issue 9, item 1). Writes before and after those two are random.
+func subclusterBurst(rng *rand.Rand, initial []byte, size, cs int64) [][2]int64 {
+	scs := cs / 32
+	subZero := func(c, s int64) bool { return isZeroBytes(initial[c*cs+s*scs : c*cs+(s+1)*scs]) }
+	pick := func(c int64, zero bool) int64 {
+		for range 64 {
+			if s := rng.Int64N(32); subZero(c, s) == zero {
+				return s
+			}
+		}
+		return rng.Int64N(32)
+	}
+	c := rng.Int64N(size / cs)
+	for range 64 {
+		zeros := 0
+		for s := range int64(32) {
+			if subZero(c, s) {
+				zeros++
+			}
+		}
+		if zeros > 0 && zeros < 32 {
+			break
+		}
+		c = rng.Int64N(size / cs)
+	}
+	subs := []int64{rng.Int64N(32), pick(c, false), pick(c, true)}
+	for range rng.IntN(3) {
+		subs = append(subs, rng.Int64N(32))
+	}
+	var out [][2]int64
+	for _, s := range subs {
+		off, n := c*cs+s*scs, scs
+		if rng.IntN(3) == 0 {
+			n = 1 + rng.Int64N(scs)
+			off += rng.Int64N(scs - n + 1)
+		}
+		out = append(out, [2]int64{off, min(n, size-off)})
+	}
+	return out
+}
+
+func isZeroBytes(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // randRange returns a range for WriteZeroes/Discard: usually whole

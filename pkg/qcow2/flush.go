@@ -12,6 +12,11 @@ func (img *Image) Flush() error {
 		img.mu.Unlock()
 		return nil
 	}
+	if err := img.jr.err(); err != nil {
+		// The journal failed: what it held may never reach the image.
+		img.mu.Unlock()
+		return err
+	}
 	if img.jr.pending() {
 		img.mu.Unlock()
 		return img.flushJournaled()

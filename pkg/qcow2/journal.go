@@ -128,6 +128,20 @@ func (j *journal) pinsGuest(first, last int64) bool {
 	return false
 }
 
+// pinsAny reports whether the journal holds entries of the L2 slice of
+// any of ups (guest slice = vi >> sliceBits).
+func (j *journal) pinsAny(ups []l2Update, sliceBits uint8) bool {
+	if len(j.guest) == 0 {
+		return false
+	}
+	for _, u := range ups {
+		if _, ok := j.guest[u.vi>>sliceBits]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // journalRecord is one deferred L2 entry.
 type journalRecord struct {
 	vi, entry, bitmap uint64
@@ -256,10 +270,16 @@ func (img *Image) deferMappings(ups []l2Update) error {
 		encodeJournalRecord(buf[i*journalRecordSize:], img.jr.gen, journalRecord{uint64(u.vi), u.entry, u.bitmap})
 	}
 	if _, err := img.jr.f.WriteAt(buf, journalHeaderSize+img.jr.n*journalRecordSize); err != nil {
-		return err
+		// Some of the records may be in the file, valid, past jr.n: a
+		// later batch would overwrite only the first of them, and a
+		// replay would apply the rest over newer mappings.
+		return img.jr.fail(fmt.Errorf("writing the write journal failed, the image takes no more writes: %w", err))
 	}
 	img.jr.n += int64(len(ups))
-	return img.pinMappings(ups)
+	if err := img.pinMappings(ups); err != nil {
+		return img.jr.fail(fmt.Errorf("the write journal holds mappings the cache could not take, the image takes no more writes: %w", err))
+	}
+	return nil
 }
 
 // pinMappings puts L2 entries into their cached slices without writing

@@ -112,17 +112,7 @@ func (fx *journalFixture) write(t *testing.T, rng *rand.Rand, off, n int64) {
 // (the files as the kernel has them) to a new directory with the base.
 func (fx *journalFixture) killCopy(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, name := range []string{"base.raw", "top.qcow2", "top.qcow2.journal"} {
-		b, err := os.ReadFile(filepath.Join(fx.dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return filepath.Join(dir, "top.qcow2")
+	return copyKilled(t, fx.dir)
 }
 
 func fillRandom(rng *rand.Rand, b []byte) {
@@ -348,16 +338,9 @@ func TestJournalOpenByPath(t *testing.T) {
 // a kill copy replayed, and the image after Close. Run it under -race.
 func TestJournalConcurrentWithEviction(t *testing.T) {
 	const cs, size, workers = 512, 8 << 20, 4
-	dir := t.TempDir()
 	base := make([]byte, size)
 	fillRandom(rand.New(rand.NewPCG(9, 9)), base)
-	if err := os.WriteFile(filepath.Join(dir, "base.raw"), base, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "top.qcow2")
-	if err := qcow2.Create(path, qcow2.CreateOptions{ClusterSize: cs, BackingFile: "base.raw", BackingFormat: "raw"}); err != nil {
-		t.Fatal(err)
-	}
+	dir, path := overlayOn(t, base, qcow2.CreateOptions{ClusterSize: cs})
 	img, err := qcow2.Open(path, qcow2.WithBoot(qcow2.Options{Journal: true, L2CacheBytes: 1}, qcow2.HostBoot()))
 	if err != nil {
 		t.Fatal(err)
@@ -422,39 +405,10 @@ func TestJournalConcurrentWithEviction(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A last burst with nothing flushed, then a kill copy.
-	rng := rand.New(rand.NewPCG(10, 10))
-	for range 200 {
+	unflushedThenKill(t, img, dir, want, qcow2.Options{}, 200, func(rng *rand.Rand) (int64, int64) {
 		n := 1 + rng.Int64N(3*cs)
-		off := rng.Int64N(size - n)
-		buf := make([]byte, n)
-		fillRandom(rng, buf)
-		if _, err := img.WriteAt(buf, off); err != nil {
-			t.Fatal(err)
-		}
-		copy(want[off:], buf)
-	}
-	kdir := t.TempDir()
-	for _, name := range []string{"base.raw", "top.qcow2", "top.qcow2.journal"} {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(kdir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{path, filepath.Join(kdir, "top.qcow2")} {
-		if got := readAll(t, p, qcow2.Options{}); !bytes.Equal(got, want) {
-			t.Fatalf("%s: differs at %d", p, firstDiff(got, want))
-		}
-		res, err := qcow2.Check(p, qcow2.CheckOptions{})
-		if err != nil || res.Corruptions != 0 || res.CheckErrors != 0 {
-			t.Fatalf("%s: check: %+v %v", p, res, err)
-		}
-	}
+		return rng.Int64N(size - n), n
+	})
 }
 
 // TestJournalVersion2: a version 2 image has no incompatible feature

@@ -130,6 +130,11 @@ type writeBatch struct {
 	punch    []clusterRun
 	frees    []int64
 	needSync bool
+	// mayDefer: the mappings may wait in the write journal (the
+	// allocating write path). Other callers never journal: they may read
+	// the L2 tables back from the file, and their entries (zero clusters,
+	// compressed ones) are not what a replay accepts.
+	mayDefer bool
 	// pooled: buffers of data from clusterBuf, released once the data
 	// is written.
 	pooled [][]byte
@@ -165,18 +170,13 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 	if err != nil {
 		return err
 	}
-	if !w.needSync || len(w.l2) == 0 {
+	w.mayDefer = true
+	if !w.needSync || len(w.l2) == 0 || img.journalTakes(&w) {
+		// No sync to wait for, or the journal takes the mappings.
 		return img.commit(&w)
 	}
 	if err := img.commitData(&w); err != nil {
 		return err
-	}
-	if img.jr.on() && img.hdr.Version >= 3 && len(w.punch) == 0 {
-		// (Version 2 after an amend: no field for the journal's bit.)
-		// The mapping waits in the journal for the next checkpoint
-		// (journal.go); the frees wait for a Flush, which checkpoints
-		// before it applies them.
-		return img.commitMapping(&w, img.deferMappings)
 	}
 	first, last := off/img.cs, (off+int64(len(p))-1)/img.cs
 	ch := img.cowBegin(first, last)
@@ -190,7 +190,7 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	return img.commitMapping(&w, img.writeL2)
+	return img.commitMapping(&w, true)
 }
 
 // planBatch plans a write of p at off: the batch, its fresh clusters taken.
@@ -411,12 +411,7 @@ func (img *Image) commit(w *writeBatch) error {
 	if err := img.commitData(w); err != nil {
 		return err
 	}
-	if w.needSync && len(w.l2) > 0 {
-		if err := img.f.Sync(); err != nil {
-			return err
-		}
-	}
-	return img.commitMapping(w, img.writeL2)
+	return img.commitMapping(w, false)
 }
 
 // commitData writes a batch's data, adjacent pieces joined.
@@ -455,10 +450,23 @@ func (img *Image) commitData(w *writeBatch) error {
 	return nil
 }
 
-// commitMapping writes a batch's L2 entries with mapL2 (writeL2, or
-// deferMappings for the journal), then punches and frees.
-func (img *Image) commitMapping(w *writeBatch, mapL2 func([]l2Update) error) error {
-	if err := mapL2(w.l2); err != nil {
+// commitMapping makes a batch's L2 entries reach the image, its data
+// written already, then punches and frees; synced says that the data was
+// synced since. It is the one way a batch's mappings are written, and it
+// keeps two rules by construction:
+//
+//   - the image's L2 tables never name data that is not durable (rule 3):
+//     an entry whose data must be durable first (needSync) goes to the
+//     write journal when it can take it, else waits for a sync;
+//   - an entry of an L2 slice that has journal-only entries goes to the
+//     journal too, after them, whether or not its data needs a sync.
+//     Written to the image instead, it would carry the journal-only
+//     state of its slice (the allocation bits of other subclusters in the
+//     same entry, on extended L2) onto the disk before that data is
+//     durable; and a replay of the journal after a kill would apply the
+//     older records over it.
+func (img *Image) commitMapping(w *writeBatch, synced bool) error {
+	if err := img.mapBatch(w, synced); err != nil {
 		return err
 	}
 	for _, p := range mergeRuns(w.punch) {
@@ -470,6 +478,41 @@ func (img *Image) commitMapping(w *writeBatch, mapL2 func([]l2Update) error) err
 		img.alloc.freeLater(c)
 	}
 	return nil
+}
+
+// mapBatch writes w's L2 entries as commitMapping says.
+func (img *Image) mapBatch(w *writeBatch, synced bool) error {
+	if len(w.l2) == 0 {
+		return nil
+	}
+	pinned := img.jr.pinsAny(w.l2, img.sliceBits)
+	durable := synced || !w.needSync
+	switch {
+	case w.mayDefer && img.journalTakes(w) && (pinned || !durable):
+		return img.deferMappings(w.l2)
+	case pinned:
+		// The batch may not wait in the journal (a caller outside the
+		// write path, or punches that must follow a durable mapping):
+		// a checkpoint moves the journal's entries into the image,
+		// after a sync that covers this batch's data.
+		if err := img.checkpointLocked(); err != nil {
+			return err
+		}
+	case !durable:
+		if err := img.f.Sync(); err != nil {
+			return err
+		}
+	}
+	return img.writeL2(w.l2)
+}
+
+// journalTakes reports whether the write journal can take w's mappings:
+// it is on, the image has a field for its bit (version 3; a version 2
+// image after an amend has none), and w punches no holes (a punch must
+// follow a durable unmapping). The frees wait for a Flush, which
+// checkpoints before it applies them.
+func (img *Image) journalTakes(w *writeBatch) bool {
+	return img.jr.on() && img.hdr.Version >= 3 && len(w.punch) == 0
 }
 
 // writeL2 applies L2 entry updates, one write per touched slice.
