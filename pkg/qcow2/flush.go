@@ -52,6 +52,13 @@ func (img *Image) flushJournaled() error {
 	if err := img.jr.err(); err != nil {
 		return err
 	}
+	// The checkpoint synced nothing if another operation checkpointed
+	// between Flush's look at the journal and lockQuiesced, and that
+	// operation (a discard, say) may have unlinked clusters since, with
+	// L2 writes not yet durable. Their frees wait for this sync.
+	if err := img.f.Sync(); err != nil {
+		return err
+	}
 	pend := img.alloc.pending
 	img.alloc.pending = nil
 	if len(pend) == 0 {

@@ -391,8 +391,6 @@ func (img *Image) prepareL2(l1i int64) (int64, error) {
 		if err := img.f.Sync(); err != nil {
 			return 0, err
 		}
-		img.alloc.freeLater(cur / img.cs)
-		img.l2c.drop(cur, img.cs)
 	}
 	img.meta.add(c, metaL2)
 	entryOff := int64(img.hdr.L1TableOffset) + l1i*8
@@ -403,6 +401,12 @@ func (img *Image) prepareL2(l1i int64) (int64, error) {
 		return 0, err
 	}
 	img.l1[l1i] = uint64(host) | oflagCopied
+	if cur != 0 {
+		// Only now is the shared table unlinked: queued before a failed
+		// L1 write, its free would drop the refcount the snapshot holds.
+		img.alloc.freeLater(cur / img.cs)
+		img.l2c.drop(cur, img.cs)
+	}
 	return host, nil
 }
 
