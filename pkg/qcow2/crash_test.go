@@ -943,7 +943,7 @@ func crashTempDir(t *testing.T) string {
 // left (issue 9, item 1). Writes before and after those two are random.
 func subclusterBurst(rng *rand.Rand, initial []byte, size, cs int64) [][2]int64 {
 	scs := cs / 32
-	subZero := func(c, s int64) bool { return isZeroBytes(initial[c*cs+s*scs : c*cs+(s+1)*scs]) }
+	subZero := func(c, s int64) bool { return qcow2.IsZero(initial[c*cs+s*scs : c*cs+(s+1)*scs]) }
 	pick := func(c int64, zero bool) int64 {
 		for range 64 {
 			if s := rng.Int64N(32); subZero(c, s) == zero {
@@ -979,15 +979,6 @@ func subclusterBurst(rng *rand.Rand, initial []byte, size, cs int64) [][2]int64 
 		out = append(out, [2]int64{off, min(n, size-off)})
 	}
 	return out
-}
-
-func isZeroBytes(b []byte) bool {
-	for _, x := range b {
-		if x != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // randRange returns a range for WriteZeroes/Discard: usually whole

@@ -24,3 +24,6 @@ func WithBoot(opts Options, boot [16]byte) Options {
 
 // HostBoot is this host's boot identity, as the journal records it.
 func HostBoot() [16]byte { b, _ := currentBoot(Options{}); return b }
+
+// IsZero reports whether b holds only zero bytes.
+func IsZero(b []byte) bool { return isZero(b) }
