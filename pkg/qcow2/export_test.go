@@ -27,3 +27,11 @@ func HostBoot() [16]byte { b, _ := currentBoot(Options{}); return b }
 
 // IsZero reports whether b holds only zero bytes.
 func IsZero(b []byte) bool { return isZero(b) }
+
+// WithFileHooks returns opts whose opens by path (image, journal, a
+// Freeze's new overlay) go through wrap, and whose Freeze directory syncs
+// go through syncDir.
+func WithFileHooks(opts Options, wrap func(path string, f File) File, syncDir func(dir string) error) Options {
+	opts.io = &fileHooks{wrap: wrap, syncDir: syncDir}
+	return opts
+}

@@ -86,7 +86,7 @@ func planFreeze(old *Image, snapshotPath string) (freezePlan, error) {
 	if err := old.writable(); err != nil {
 		return p, err
 	}
-	of, ok := old.f.(*osFile)
+	of, ok := hostFile(old.f)
 	if !ok {
 		return p, errorf(ErrUnsupported, "a live freeze needs an image stored in a host file")
 	}
@@ -172,7 +172,7 @@ func (l *Live) freeze(old *Image, p freezePlan) (next *Image, err error) {
 	if err := os.Link(p.volume, p.snapshot); err != nil {
 		return nil, fmt.Errorf("naming the frozen layer: %w", err)
 	}
-	if err := syncDir(filepath.Dir(p.snapshot)); err != nil {
+	if err := old.opts.syncDirOf(p.snapshot); err != nil {
 		return nil, err
 	}
 	if err := step(freezeLinked); err != nil {
@@ -188,7 +188,7 @@ func (l *Live) freeze(old *Image, p freezePlan) (next *Image, err error) {
 		return next, err
 	}
 	renamed = true
-	if err := syncDir(filepath.Dir(p.volume)); err != nil {
+	if err := old.opts.syncDirOf(p.volume); err != nil {
 		return next, fmt.Errorf("the volume names the new overlay, but syncing its directory failed: %w", err)
 	}
 	return next, step(freezeRenamed)
@@ -221,7 +221,7 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := NewOSFile(fh)
+	f := old.opts.wrapFile(p.tmp, NewOSFile(fh))
 	h := old.Header()
 	co := CreateOptions{
 		Size:            old.Size(),

@@ -86,7 +86,7 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := NewOSFile(fh)
+	f := opts.wrapFile(path, NewOSFile(fh))
 	jf, err := openJournalFile(path, f, opts)
 	if err != nil {
 		f.Close()
@@ -115,6 +115,11 @@ func OpenFile(f File, name string, opts Options) (*Image, error) {
 }
 
 func openFile(f File, name string, opts Options, depth int) (*Image, error) {
+	if !opts.ReadOnly {
+		// From the first write of the open on (journal replay, refcount
+		// repair), a failed sync is sticky (sync_guard.go).
+		f = guardSyncs(f)
+	}
 	h, err := readHeader(f)
 	if err != nil {
 		return nil, err
@@ -408,7 +413,7 @@ func (img *Image) Close() error {
 	img.lockQuiesced()
 	img.closed = true
 	img.mu.Unlock()
-	if cerr := img.closeJournal(); err == nil {
+	if cerr := img.closeJournal(err == nil); err == nil {
 		err = cerr
 	}
 	if !img.keepFile {

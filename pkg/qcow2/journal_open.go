@@ -79,7 +79,7 @@ func openJournalFile(path string, f File, opts Options) (File, error) {
 			return nil, fmt.Errorf("locking the write journal %s: %w", jpath, err)
 		}
 	}
-	return NewOSFile(fh), nil
+	return opts.wrapFile(jpath, NewOSFile(fh)), nil
 }
 
 // settleJournalOnOpen handles the journal of an image being opened
@@ -101,8 +101,19 @@ func settleJournalOnOpen(f File, h *Header, jf File, opts Options) (discarded bo
 	}
 	boot, bootOK := currentBoot(opts)
 	gen, jboot, ok := readJournalHeader(jf)
+	replay := ok && bootOK && jboot == boot
+	if replay {
+		// A writeback error nobody has seen yet (the writer was killed
+		// before its next sync) is reported to this descriptor's first
+		// sync: the data the records map may be lost, so they must not
+		// be replayed, now or by a retried open.
+		if err := f.Sync(); err != nil {
+			poisonJournal(jf)
+			return false, fmt.Errorf("the image's data may be lost (a sync failed), so its write journal is discarded; open it again to repair: %w", err)
+		}
+	}
 	switch {
-	case ok && bootOK && jboot == boot:
+	case replay:
 		ups, err := tmp.journalMappings(jf, gen)
 		if err != nil {
 			return false, err
@@ -172,13 +183,15 @@ func (img *Image) journalMappings(jf File, gen uint64) ([]l2Update, error) {
 }
 
 // closeJournal closes the journal file at Close and removes it when
-// nothing is left in it.
-func (img *Image) closeJournal() error {
+// nothing is left in it and the Close was clean: only then is the
+// header's journal bit known to be clear on disk (a checkpoint clears it
+// without a sync), and a missing journal must never meet a set bit.
+func (img *Image) closeJournal(clean bool) error {
 	if img.jr.file == nil {
 		return nil
 	}
 	err := img.jr.file.Close()
-	if img.jr.path != "" && err == nil && img.jr.err() == nil && !img.readOnly &&
+	if clean && img.jr.path != "" && err == nil && img.jr.err() == nil && !img.readOnly &&
 		img.hdrIncompat.Load()&incompatJournal == 0 {
 		if rerr := os.Remove(img.jr.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			err = rerr
@@ -202,7 +215,22 @@ func (img *Image) attachJournal(jf File, opts Options) error {
 	if !opts.Journal || !ok || img.hdr.Version < 3 {
 		return nil
 	}
+	if g, ok := img.f.(*syncGuard); ok {
+		g.onFail = func() { poisonJournal(jf) }
+	}
 	return img.startJournal(jf, boot)
+}
+
+// poisonJournal overwrites the journal's header so that its records are
+// never replayed: an open then discards them (and rebuilds the refcounts
+// to return the clusters they took). It is for a failed sync of the
+// image: the kernel may have dropped the data those records map, yet kept
+// the records, and a replay on this boot would map clusters that read as
+// whatever the disk held before. Not synced: after a reboot the journal
+// is discarded anyway. A failed write is ignored: the image has failed
+// already, and there is nothing left to tell.
+func poisonJournal(jf File) {
+	_, _ = jf.WriteAt(make([]byte, journalHeaderSize), 0)
 }
 
 // applyPendingJournal applies (or, after a reboot, discards) the journal

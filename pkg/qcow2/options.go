@@ -32,6 +32,9 @@ type Options struct {
 	journalFile File
 	journalPath string
 	bootID      *[16]byte
+	// io stands between the engine and the files it opens by path
+	// (tests: fault injection, export_test.go); nil is the host's.
+	io *fileHooks
 }
 
 // BackingPolicy decides whether a file name stored in an image may be opened.

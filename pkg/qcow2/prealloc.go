@@ -41,7 +41,7 @@ func (img *Image) preallocate(mode string) error {
 func (img *Image) allocateSpace(mode string, off, n int64) error {
 	switch mode {
 	case PreallocFalloc:
-		if of, ok := img.f.(*osFile); ok {
+		if of, ok := hostFile(img.f); ok {
 			if err := unix.Fallocate(int(of.f.Fd()), 0, off, n); err == nil {
 				return nil
 			}

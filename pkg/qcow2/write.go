@@ -19,7 +19,7 @@ func (img *Image) writable() error {
 	if err := img.jr.err(); err != nil {
 		return err
 	}
-	return nil
+	return syncFailure(img.f)
 }
 
 // WriteAt writes p at guest offset off. It returns once the data and every
