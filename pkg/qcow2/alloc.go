@@ -197,6 +197,11 @@ func (img *Image) releasePool() error {
 			j++
 		}
 		if err := img.setRefcountRange(img.rt, a.pool[i], int64(j-i), 0); err != nil {
+			// The runs before, and any part of this one, may be free
+			// on disk now: handed out from the pool again, they would
+			// be in use at refcount 0. The rest of this run leaks.
+			a.cursor = min(a.cursor, a.pool[i])
+			a.pool = a.pool[j:]
 			return err
 		}
 		a.cursor = min(a.cursor, a.pool[i])

@@ -57,19 +57,14 @@ var faultScope = map[string]string{
 var faultSiteScope = map[string]string{
 	"external_snapshot.go:319": "syncDir: the directory sync faultPlan.syncDir stands in for",
 	"pread.go:103":             "writeHost's pwrite of the descriptor: the fault file has none, so the same writes fail at pread.go's WriteAt",
-	"alloc.go:116":             "gap: reserve's sync (reached at 512-byte clusters only, see refcount.go:136)",
-	"write.go:477":             "gap: commitMapping's punch (reached at 512-byte clusters only)",
 	"alloc.go:85":              "gap: reserve's punch of a reservation",
-	"alloc.go:232":             "gap: makeRunDurable's sync",
-	"alloc.go:263":             "gap: settleFrees",
+	"alloc.go:237":             "gap: makeRunDurable's sync",
+	"alloc.go:268":             "gap: settleFrees",
 	"flush.go:34":              "gap: Flush's second sync after frees without a journal",
-	"refcount.go:136":          "gap: allocRun's new refcount block (a 512-byte-cluster configuration reaches it, and an EIO there sets the corrupt bit: open bug)",
-	"refcount.go:160":          "gap: allocRun",
-	"refcount.go:169":          "gap: allocRun",
-	"refcount.go:286":          "gap: growRefTable (needs more than 8 MiB of file at 512-byte clusters)",
-	"refcount.go:289":          "gap: growRefTable",
+	"refcount.go:292":          "gap: growRefTable (needs more than 8 MiB of file at 512-byte clusters)",
 	"refcount.go:295":          "gap: growRefTable",
-	"refcount.go:298":          "gap: growRefTable",
+	"refcount.go:301":          "gap: growRefTable",
+	"refcount.go:304":          "gap: growRefTable",
 	"snapshot.go:699":          "gap: clearCopiedL2 of ApplySnapshot",
 	"write.go:84":              "gap: writeInPlace's single-cluster branch without a descriptor",
 }
@@ -153,7 +148,7 @@ func TestFaultInjectionCoversEverySite(t *testing.T) {
 	hit := map[string]bool{}
 	for _, cfg := range faultConfigs {
 		plan := newFaultPlan(0, 0)
-		newFaultRun(t, cfg.create, plan).workload()
+		newFaultRun(t, cfg.create, cfg.grow, plan).workload()
 		for site := range plan.sites {
 			hit[strings.Fields(site)[0]] = true
 		}

@@ -172,14 +172,20 @@ func (img *Image) allocRun(n int64, rt []uint64, live bool) (int64, error) {
 			}
 			for _, bi := range group {
 				at := blockAt[bi]
-				rt[bi] = uint64(at)
-				img.rbc.put(at, newBlocks[bi])
-				img.meta.add(at/img.cs, metaRefBlock)
 				if live {
 					if err := img.writeU64(int64(img.hdr.RefcountTableOffset)+bi*8, uint64(at)); err != nil {
+						// Blocks of earlier levels are registered
+						// inside the run: it must never be handed
+						// out again (its clusters leak). This block
+						// is not: in memory the table would point
+						// where the disk's may not.
+						img.alloc.eof = end
 						return 0, err
 					}
 				}
+				rt[bi] = uint64(at)
+				img.rbc.put(at, newBlocks[bi])
+				img.meta.add(at/img.cs, metaRefBlock)
 			}
 		}
 	}
