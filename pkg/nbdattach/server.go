@@ -48,7 +48,7 @@ type Server struct {
 	mu        sync.Mutex
 	exports   map[string]*Export
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[*connState]struct{}
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -75,7 +75,7 @@ func NewServer(opts Options) *Server {
 		opts:      opts,
 		exports:   map[string]*Export{},
 		listeners: map[net.Listener]struct{}{},
-		conns:     map[net.Conn]struct{}{},
+		conns:     map[*connState]struct{}{},
 	}
 }
 
@@ -162,12 +162,12 @@ func (s *Server) Serve(l net.Listener) error {
 // negotiated export until the client disconnects. It closes c. A clean
 // end (NBD_CMD_DISC, NBD_OPT_ABORT, EOF between requests) returns nil.
 func (s *Server) ServeConn(c net.Conn) error {
-	if !s.track(c) {
+	cs := newConnState(s, c)
+	if !s.track(cs) {
 		c.Close()
 		return ErrServerClosed
 	}
-	defer s.untrack(c)
-	cs := newConnState(s, c)
+	defer s.untrack(cs)
 	exp, err := cs.handshake()
 	if err != nil || exp == nil {
 		c.Close()
@@ -186,12 +186,13 @@ func (s *Server) ServeTransmission(c net.Conn, name string) error {
 		c.Close()
 		return fmt.Errorf("nbd: no export %q", name)
 	}
-	if !s.track(c) {
+	cs := newConnState(s, c)
+	if !s.track(cs) {
 		c.Close()
 		return ErrServerClosed
 	}
-	defer s.untrack(c)
-	return newConnState(s, c).transmit(exp)
+	defer s.untrack(cs)
+	return cs.transmit(exp)
 }
 
 // ExportFlags are the transmission flags (NBD_FLAG_*) a connection without
@@ -238,7 +239,7 @@ func (s *Server) Close() error {
 		l.Close()
 	}
 	for c := range s.conns {
-		c.Close()
+		c.nc.Close()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -251,7 +252,7 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) track(c net.Conn) bool {
+func (s *Server) track(c *connState) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -261,7 +262,7 @@ func (s *Server) track(c net.Conn) bool {
 	return true
 }
 
-func (s *Server) untrack(c net.Conn) {
+func (s *Server) untrack(c *connState) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()

@@ -25,6 +25,12 @@ type request struct {
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
 
+// maxPooledExt is the largest reply buffer (request.ext) a pooled request
+// keeps: enough for the chunk headers of usual replies, while the up to
+// 128 KiB of a large BLOCK_STATUS reply go back to the garbage collector
+// instead of staying attached to an idle request.
+const maxPooledExt = 4 << 10
+
 // transmit serves exp on the connection until the client disconnects,
 // then waits for the requests in flight and closes the socket.
 func (c *connState) transmit(exp *Export) error {
@@ -91,6 +97,9 @@ func (c *connState) readRequests() error {
 		case cmdCache:
 			r.held = int64(min(r.length, cacheChunk))
 			c.limit.acquire(r.held)
+		case cmdBlockStatus:
+			r.held = blockStatusHeld(r.length)
+			c.limit.acquire(r.held)
 		default:
 			c.limit.acquire(0)
 		}
@@ -118,7 +127,11 @@ func (c *connState) inline(r *request) bool {
 func (c *connState) finish(r *request) {
 	putBuf(r.buf)
 	held := r.held
-	*r = request{hdr: r.hdr, ext: r.ext[:0]}
+	ext := r.ext[:0]
+	if cap(ext) > maxPooledExt {
+		ext = nil // a large reply's buffer is not kept in the pool
+	}
+	*r = request{hdr: r.hdr, ext: ext}
 	requestPool.Put(r)
 	c.limit.release(held)
 }
