@@ -33,10 +33,10 @@ const maxPooledExt = 4 << 10
 
 // transmit serves exp on the connection until the client disconnects,
 // then waits for the requests in flight and closes the socket.
-func (c *connState) transmit(exp *Export) error {
+func (c *connState) transmit(exp *export) error {
 	c.backend = exp.Backend
-	c.caps = exp.Backend.Caps()
-	c.size = uint64(exp.Backend.Size())
+	c.caps = exp.caps
+	c.size = uint64(exp.size)
 	c.out.finish = c.finish
 	err := c.readRequests()
 	if err != nil {
