@@ -3,6 +3,7 @@ package nbdattach
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 )
 
 // export is the server's record of an Export: what clients are told about
@@ -14,6 +15,7 @@ type export struct {
 	size int64
 
 	conns map[*connState]struct{} // under Server.mu
+	fault atomic.Pointer[error]   // the panic that fenced it (fence.go)
 }
 
 // Errors of join, which picks an export for a connection.

@@ -144,7 +144,11 @@ func (s *Server) ServeConn(c net.Conn) error {
 		return err
 	}
 	defer s.untrack(cs)
-	exp, err := cs.handshake()
+	var exp *export
+	err = s.catch("in the handshake", func() (err error) {
+		exp, err = cs.handshake()
+		return err
+	})
 	if err != nil || exp == nil {
 		c.Close()
 		return err

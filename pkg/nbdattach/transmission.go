@@ -38,7 +38,7 @@ func (c *connState) transmit(exp *export) error {
 	c.caps = exp.caps
 	c.size = uint64(exp.size)
 	c.out.finish = c.finish
-	err := c.readRequests()
+	err := c.srv.catch("reading requests", c.readRequests)
 	if err != nil {
 		// A broken or hostile client: do not wait on replies it may never
 		// read; closing fails the pending writes and frees the workers.
@@ -136,10 +136,16 @@ func (c *connState) finish(r *request) {
 	c.limit.release(held)
 }
 
-// handle validates and executes one request and sends its reply.
+// handle validates and executes one request and sends its reply; a fenced
+// export answers EIO without calling the backend.
 func (c *connState) handle(r *request) {
+	defer c.recoverRequest(r)
 	if errno, msg := c.validate(r); errno != 0 {
 		c.replyError(r, errno, msg)
+		return
+	}
+	if c.exp.fenced() != nil {
+		c.replyError(r, errIO, "the export is fenced after an internal error")
 		return
 	}
 	switch r.typ {
