@@ -1,19 +1,43 @@
 package nbdattach
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"unsafe"
+)
 
 const (
-	// maxDescriptors bounds one BLOCK_STATUS reply (the client asks again
-	// for the rest); the spec allows answering less than asked.
+	// maxDescriptors bounds one BLOCK_STATUS reply to 128 KiB of
+	// descriptors; the spec lets a server describe less than was asked
+	// (the client asks again for the rest) and advises at most 2^20.
 	maxDescriptors = 16384
 	// maxDescriptorLen keeps a descriptor's 32-bit length a multiple of
 	// 4 KiB.
 	maxDescriptorLen = 1<<32 - 4096
+	// statusPiece is the most one backend BlockStatus call is asked to
+	// describe. At the finest granularity a reply should use (512 bytes,
+	// as the spec advises) its answer has maxDescriptors runs: one call
+	// can fill a reply, and no answer grows with the request's length
+	// (up to 4 GiB).
+	statusPiece = maxDescriptors * 512
+	// maxStatusCalls bounds the backend calls of one request: a 4 GiB
+	// request takes 512 pieces; a backend that describes less than it is
+	// asked gets twice that many calls, then the reply covers what they
+	// described.
+	maxStatusCalls = 2 * (1 << 32) / statusPiece
 	// minHoleChunk: zero ranges shorter than this are sent as data in a
 	// sparse read; a chunk header per small hole would cost more than the
 	// bytes it saves.
 	minHoleChunk = 64 << 10
 )
+
+// blockStatusHeld is what a BLOCK_STATUS of length bytes takes from the
+// connection's in-flight budget: its reply (8 bytes a descriptor) and the
+// backend's answer for one piece (an Extent a run), at one run per 512
+// bytes (two more for unaligned ends).
+func blockStatusHeld(length uint32) int64 {
+	runs := min(int64(length)/512+2, maxDescriptors)
+	return structHeaderSize + 4 + runs*(8+int64(unsafe.Sizeof(Extent{})))
+}
 
 // descriptor is one base:allocation run of a BLOCK_STATUS reply.
 type descriptor struct {
@@ -32,60 +56,117 @@ func statusOf(e Extent) uint32 {
 	return s
 }
 
-// descriptors turns a backend's extents for [off, off+n) into merged,
-// clipped descriptors of at most max entries.
-func descriptors(exts []Extent, n uint64, max int) []descriptor {
-	var out []descriptor
-	var covered uint64
-	for _, e := range exts {
-		if e.Length <= 0 || covered >= n {
-			continue
-		}
-		l := min(uint64(e.Length), n-covered)
-		covered += l
-		st := statusOf(e)
-		for l > 0 {
-			if k := len(out); k > 0 && out[k-1].status == st && uint64(out[k-1].length) < maxDescriptorLen {
-				add := min(l, maxDescriptorLen-uint64(out[k-1].length))
-				out[k-1].length += uint32(add)
-				l -= add
-				continue
-			}
-			if len(out) == max {
-				return out
-			}
-			add := min(l, maxDescriptorLen)
-			out = append(out, descriptor{length: uint32(add), status: st})
-			l -= add
-		}
-	}
-	return out
+// statusReply builds a base:allocation chunk in place from the backend's
+// answers: runs of one status are merged, descriptors appended to b as
+// they are complete.
+type statusReply struct {
+	b       []byte     // chunk header, context id, complete descriptors
+	n       int        // complete descriptors in b
+	max     int        // descriptors allowed
+	cur     descriptor // the run being merged (length 0: none yet)
+	covered uint64     // bytes described
 }
 
-// doBlockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation.
-func (c *connState) doBlockStatus(r *request) {
-	exts, err := c.backend.BlockStatus(int64(r.off), int64(r.length))
-	if err != nil {
-		c.reply(r, err)
-		return
+func newStatusReply(b []byte, cookie uint64, max int) statusReply {
+	b = appendChunkHeader(b[:0], replyFlagDone, replyBlockStatus, cookie, 0)
+	return statusReply{b: binary.BigEndian.AppendUint32(b, metaBaseAllocationID), max: max}
+}
+
+// run adds l bytes of status st. It returns false, having added only part
+// of them, when they would need a descriptor past max.
+func (s *statusReply) run(l uint64, st uint32) bool {
+	for l > 0 {
+		if s.cur.length == 0 {
+			s.cur.status = st
+		}
+		if s.cur.status == st && s.cur.length < maxDescriptorLen {
+			add := min(l, maxDescriptorLen-uint64(s.cur.length))
+			s.cur.length += uint32(add)
+			s.covered += add
+			l -= add
+			continue
+		}
+		if s.n+1 >= s.max {
+			return false
+		}
+		s.flush()
 	}
+	return true
+}
+
+// flush appends the current run to b and starts an empty one.
+func (s *statusReply) flush() {
+	s.b = binary.BigEndian.AppendUint32(s.b, s.cur.length)
+	s.b = binary.BigEndian.AppendUint32(s.b, s.cur.status)
+	s.n++
+	s.cur = descriptor{}
+}
+
+// extents adds a backend's answer for a piece of n bytes, clipped to n;
+// it stops at the first run without a positive length (a backend bug:
+// what follows would be misplaced). It returns false when the reply is
+// full.
+func (s *statusReply) extents(exts []Extent, n uint64) bool {
+	var got uint64
+	for _, e := range exts {
+		if e.Length <= 0 || got >= n {
+			break
+		}
+		l := min(uint64(e.Length), n-got)
+		if !s.run(l, statusOf(e)) {
+			return false
+		}
+		got += l
+	}
+	return true
+}
+
+// finish completes the chunk: the last run and the chunk's length.
+func (s *statusReply) finish() []byte {
+	if s.cur.length > 0 {
+		s.flush()
+	}
+	binary.BigEndian.PutUint32(s.b[16:], uint32(len(s.b)-structHeaderSize))
+	return s.b
+}
+
+// doBlockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation, asking
+// the backend piece by piece until the request is covered, the reply is
+// full or maxStatusCalls were made. An error before anything was described
+// is the reply; after, the client gets what was described and asks again.
+func (c *connState) doBlockStatus(r *request) {
 	max := maxDescriptors
 	if r.flags&cflagReqOne != 0 {
 		max = 1
 	}
-	ds := descriptors(exts, uint64(r.length), max)
-	if len(ds) == 0 {
+	s := newStatusReply(r.ext, r.cookie, max)
+	end := r.off + uint64(r.length)
+	for calls := 0; calls < maxStatusCalls; calls++ {
+		pos := r.off + s.covered
+		if pos >= end {
+			break
+		}
+		n := min(end-pos, statusPiece)
+		exts, err := c.backend.BlockStatus(int64(pos), int64(n))
+		if err != nil {
+			if s.covered == 0 {
+				r.ext = s.b
+				c.reply(r, err)
+				return
+			}
+			break
+		}
+		before := s.covered
+		if !s.extents(exts, n) || s.covered == before {
+			break
+		}
+	}
+	if s.covered == 0 {
 		// Status 0 (allocated, not known zero) is always a true answer.
-		ds = []descriptor{{length: uint32(min(uint64(r.length), maxDescriptorLen))}}
+		s.run(uint64(r.length), 0)
 	}
-	b := appendChunkHeader(r.ext[:0], replyFlagDone, replyBlockStatus, r.cookie, uint32(4+8*len(ds)))
-	b = binary.BigEndian.AppendUint32(b, metaBaseAllocationID)
-	for _, d := range ds {
-		b = binary.BigEndian.AppendUint32(b, d.length)
-		b = binary.BigEndian.AppendUint32(b, d.status)
-	}
-	r.ext = b
-	c.out.send(r, b)
+	r.ext = s.finish()
+	c.out.send(r, r.ext)
 }
 
 // segment is a piece of a sparse read: data to read, or a hole.

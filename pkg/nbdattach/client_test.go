@@ -328,22 +328,50 @@ func (m *memBackend) BlockStatus(off, n int64) ([]Extent, error) {
 var allCaps = Caps{MultiConn: true, FUA: true, Trim: true, WriteZeroes: true, FastZero: true, BlockStatus: true}
 
 // serve starts a server with one export "" on b and returns a connected
-// client and a channel with ServeConn's result. Unless opts set one, the
-// handshake may take as long as a loaded host needs.
+// client and a channel with ServeConn's result.
 func serve(t testing.TB, b Backend, opts Options) (*testClient, <-chan error) {
+	t.Helper()
+	return connect(t, newTestServer(t, opts, &Export{Name: "", Description: "test export", Backend: b}))
+}
+
+// newTestServer returns a server with the exports, closed when the test
+// ends. Unless opts set one, the handshake may take as long as a loaded
+// host needs.
+func newTestServer(t testing.TB, opts Options, exports ...*Export) *Server {
 	t.Helper()
 	if opts.HandshakeTimeout == 0 {
 		opts.HandshakeTimeout = testtools.Patience
 	}
 	s := NewServer(opts)
-	if err := s.AddExport(&Export{Name: "", Description: "test export", Backend: b}); err != nil {
-		t.Fatal(err)
+	for _, e := range exports {
+		if err := s.AddExport(e); err != nil {
+			t.Fatal(err)
+		}
 	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// connect serves a new connection on s (ServeConn) and returns its client
+// and a channel with ServeConn's result.
+func connect(t testing.TB, s *Server) (*testClient, <-chan error) {
+	t.Helper()
 	cli, srv := socketPair(t)
 	done := make(chan error, 1)
 	go func() { done <- s.ServeConn(srv) }()
-	t.Cleanup(func() { cli.Close(); s.Close() })
+	t.Cleanup(func() { cli.Close() })
 	return &testClient{t: t, c: cli}, done
+}
+
+// connStates returns the connections s serves.
+func (s *Server) connStates() []*connState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*connState
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
 }
 
 // socketPair returns two connected unix stream sockets.

@@ -5,8 +5,16 @@ import (
 	"fmt"
 )
 
-// cacheChunk is how much NBD_CMD_CACHE reads at a time.
-const cacheChunk = 1 << 20
+const (
+	// cacheChunk is how much NBD_CMD_CACHE reads (or asks a Cacher for)
+	// at a time, and so the buffer one CACHE holds.
+	cacheChunk = 1 << 20
+	// maxCacheLen bounds the work of one CACHE to what a READ may cost:
+	// caching is advisory (the spec leaves how much is cached to the
+	// server), so a longer request is answered after its first 32 MiB and
+	// a 4 GiB CACHE cannot make the server read 4 GiB.
+	maxCacheLen = maxPayload
+)
 
 // sparseReadMin is the smallest READ for which, with structured replies,
 // the server asks the backend for holes and sends them as
@@ -99,25 +107,29 @@ func (c *connState) doWriteZeroes(r *request) error {
 
 // Cacher is an optional Backend method for NBD_CMD_CACHE; without it the
 // server reads the range through and drops the bytes, which warms the
-// host's page cache.
+// host's page cache. Either way the server works in pieces of at most
+// 1 MiB, and on at most the first 32 MiB of a request.
 type Cacher interface {
 	Cache(off, n int64) error
 }
 
 func (c *connState) doCache(r *request) error {
-	if ch, ok := c.backend.(Cacher); ok {
-		return ch.Cache(int64(r.off), int64(r.length))
+	ch, cacher := c.backend.(Cacher)
+	if !cacher && r.length > 0 {
+		r.buf = getBuf(int(min(r.length, cacheChunk)))
 	}
-	if r.length == 0 {
-		return nil
-	}
-	r.buf = getBuf(int(min(r.length, cacheChunk)))
-	for off, end := int64(r.off), int64(r.off)+int64(r.length); off < end; {
-		p := (*r.buf)[:min(int64(len(*r.buf)), end-off)]
-		if err := c.readFull(p, off); err != nil {
+	for off, end := int64(r.off), int64(r.off)+int64(min(r.length, maxCacheLen)); off < end; {
+		n := min(end-off, cacheChunk)
+		var err error
+		if cacher {
+			err = ch.Cache(off, n)
+		} else {
+			err = c.readFull((*r.buf)[:n], off)
+		}
+		if err != nil {
 			return err
 		}
-		off += int64(len(p))
+		off += n
 	}
 	return nil
 }

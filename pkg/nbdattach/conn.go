@@ -23,6 +23,7 @@ type connState struct {
 	metaExport string // the export SET_META_CONTEXT named
 
 	// Transmission phase.
+	exp     *export // the export joined; set once, by Server.join
 	backend Backend
 	caps    Caps
 	size    uint64

@@ -129,20 +129,23 @@ func fuzzSeeds() [][]byte {
 	}
 }
 
-// TestWriteFuzzSeeds rewrites testdata/fuzz/FuzzServe from fuzzSeeds when
+// TestWriteFuzzSeeds rewrites testdata/fuzz/FuzzServe and
+// testdata/fuzz/FuzzBlockStatusCache from their seeds when
 // NBD_WRITE_SEEDS=1; the committed files are what CI runs.
 func TestWriteFuzzSeeds(t *testing.T) {
 	if os.Getenv("NBD_WRITE_SEEDS") != "1" {
 		t.Skip("set NBD_WRITE_SEEDS=1 to rewrite the committed seed corpus")
 	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzServe")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for i, s := range fuzzSeeds() {
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%02d", i)), []byte(body), 0o644); err != nil {
+	for target, seeds := range map[string][][]byte{"FuzzServe": fuzzSeeds(), "FuzzBlockStatusCache": statusFuzzSeeds()} {
+		dir := filepath.Join("testdata", "fuzz", target)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
+		}
+		for i, s := range seeds {
+			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%02d", i)), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 }

@@ -21,7 +21,7 @@ var errAborted = errors.New("nbd: client aborted the handshake")
 // handshake runs the fixed newstyle negotiation and returns the export the
 // client chose (nil after a clean abort). Violations of the protocol end
 // the connection with an error; bad option contents get error replies.
-func (c *connState) handshake() (*Export, error) {
+func (c *connState) handshake() (*export, error) {
 	c.nc.SetDeadline(time.Now().Add(c.srv.opts.HandshakeTimeout))
 	var hello [18]byte
 	binary.BigEndian.PutUint64(hello[0:], magicNBD)
@@ -56,7 +56,7 @@ func (c *connState) handshake() (*Export, error) {
 
 // option reads and answers one option; it returns the export when the
 // option ends the handshake.
-func (c *connState) option() (*Export, error) {
+func (c *connState) option() (*export, error) {
 	var h [16]byte
 	if _, err := io.ReadFull(c.br, h[:]); err != nil {
 		return nil, fmt.Errorf("nbd handshake: option header: %w", err)
@@ -97,16 +97,16 @@ func (c *connState) option() (*Export, error) {
 	return nil, c.optError(opt, repErrUnsup, "unknown option")
 }
 
-func (c *connState) optExportName(data []byte) (*Export, error) {
-	exp := c.srv.export(string(data))
-	if exp == nil {
+func (c *connState) optExportName(data []byte) (*export, error) {
+	exp, err := c.srv.join(c, string(data))
+	if err != nil {
 		// NBD_OPT_EXPORT_NAME has no error reply: the spec says to hang up.
-		return nil, fmt.Errorf("nbd handshake: no export %q", string(data))
+		return nil, fmt.Errorf("nbd handshake: %w", err)
 	}
 	c.metaAlloc = c.metaAlloc && c.metaExport == exp.Name
 	b := make([]byte, 10, 134)
-	binary.BigEndian.PutUint64(b[0:], uint64(exp.Backend.Size()))
-	binary.BigEndian.PutUint16(b[8:], transmissionFlags(exp.Backend.Caps(), c.structured))
+	binary.BigEndian.PutUint64(b[0:], uint64(exp.size))
+	binary.BigEndian.PutUint16(b[8:], transmissionFlags(exp.caps, c.structured))
 	if !c.noZeroes {
 		b = b[:134]
 	}
@@ -130,8 +130,10 @@ func (c *connState) optList(data []byte) error {
 }
 
 // optInfoGo answers NBD_OPT_INFO and NBD_OPT_GO: the export's size and
-// flags, its name and description when asked, and the block sizes.
-func (c *connState) optInfoGo(opt uint32, data []byte) (*Export, error) {
+// flags, its name and description when asked, and the block sizes. A GO
+// joins the export's connections first, so that one over the limit is
+// refused before anything is promised.
+func (c *connState) optInfoGo(opt uint32, data []byte) (*export, error) {
 	p := parser{b: data}
 	name := p.str32()
 	nreq := p.u16()
@@ -142,14 +144,13 @@ func (c *connState) optInfoGo(opt uint32, data []byte) (*Export, error) {
 	if !p.done() {
 		return nil, c.optError(opt, repErrInvalid, "malformed INFO/GO request")
 	}
-	exp := c.srv.export(name)
+	exp, err := c.chooseExport(opt, name)
 	if exp == nil {
-		return nil, c.optError(opt, repErrUnknown, "no such export")
+		return nil, err
 	}
-	b := exp.Backend
 	info := binary.BigEndian.AppendUint16(nil, infoExport)
-	info = binary.BigEndian.AppendUint64(info, uint64(b.Size()))
-	info = binary.BigEndian.AppendUint16(info, transmissionFlags(b.Caps(), c.structured))
+	info = binary.BigEndian.AppendUint64(info, uint64(exp.size))
+	info = binary.BigEndian.AppendUint16(info, transmissionFlags(exp.caps, c.structured))
 	if err := c.optReply(opt, repInfo, info); err != nil {
 		return nil, err
 	}
@@ -183,6 +184,27 @@ func (c *connState) optInfoGo(opt uint32, data []byte) (*Export, error) {
 	return exp, nil
 }
 
+// chooseExport finds the export an INFO asks about, or joins the one a GO
+// picks; on failure it sends the error reply and returns a nil export
+// (with the error of sending it).
+func (c *connState) chooseExport(opt uint32, name string) (*export, error) {
+	if opt == optInfo {
+		if exp := c.srv.lookup(name); exp != nil {
+			return exp, nil
+		}
+		return nil, c.optError(opt, repErrUnknown, "no such export")
+	}
+	exp, err := c.srv.join(c, name)
+	switch {
+	case errors.Is(err, errExportFull):
+		c.srv.logf("nbd: %v: GO refused", err)
+		return nil, c.optError(opt, repErrPolicy, err.Error())
+	case err != nil:
+		return nil, c.optError(opt, repErrUnknown, "no such export")
+	}
+	return exp, nil
+}
+
 // optMetaContext answers NBD_OPT_LIST_META_CONTEXT and
 // NBD_OPT_SET_META_CONTEXT. The only context is base:allocation, offered
 // when the backend reports block status.
@@ -200,11 +222,11 @@ func (c *connState) optMetaContext(opt uint32, data []byte) error {
 	if !p.done() {
 		return c.optError(opt, repErrInvalid, "malformed meta context request")
 	}
-	exp := c.srv.export(name)
+	exp := c.srv.lookup(name)
 	if exp == nil {
 		return c.optError(opt, repErrUnknown, "no such export")
 	}
-	offered := exp.Backend.Caps().BlockStatus
+	offered := exp.caps.BlockStatus
 	match := false
 	if opt == optListMetaContext && len(queries) == 0 {
 		match = offered
@@ -293,6 +315,6 @@ func (p *parser) str32() string {
 // done reports whether every byte was consumed without error.
 func (p *parser) done() bool { return p.err == nil && len(p.b) == 0 }
 
-func sortExports(es []*Export) {
-	slices.SortFunc(es, func(a, b *Export) int { return strings.Compare(a.Name, b.Name) })
+func sortExports(es []*export) {
+	slices.SortFunc(es, func(a, b *export) int { return strings.Compare(a.Name, b.Name) })
 }

@@ -12,6 +12,7 @@ type inflight struct {
 	maxReqs  int
 	bytes    int64
 	reqs     int
+	waiting  bool // the reader waits in acquire
 }
 
 func (f *inflight) init(maxBytes int64, maxReqs int) {
@@ -24,8 +25,10 @@ func (f *inflight) init(maxBytes int64, maxReqs int) {
 func (f *inflight) acquire(n int64) {
 	f.mu.Lock()
 	for f.reqs > 0 && (f.bytes+n > f.maxBytes || f.reqs >= f.maxReqs) {
+		f.waiting = true
 		f.cond.Wait()
 	}
+	f.waiting = false
 	f.bytes += n
 	f.reqs++
 	f.mu.Unlock()
@@ -53,4 +56,11 @@ func (f *inflight) wait() {
 		f.cond.Wait()
 	}
 	f.mu.Unlock()
+}
+
+// full reports whether the reader waits for the budget.
+func (f *inflight) full() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waiting
 }

@@ -30,6 +30,17 @@ type Options struct {
 	// MaxInFlightRequests bounds the requests one connection has in
 	// flight (default 256).
 	MaxInFlightRequests int
+	// MaxConnsPerExport bounds the connections serving one export
+	// (default 16, the most AttachOptions.Connections allows). A GO past
+	// it is refused with NBD_REP_ERR_POLICY (logged) and the client may
+	// go on negotiating; an EXPORT_NAME, which has no error reply, and a
+	// ServeTransmission past it end the connection with an error.
+	MaxConnsPerExport int
+	// MaxConns bounds the connections of the whole server, handshakes
+	// included (default 512): one past it is closed before the greeting
+	// and ServeConn or ServeTransmission returns ErrTooManyConns.
+	// Together with MaxInFlightBytes it bounds the server's memory.
+	MaxConns int
 	// Logf receives one line per connection error; nil discards them.
 	Logf func(format string, args ...any)
 }
@@ -38,6 +49,8 @@ const (
 	defaultHandshakeTimeout = 10 * time.Second
 	defaultInFlightBytes    = 64 << 20
 	defaultInFlightRequests = 256
+	defaultConnsPerExport   = 16
+	defaultConns            = 512
 )
 
 // Server serves exports over NBD. It is safe for concurrent use; one
@@ -46,15 +59,19 @@ type Server struct {
 	opts Options
 
 	mu        sync.Mutex
-	exports   map[string]*Export
+	exports   map[string]*export
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[*connState]struct{}
 	closed    bool
 	wg        sync.WaitGroup
 }
 
-// ErrServerClosed is returned by Serve and ServeConn after Close.
-var ErrServerClosed = errors.New("nbd: server closed")
+var (
+	// ErrServerClosed is returned by Serve and ServeConn after Close.
+	ErrServerClosed = errors.New("nbd: server closed")
+	// ErrTooManyConns is returned for a connection over Options.MaxConns.
+	ErrTooManyConns = errors.New("nbd: too many connections")
+)
 
 // NewServer returns a server with no exports.
 func NewServer(opts Options) *Server {
@@ -71,58 +88,18 @@ func NewServer(opts Options) *Server {
 	if opts.MaxInFlightRequests <= 0 {
 		opts.MaxInFlightRequests = defaultInFlightRequests
 	}
+	if opts.MaxConnsPerExport <= 0 {
+		opts.MaxConnsPerExport = defaultConnsPerExport
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = defaultConns
+	}
 	return &Server{
 		opts:      opts,
-		exports:   map[string]*Export{},
+		exports:   map[string]*export{},
 		listeners: map[net.Listener]struct{}{},
-		conns:     map[net.Conn]struct{}{},
+		conns:     map[*connState]struct{}{},
 	}
-}
-
-// AddExport offers e; names must be unique and at most 4096 bytes.
-func (s *Server) AddExport(e *Export) error {
-	if e == nil || e.Backend == nil {
-		return errors.New("nbd: export without a backend")
-	}
-	if len(e.Name) > maxStringLen || len(e.Description) > maxStringLen {
-		return fmt.Errorf("nbd: export name or description longer than %d bytes", maxStringLen)
-	}
-	if e.Backend.Size() < 0 {
-		return fmt.Errorf("nbd: export %q has a negative size", e.Name)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, dup := s.exports[e.Name]; dup {
-		return fmt.Errorf("nbd: export %q already exists", e.Name)
-	}
-	s.exports[e.Name] = e
-	return nil
-}
-
-// RemoveExport stops offering the named export to new connections;
-// connections already serving it continue.
-func (s *Server) RemoveExport(name string) {
-	s.mu.Lock()
-	delete(s.exports, name)
-	s.mu.Unlock()
-}
-
-func (s *Server) export(name string) *Export {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.exports[name]
-}
-
-// exportList returns the exports sorted by name, for NBD_OPT_LIST.
-func (s *Server) exportList() []*Export {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*Export, 0, len(s.exports))
-	for _, e := range s.exports {
-		out = append(out, e)
-	}
-	sortExports(out)
-	return out
 }
 
 // Serve accepts connections on l and serves each in its own goroutine
@@ -162,13 +139,16 @@ func (s *Server) Serve(l net.Listener) error {
 // negotiated export until the client disconnects. It closes c. A clean
 // end (NBD_CMD_DISC, NBD_OPT_ABORT, EOF between requests) returns nil.
 func (s *Server) ServeConn(c net.Conn) error {
-	if !s.track(c) {
-		c.Close()
-		return ErrServerClosed
+	cs, err := s.track(c)
+	if err != nil {
+		return err
 	}
-	defer s.untrack(c)
-	cs := newConnState(s, c)
-	exp, err := cs.handshake()
+	defer s.untrack(cs)
+	var exp *export
+	err = s.catch("in the handshake", func() (err error) {
+		exp, err = cs.handshake()
+		return err
+	})
 	if err != nil || exp == nil {
 		c.Close()
 		return err
@@ -181,17 +161,17 @@ func (s *Server) ServeConn(c net.Conn) error {
 // in the transmission phase, with simple replies only and the flags
 // ExportFlags reports. It closes c when the client disconnects.
 func (s *Server) ServeTransmission(c net.Conn, name string) error {
-	exp := s.export(name)
-	if exp == nil {
-		c.Close()
-		return fmt.Errorf("nbd: no export %q", name)
+	cs, err := s.track(c)
+	if err != nil {
+		return err
 	}
-	if !s.track(c) {
+	defer s.untrack(cs)
+	exp, err := s.join(cs, name)
+	if err != nil {
 		c.Close()
-		return ErrServerClosed
+		return fmt.Errorf("nbd: %w", err)
 	}
-	defer s.untrack(c)
-	return newConnState(s, c).transmit(exp)
+	return cs.transmit(exp)
 }
 
 // ExportFlags are the transmission flags (NBD_FLAG_*) a connection without
@@ -238,7 +218,7 @@ func (s *Server) Close() error {
 		l.Close()
 	}
 	for c := range s.conns {
-		c.Close()
+		c.nc.Close()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -251,19 +231,32 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) track(c net.Conn) bool {
+// track registers a new connection, or closes it when the server is
+// closed or has MaxConns connections.
+func (s *Server) track(c net.Conn) (*connState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return false
+	var err error
+	switch {
+	case s.closed:
+		err = ErrServerClosed
+	case len(s.conns) >= s.opts.MaxConns:
+		err = fmt.Errorf("%w: refused one over the limit of %d", ErrTooManyConns, s.opts.MaxConns)
 	}
-	s.conns[c] = struct{}{}
-	return true
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	cs := newConnState(s, c)
+	s.conns[cs] = struct{}{}
+	return cs, nil
 }
 
-func (s *Server) untrack(c net.Conn) {
+// untrack forgets a connection that ended, and takes it off its export.
+func (s *Server) untrack(c *connState) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	s.leave(c)
 	s.mu.Unlock()
 }
 

@@ -25,14 +25,20 @@ type request struct {
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
 
+// maxPooledExt is the largest reply buffer (request.ext) a pooled request
+// keeps: enough for the chunk headers of usual replies, while the up to
+// 128 KiB of a large BLOCK_STATUS reply go back to the garbage collector
+// instead of staying attached to an idle request.
+const maxPooledExt = 4 << 10
+
 // transmit serves exp on the connection until the client disconnects,
 // then waits for the requests in flight and closes the socket.
-func (c *connState) transmit(exp *Export) error {
+func (c *connState) transmit(exp *export) error {
 	c.backend = exp.Backend
-	c.caps = exp.Backend.Caps()
-	c.size = uint64(exp.Backend.Size())
+	c.caps = exp.caps
+	c.size = uint64(exp.size)
 	c.out.finish = c.finish
-	err := c.readRequests()
+	err := c.srv.catch("reading requests", c.readRequests)
 	if err != nil {
 		// A broken or hostile client: do not wait on replies it may never
 		// read; closing fails the pending writes and frees the workers.
@@ -91,6 +97,9 @@ func (c *connState) readRequests() error {
 		case cmdCache:
 			r.held = int64(min(r.length, cacheChunk))
 			c.limit.acquire(r.held)
+		case cmdBlockStatus:
+			r.held = blockStatusHeld(r.length)
+			c.limit.acquire(r.held)
 		default:
 			c.limit.acquire(0)
 		}
@@ -118,15 +127,25 @@ func (c *connState) inline(r *request) bool {
 func (c *connState) finish(r *request) {
 	putBuf(r.buf)
 	held := r.held
-	*r = request{hdr: r.hdr, ext: r.ext[:0]}
+	ext := r.ext[:0]
+	if cap(ext) > maxPooledExt {
+		ext = nil // a large reply's buffer is not kept in the pool
+	}
+	*r = request{hdr: r.hdr, ext: ext}
 	requestPool.Put(r)
 	c.limit.release(held)
 }
 
-// handle validates and executes one request and sends its reply.
+// handle validates and executes one request and sends its reply; a fenced
+// export answers EIO without calling the backend.
 func (c *connState) handle(r *request) {
+	defer c.recoverRequest(r)
 	if errno, msg := c.validate(r); errno != 0 {
 		c.replyError(r, errno, msg)
+		return
+	}
+	if c.exp.fenced() != nil {
+		c.replyError(r, errIO, "the export is fenced after an internal error")
 		return
 	}
 	switch r.typ {

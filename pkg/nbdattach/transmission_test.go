@@ -77,14 +77,7 @@ func TestBlockStatusAndSparseRead(t *testing.T) {
 	copy(m.data[3<<20+100:], []byte{1})                 // a byte in the last MiB
 	tc, _ := transmissionClient(t, m, true)
 	tc.request(cmdBlockStatus, 0, 9, 0, 4<<20, nil)
-	ch := tc.readReply()
-	if ch.typ != replyBlockStatus || ch.flags&replyFlagDone == 0 || binary.BigEndian.Uint32(ch.data) != metaBaseAllocationID {
-		t.Fatalf("block status chunk %+v", ch)
-	}
-	var got []descriptor
-	for d := ch.data[4:]; len(d) >= 8; d = d[8:] {
-		got = append(got, descriptor{binary.BigEndian.Uint32(d), binary.BigEndian.Uint32(d[4:])})
-	}
+	got := statusDescriptors(t, tc.readReply())
 	hz := uint32(stateHole | stateZero)
 	want := []descriptor{{1 << 20, hz}, {8192, 0}, {2<<20 - 8192, hz}, {4096, 0}, {1<<20 - 4096, hz}}
 	if len(got) != len(want) {
