@@ -77,6 +77,12 @@ func (l *Live) Freeze(snapshotPath string) error {
 	if cerr := old.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("closing the frozen layer's old handle: %w", cerr))
 	}
+	if old.opts.Journal {
+		// The old top has let go of the volume's journal path.
+		if jerr := next.startJournalLater(); jerr != nil {
+			err = errors.Join(err, fmt.Errorf("the new top writes without a journal: %w", jerr))
+		}
+	}
 	return err
 }
 

@@ -55,7 +55,7 @@ var faultScope = map[string]string{
 // updated). The plumbing the test hooks stand in for, and the known gaps
 // of the workload so far, each named as one.
 var faultSiteScope = map[string]string{
-	"external_snapshot.go:319": "syncDir: the directory sync faultPlan.syncDir stands in for",
+	"external_snapshot.go:325": "syncDir: the directory sync faultPlan.syncDir stands in for",
 	"pread.go:103":             "writeHost's pwrite of the descriptor: the fault file has none, so the same writes fail at pread.go's WriteAt",
 	"alloc.go:85":              "gap: reserve's punch of a reservation",
 	"alloc.go:237":             "gap: makeRunDurable's sync",
@@ -148,7 +148,7 @@ func TestFaultInjectionCoversEverySite(t *testing.T) {
 	hit := map[string]bool{}
 	for _, cfg := range faultConfigs {
 		plan := newFaultPlan(0, 0)
-		newFaultRun(t, cfg.create, cfg.grow, plan).workload()
+		newFaultRun(t, cfg.create, cfg.grow, cfg.journal, plan).workload()
 		for site := range plan.sites {
 			hit[strings.Fields(site)[0]] = true
 		}

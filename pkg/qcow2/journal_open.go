@@ -221,6 +221,30 @@ func (img *Image) attachJournal(jf File, opts Options) error {
 	return img.startJournal(jf, boot)
 }
 
+// startJournalLater gives an open writable image without a journal the
+// one at its path: a Freeze's new top, once the old top has closed the
+// volume's journal (it is opened without one: until the switch, that
+// path is the old top's). The caller holds the image alone.
+func (img *Image) startJournalLater() error {
+	if img.jr.file != nil || img.readOnly {
+		return nil
+	}
+	opts := img.opts
+	opts.Journal = true
+	jf, err := openJournalFile(img.name, img.f, opts)
+	if err != nil || jf == nil {
+		return err
+	}
+	opts.journalPath = JournalPath(img.name)
+	if err := img.attachJournal(jf, opts); err != nil {
+		img.jr.file = nil
+		jf.Close()
+		return err
+	}
+	img.opts.Journal = true
+	return nil
+}
+
 // poisonJournal overwrites the journal's header so that its records are
 // never replayed: an open then discards them (and rebuilds the refcounts
 // to return the clusters they took). It is for a failed sync of the
