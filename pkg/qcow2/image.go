@@ -76,8 +76,15 @@ type Image struct {
 	keepDirty bool
 }
 
-// Open opens the qcow2 image at path.
+// Open opens the qcow2 image at path. It locks the file as QEMU does
+// (lock.go): a writable open fails with ErrLocked while any other user
+// reads or writes the image without force-share, a read-only one while
+// another writes it (unless opts.ForceShare); backing files are locked as
+// readers.
 func Open(path string, opts Options) (*Image, error) {
+	if err := checkLockOptions(opts); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	flag := os.O_RDWR
 	if opts.ReadOnly {
 		flag = os.O_RDONLY
@@ -86,7 +93,13 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := NewOSFile(fh)
+	f := &osFile{f: fh, canPunch: true}
+	// Before anything else: the journal, the dirty bit and the refcount
+	// rebuild below all write the image.
+	if err := f.setLock(lockModeFor(opts)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	jf, err := openJournalFile(path, f, opts)
 	if err != nil {
 		f.Close()
