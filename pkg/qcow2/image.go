@@ -114,7 +114,9 @@ func Open(path string, opts Options) (*Image, error) {
 
 // OpenFile opens an image stored in f. name is the image's path: backing
 // file names stored in the image resolve relative to its directory. OpenFile
-// takes ownership of f and closes it on error.
+// takes ownership of f and closes it on error. It takes no image lock on f,
+// which the caller opened (Open does); the backing files it opens are
+// locked as Open locks them.
 func OpenFile(f File, name string, opts Options) (*Image, error) {
 	img, err := openFile(f, name, opts, 0)
 	if err != nil {
