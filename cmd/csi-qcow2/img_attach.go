@@ -47,7 +47,8 @@ Without the netlink family (old kernels) the NBD ioctls are used: then there
 is no backend identifier and no re-adoption (--ioctl forces this).
 
 While it serves, the process holds an exclusive flock on the image, so a
-second attach of the same image fails instead of serving it twice. It marks
+second attach of the same image fails instead of serving it twice, and the
+image is locked as QEMU locks it (see img serve --help). It marks
 itself PR_SET_IO_FLUSHER so that memory reclaim never
 waits on the device it serves.
 ` + imgPolicyNote,
@@ -140,6 +141,9 @@ func attachAndServe(stdout, stderr io.Writer, backend nbdattach.Backend, opts nb
 // servers of one image would each cache and allocate on their own and
 // corrupt it; the kernel's record of a device's server is not enough to
 // prevent that (it keeps the first server's pid after a re-adoption).
+// The image locks Open takes (QEMU's byte-range OFD locks, which flock
+// does not interact with) refuse a second writer too, but not a second
+// read-only attach, which must not re-adopt a live server's device.
 func lockForServing(filename string) (*os.File, error) {
 	f, err := os.Open(filename)
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -19,10 +20,10 @@ const (
 func newImgCheckCmd() *cobra.Command {
 	var (
 		format, output, repair string
-		quiet                  bool
+		quiet, share           bool
 	)
 	cmd := &cobra.Command{
-		Use:   "check [-q] [-f fmt] [--output=human|json] [-r leaks|all] filename",
+		Use:   "check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-U] filename",
 		Short: "Check (and optionally repair) a qcow2 image's metadata",
 		Long: `Check the refcounts and mapping tables of a qcow2 image, like qemu-img check.
 -r leaks frees leaked clusters; -r all also repairs corruptions. After a
@@ -30,7 +31,13 @@ repair the image is checked again and that result is reported.
 
 Exit status: 0 no problems, 1 the check itself failed, 2 corruptions,
 3 leaked clusters only, 63 the format has no checks (raw). The backing
-chain is not opened.`,
+chain is not opened.
+
+Locks: the image is locked as QEMU locks it, so a check fails while another
+program (qemu-img, qemu-nbd, a VM, img serve or attach) has it open for
+writing, and a repair also while anyone reads it. -U (--force-share, not
+with -r) checks it anyway, as qemu-img check -U does; the result may then
+report problems that are only writes in progress.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
@@ -49,7 +56,10 @@ chain is not opened.`,
 			default:
 				return failf("Invalid option for -r: '%s'", repair)
 			}
-			return runCheck(cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], format, output, mode, quiet)
+			if share && mode != qcow2.RepairNone {
+				return failf("Could not open '%s': force-share=on can only be used with read-only images", args[0])
+			}
+			return runCheck(cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], format, output, qcow2.CheckOptions{Repair: mode, ForceShare: share}, quiet)
 		},
 	}
 	f := cmd.Flags()
@@ -57,10 +67,11 @@ chain is not opened.`,
 	f.StringVar(&output, "output", "human", "output format: human or json")
 	f.StringVarP(&repair, "repair", "r", "", "repair: leaks or all")
 	f.BoolVarP(&quiet, "quiet", "q", false, "print no report on stdout")
+	addForceShareFlag(f, &share)
 	return cmd
 }
 
-func runCheck(stdout, stderr io.Writer, filename, format, output string, mode qcow2.RepairMode, quiet bool) error {
+func runCheck(stdout, stderr io.Writer, filename, format, output string, opts qcow2.CheckOptions, quiet bool) error {
 	if format == "" {
 		f, err := qcow2.Probe(filename)
 		if err != nil {
@@ -73,7 +84,10 @@ func runCheck(stdout, stderr io.Writer, filename, format, output string, mode qc
 	}
 	// With a repair, Check reports the counters of a second, read-only
 	// check of the repaired image and what the repair fixed, as qemu-img.
-	res, err := qcow2.Check(filename, qcow2.CheckOptions{Repair: mode})
+	res, err := qcow2.Check(filename, opts)
+	if errors.Is(err, qcow2.ErrLocked) {
+		return failf("Could not open '%s': %v", filename, err)
+	}
 	if err != nil {
 		return failf("Check failed: %v", err)
 	}

@@ -12,7 +12,7 @@ import (
 func newImgCompareCmd() *cobra.Command {
 	var c compareCmd
 	cmd := &cobra.Command{
-		Use:   "compare [-q] [-f fmt] [-F fmt] [-s] filename1 filename2",
+		Use:   "compare [-q] [-f fmt] [-F fmt] [-s] [-U] filename1 filename2",
 		Short: "Check whether two images have the same content",
 		Long: `Compare the guest-visible content of two images (each read through its
 backing chain), like qemu-img compare. Exit status: 0 the images are
@@ -21,7 +21,7 @@ The first differing 512-byte sector is reported. Images of different
 sizes are identical when the larger one reads as zeros past the end of the
 smaller (a warning is printed); -s (strict) fails on a size difference and
 on any difference in allocation state.
-` + imgPolicyNote,
+` + imgLockNote + imgPolicyNote,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 2 {
 				return failf("Expecting two image file names")
@@ -37,12 +37,13 @@ on any difference in allocation state.
 	f.StringVarP(&c.fmt2, "backing-format", "F", "", "format of filename2 (qcow2 or raw); probed when empty")
 	f.BoolVarP(&c.strict, "strict", "s", false, "strict mode: sizes and allocation must match too")
 	f.BoolVarP(&c.quiet, "quiet", "q", false, "print nothing; only the exit status tells")
+	addForceShareFlag(f, &c.share)
 	return cmd
 }
 
 type compareCmd struct {
-	fmt1, fmt2    string
-	strict, quiet bool
+	fmt1, fmt2           string
+	strict, quiet, share bool
 }
 
 // compareChunk is qemu-img compare's IO_BUF_SIZE.
@@ -54,12 +55,12 @@ func (c *compareCmd) run(cmd *cobra.Command, name1, name2 string) error {
 			return &exitError{Code: 2, Msg: err.(*exitError).Msg}
 		}
 	}
-	d1, err := qcow2.OpenDisk(name1, c.fmt1, openOptions(true, false))
+	d1, err := qcow2.OpenDisk(name1, c.fmt1, readOptions(false, c.share))
 	if err != nil {
 		return &exitError{Code: 2, Msg: fmt.Sprintf("Could not open '%s': %v", name1, err)}
 	}
 	defer d1.Close()
-	d2, err := qcow2.OpenDisk(name2, c.fmt2, openOptions(true, false))
+	d2, err := qcow2.OpenDisk(name2, c.fmt2, readOptions(false, c.share))
 	if err != nil {
 		return &exitError{Code: 2, Msg: fmt.Sprintf("Could not open '%s': %v", name2, err)}
 	}

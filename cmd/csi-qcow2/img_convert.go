@@ -18,12 +18,13 @@ const maxWorkers = 16
 func newImgConvertCmd() *cobra.Command {
 	var c convertCmd
 	cmd := &cobra.Command{
-		Use:   "convert [-q] [-p] [-c] [-n] [-W] [-f fmt] [-t cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param | -s snapshot_id_or_name] [-S sparse_size] [-m num_workers] filename output_filename",
+		Use:   "convert [-q] [-p] [-c] [-n] [-W] [-f fmt] [-t cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param | -s snapshot_id_or_name] [-S sparse_size] [-m num_workers] [-U] filename output_filename",
 		Short: "Copy an image to a new raw or qcow2 image, flattening its backing chain (or onto a new one with -B)",
 		Long: `Copy the guest-visible content of an image (read through its whole backing
 chain) into a new image without a backing file (see -B), like qemu-img convert.
 output_fmt is qcow2 or raw (default raw); -o takes img create's options
-except size and backing_file. An existing output file is overwritten.
+except size and backing_file. An existing output file is overwritten,
+unless another program has it open (its image lock refuses a writer).
 
 Only data is written: ranges the source maps as zero are skipped, and so
 is every aligned sparse_size block of read data that is all zeros (-S,
@@ -62,6 +63,10 @@ written through the page cache, its writeback is started while copying
 so the command returns only when the output is durable. qemu-img
 convert's own default is unsafe (no flush at all); pass -t writeback to
 qemu-img to compare like with like.
+
+-U (--force-share) reads the source even while another program writes it
+(what is read may be inconsistent); the output is always locked as a
+writer's, as every image is (docs/engine.md, "Image locks").
 ` + imgPolicyNote,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -84,6 +89,7 @@ qemu-img to compare like with like.
 	f.IntVarP(&c.workers, "workers", "m", 8, "parallel requests (1..16)")
 	f.BoolVarP(&c.outOfOrder, "out-of-order", "W", false, "allow out-of-order writes")
 	f.StringVarP(&c.cache, "cache", "t", "writeback", "output cache mode (only writeback: flush once at the end)")
+	addForceShareFlag(f, &c.share)
 	return cmd
 }
 
@@ -96,7 +102,7 @@ type convertCmd struct {
 	noCreate               bool
 	snapshot, snapshotS    string
 	workers                int
-	outOfOrder             bool
+	outOfOrder, share      bool
 	cache                  string
 }
 
@@ -155,7 +161,7 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 		return err
 	}
 
-	disk, err := qcow2.OpenDisk(src, c.srcFmt, openOptions(true, false))
+	disk, err := qcow2.OpenDisk(src, c.srcFmt, readOptions(false, c.share))
 	if err != nil {
 		return failf("Could not open '%s': %v", src, err)
 	}

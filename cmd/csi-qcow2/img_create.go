@@ -30,7 +30,8 @@ cluster_size, refcount_bits, lazy_refcounts (on|off), preallocation
 (on|off; on needs compat 1.1 and cluster_size >= 16k).
 -o options (raw): size, preallocation (off|falloc|full). -o help lists them.
 -u does not open the backing file (its format must then be given with -F).
-An existing file is overwritten, as with qemu-img.
+An existing file is overwritten, as with qemu-img, unless another program
+has it open (its image lock refuses a writer: docs/engine.md, "Image locks").
 ` + imgPolicyNote,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -111,7 +112,9 @@ func (c *createCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	if o.backingFile != "" && !c.unsafe {
 		path := pathCombine(filename, o.backingFile)
-		d, err := qcow2.OpenDisk(path, o.backingFmt, openOptions(true, true))
+		// Force-share, as qemu-img create: only the size is read, and
+		// the backing file may be an image a writer has open.
+		d, err := qcow2.OpenDisk(path, o.backingFmt, readOptions(true, true))
 		if err != nil {
 			return fileErr("Could not open '%s': %v\nCould not open backing image.", path, err)
 		}
@@ -145,7 +148,10 @@ func (c *createCmd) run(cmd *cobra.Command, args []string) error {
 
 // removeExisting deletes a regular file in the way of a new image: qemu-img
 // create and convert overwrite their target. Anything else is left alone
-// and the create fails on it.
+// and the create fails on it, and so is an image someone has open (it
+// holds an image lock a writer's conflicts with: deleting an image a
+// server writes would lose what it writes from then on), as qemu-img
+// refuses it.
 func removeExisting(path string) error {
 	st, err := os.Lstat(path)
 	if err != nil {
@@ -157,6 +163,11 @@ func removeExisting(path string) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("%s exists and is not a regular file", path)
 	}
+	lk, err := qcow2.LockFile(path, qcow2.Options{})
+	if err != nil {
+		return err
+	}
+	defer lk.Close()
 	return os.Remove(path)
 }
 

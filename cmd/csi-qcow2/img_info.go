@@ -11,15 +11,15 @@ import (
 func newImgInfoCmd() *cobra.Command {
 	var (
 		format, output string
-		chain          bool
+		chain, share   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "info [-f fmt] [--output=human|json] [--backing-chain] filename",
+		Use:   "info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename",
 		Short: "Show information about an image",
 		Long: `Show the format, sizes, backing file and qcow2 details of an image, in
 qemu-img info's human or JSON layout. --backing-chain lists every image of
 the chain, top first.
-` + imgPolicyNote,
+` + imgLockNote + imgPolicyNote,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
@@ -29,7 +29,7 @@ the chain, top first.
 				return failf("--output must be used with human or json as argument.")
 			}
 			filename := args[0]
-			d, err := qcow2.OpenDisk(filename, format, openOptions(true, !chain))
+			d, err := qcow2.OpenDisk(filename, format, readOptions(!chain, share))
 			if err != nil {
 				return failf("Could not open '%s': %v", filename, err)
 			}
@@ -67,6 +67,7 @@ the chain, top first.
 	f.StringVarP(&format, "format", "f", "", "image format (qcow2 or raw); probed when empty")
 	f.StringVar(&output, "output", "human", "output format: human or json")
 	f.BoolVar(&chain, "backing-chain", false, "show every image of the backing chain")
+	addForceShareFlag(f, &share)
 	return cmd
 }
 

@@ -12,15 +12,16 @@ import (
 func newImgMapCmd() *cobra.Command {
 	var (
 		format, output, startStr, lengthStr string
+		share                               bool
 	)
 	cmd := &cobra.Command{
-		Use:   "map [-f fmt] [--output=human|json] [--start-offset=OFFSET] [--max-length=LEN] filename",
+		Use:   "map [-f fmt] [--output=human|json] [--start-offset=OFFSET] [--max-length=LEN] [-U] filename",
 		Short: "Show where the guest's data lives in the image and its backing chain",
 		Long: `Dump the allocation map of an image over its backing chain, in qemu-img map's
 layouts. human lists only the ranges that hold data, with the host offset
 and the file that holds them; json lists every range with its depth in the
 chain (0 = the top image), present, zero, data and host offset.
-` + imgPolicyNote,
+` + imgLockNote + imgPolicyNote,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
@@ -42,7 +43,7 @@ chain (0 = the top image), present, zero, data and host offset.
 				}
 			}
 			filename := args[0]
-			d, err := qcow2.OpenDisk(filename, format, openOptions(true, false))
+			d, err := qcow2.OpenDisk(filename, format, readOptions(false, share))
 			if err != nil {
 				return failf("Could not open '%s': %v", filename, err)
 			}
@@ -73,6 +74,7 @@ chain (0 = the top image), present, zero, data and host offset.
 	f.StringVar(&output, "output", "human", "output format: human or json")
 	f.StringVarP(&startStr, "start-offset", "s", "", "first guest byte to map")
 	f.StringVarP(&lengthStr, "max-length", "l", "", "number of guest bytes to map")
+	addForceShareFlag(f, &share)
 	return cmd
 }
 

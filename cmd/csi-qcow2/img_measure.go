@@ -12,7 +12,7 @@ import (
 func newImgMeasureCmd() *cobra.Command {
 	var c measureCmd
 	cmd := &cobra.Command{
-		Use:   "measure [--output=human|json] [-f fmt] [-O output_fmt] [-o options] [--size N | filename]",
+		Use:   "measure [--output=human|json] [-f fmt] [-O output_fmt] [-o options] [-U] [--size N | filename]",
 		Short: "Compute the file size a new image needs",
 		Long: `Compute how large a new image of format output_fmt (raw, the default, or
 qcow2) would be, like qemu-img measure: for an empty image of --size N bytes,
@@ -20,7 +20,7 @@ or for a copy of filename (img convert's output). "required size" is what
 the image needs for its data and metadata, "fully allocated size" what it
 takes with every cluster allocated. -o takes img create's options
 (cluster_size, refcount_bits, compat, preallocation, backing_file, ...).
-` + imgPolicyNote,
+` + imgLockNote + imgPolicyNote,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.run(cmd, args)
@@ -32,12 +32,14 @@ takes with every cluster allocated. -o takes img create's options
 	f.StringVarP(&c.dstFmt, "output-format", "O", "raw", "format of the new image: qcow2 or raw")
 	f.StringArrayVarP(&c.opts, "options", "o", nil, "options of the new image, as for img create (-o help lists them)")
 	f.StringVar(&c.size, "size", "", "virtual size of an empty new image")
+	addForceShareFlag(f, &c.share)
 	return cmd
 }
 
 type measureCmd struct {
 	output, srcFmt, dstFmt, size string
 	opts                         []string
+	share                        bool
 }
 
 func (c *measureCmd) run(cmd *cobra.Command, args []string) error {
@@ -88,7 +90,7 @@ func (c *measureCmd) run(cmd *cobra.Command, args []string) error {
 
 	var in qcow2.Disk
 	if len(args) == 1 {
-		in, err = qcow2.OpenDisk(args[0], c.srcFmt, openOptions(true, false))
+		in, err = qcow2.OpenDisk(args[0], c.srcFmt, readOptions(false, c.share))
 		if err != nil {
 			return failf("Could not open '%s': %v", args[0], err)
 		}

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+	"github.com/spf13/pflag"
 )
 
 // openOptions are the options every img subcommand opens images with: the
@@ -16,6 +17,20 @@ func openOptions(readOnly, noBacking bool) qcow2.Options {
 		NoAutoRepair: readOnly,
 		Backing:      qcow2.BackingPolicy{AllowAnyPath: true},
 	}
+}
+
+// readOptions are openOptions for a read-only open; forceShare is the
+// command's -U.
+func readOptions(noBacking, forceShare bool) qcow2.Options {
+	o := openOptions(true, noBacking)
+	o.ForceShare = forceShare
+	return o
+}
+
+// addForceShareFlag adds -U/--force-share to the commands that only read
+// an image, where qemu-img has it.
+func addForceShareFlag(f *pflag.FlagSet, forceShare *bool) {
+	f.BoolVarP(forceShare, "force-share", "U", false, "open the image even while another program writes it (what is read may be inconsistent); see \"Image locks\" in docs/engine.md")
 }
 
 // checkFormat rejects formats other than the two the engine knows; "" is

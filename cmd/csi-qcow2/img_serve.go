@@ -37,6 +37,12 @@ of the image applies the journal.
 A qcow2 image is served through the engine (backing chain included; block
 status reports the allocation over the whole chain); a raw image is served
 as a plain file (pread/pwrite, holes punched for trim and zeroing).
+
+While it serves, the image is locked as QEMU locks it (docs/engine.md,
+"Image locks"): writable, no other program (qemu-img, qemu-nbd, a VM, img
+commit, img check) can open it without -U (--force-share), nor write its
+backing files; read-only (-r), no one can write it. A writable server also
+holds an exclusive flock on the image, so a second server fails at once.
 ` + imgPolicyNote,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -112,11 +118,22 @@ func openBackend(filename, format string, readOnly, journal bool) (nbdattach.Bac
 		}
 	}
 	if format == "raw" {
-		b, err := nbdattach.OpenFileBackend(filename, readOnly)
+		// nbdattach knows nothing of image locks: the engine takes the
+		// one it would take on a descriptor of its own.
+		lk, err := qcow2.LockFile(filename, qcow2.Options{ReadOnly: readOnly})
 		if err != nil {
 			return nil, nil, failf("Could not open '%s': %v", filename, err)
 		}
-		return b, b.Close, nil
+		b, err := nbdattach.OpenFileBackend(filename, readOnly)
+		if err != nil {
+			lk.Close()
+			return nil, nil, failf("Could not open '%s': %v", filename, err)
+		}
+		return b, func() error {
+			err := b.Close()
+			lk.Close()
+			return err
+		}, nil
 	}
 	opts := openOptions(readOnly, false)
 	opts.Journal = journal

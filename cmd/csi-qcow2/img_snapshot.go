@@ -13,15 +13,19 @@ import (
 func newImgSnapshotCmd() *cobra.Command {
 	var (
 		format, create, apply, del string
-		list, quiet                bool
+		list, quiet, share         bool
 	)
 	cmd := &cobra.Command{
-		Use:   "snapshot [-q] [-f fmt] [-l | -a snapshot | -c snapshot | -d snapshot] filename",
+		Use:   "snapshot [-q] [-f fmt] [-U] [-l | -a snapshot | -c snapshot | -d snapshot] filename",
 		Short: "List, create, apply or delete internal snapshots of a qcow2 image",
 		Long: `Work with the internal snapshots of a qcow2 image, like qemu-img snapshot:
 -l lists them (the default), -c creates one, -a reverts the image to one
 (found by id, then by name), -d deletes one (found by name, as qemu-img 7.2
-does). Unlike qemu-img, -c refuses a name that is already taken.`,
+does). Unlike qemu-img, -c refuses a name that is already taken.
+
+Locks: -l locks the image as a reader, the others as a writer, as QEMU
+does; -U (--force-share, with -l only) lists the snapshots of an image
+another program writes.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
@@ -40,6 +44,10 @@ does). Unlike qemu-img, -c refuses a name that is already taken.`,
 				return failf("Expecting one image file name")
 			}
 			filename := args[0]
+			modify := n == 1 && !list
+			if share && modify {
+				return failf("Could not open '%s': force-share=on can only be used with read-only images", filename)
+			}
 			if format == "" {
 				var err error
 				if format, err = qcow2.Probe(filename); err != nil {
@@ -71,7 +79,7 @@ does). Unlike qemu-img, -c refuses a name that is already taken.`,
 					return qcow2.ErrSnapshotNotFound
 				})
 			}
-			return snapshotList(cmd.OutOrStdout(), filename, format)
+			return snapshotList(cmd.OutOrStdout(), filename, format, share)
 		},
 	}
 	f := cmd.Flags()
@@ -81,6 +89,7 @@ does). Unlike qemu-img, -c refuses a name that is already taken.`,
 	f.StringVarP(&apply, "apply", "a", "", "revert to this snapshot (id or name)")
 	f.StringVarP(&del, "delete", "d", "", "delete the snapshot with this name")
 	f.BoolVarP(&quiet, "quiet", "q", false, "print nothing on success")
+	addForceShareFlag(f, &share)
 	return cmd
 }
 
@@ -113,11 +122,11 @@ func snapshotModify(filename, format, name, verb string, op func(*qcow2.Image) e
 
 // snapshotList prints the snapshot table as qemu-img 7.2 does (nothing at
 // all when there are no snapshots; dates in local time).
-func snapshotList(w io.Writer, filename, format string) error {
+func snapshotList(w io.Writer, filename, format string, share bool) error {
 	if format != "qcow2" {
 		return nil
 	}
-	img, err := qcow2.Open(filename, openOptions(true, true))
+	img, err := qcow2.Open(filename, readOptions(true, share))
 	if err != nil {
 		return failf("Could not open '%s': %v", filename, err)
 	}

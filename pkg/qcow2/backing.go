@@ -14,16 +14,30 @@ func openBacking(child, name, format string, opts Options, depth int) (Disk, err
 }
 
 // openBackingMode is openBacking, or with writable the same for writing
-// (commit): the policy applies alike.
+// (commit): the policy applies alike. The file is locked as a reader (a
+// writer with writable) before anything reads it.
 func openBackingMode(child, name, format string, opts Options, depth int, writable bool) (Disk, error) {
 	flag := os.O_RDONLY
 	if writable {
 		flag = os.O_RDWR
 	}
-	f, path, err := resolveBackingFlag(child, name, opts.Backing, flag)
+	fh, path, err := resolveBackingFlag(child, name, opts.Backing, flag)
 	if err != nil {
 		return nil, err
 	}
+	f := &osFile{f: fh, canPunch: true}
+	if err := f.setLock(backingLockMode(opts, writable)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return openBackingFile(child, f, path, format, opts, depth, writable)
+}
+
+// openBackingFile opens the backing file f (at path, already locked) of
+// image child as format ("" probes it). It takes ownership of f and
+// closes it on error.
+func openBackingFile(child string, f *osFile, path, format string, opts Options, depth int, writable bool) (Disk, error) {
+	var err error
 	if format == "" {
 		if format, err = probeFile(f); err != nil {
 			f.Close()
@@ -37,6 +51,9 @@ func openBackingMode(child, name, format string, opts Options, depth int, writab
 		bopts := opts
 		bopts.ReadOnly = !writable
 		bopts.NoBacking = false
+		if writable {
+			bopts.ForceShare = false
+		}
 		// A backing file has no journal of its own here: one with
 		// journal-only mappings is refused (ErrJournalPending).
 		bopts.Journal, bopts.journalFile, bopts.journalPath = false, nil, ""
@@ -44,7 +61,7 @@ func openBackingMode(child, name, format string, opts Options, depth int, writab
 			// Deeper layers stay confined to the top image's root.
 			bopts.Backing.Root = filepath.Dir(absPath(child))
 		}
-		img, err := openFile(NewOSFile(f), path, bopts, depth)
+		img, err := openFile(f, path, bopts, depth)
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("%s: %w", path, err)

@@ -144,6 +144,10 @@ func (c *checker) logf(format string, args ...any) { c.res.logf(format, args...)
 // qcow2 at all (qemu-img check then exits 1 too); otherwise the findings are
 // in the result.
 func Check(path string, opts CheckOptions) (*CheckResult, error) {
+	lopts := Options{ReadOnly: opts.Repair == RepairNone, ForceShare: opts.ForceShare}
+	if err := checkLockOptions(lopts); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	flag := os.O_RDONLY
 	if opts.Repair != RepairNone {
 		flag = os.O_RDWR
@@ -155,7 +159,11 @@ func Check(path string, opts CheckOptions) (*CheckResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := NewOSFile(osf)
+	f := &osFile{f: osf, canPunch: true}
+	if err := f.setLock(lockModeFor(lopts)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	res, err := CheckFile(f, opts)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		return nil, cerr

@@ -34,6 +34,9 @@ func (m RepairMode) String() string {
 // CheckOptions control Check.
 type CheckOptions struct {
 	Repair RepairMode
+	// ForceShare checks an image another program has open for writing
+	// (qemu-img check -U); see Options.ForceShare. Not with a repair.
+	ForceShare bool
 }
 
 // maxCheckMessages bounds CheckResult.Messages; a damaged image can yield

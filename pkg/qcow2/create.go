@@ -12,7 +12,14 @@ func Create(path string, opts CreateOptions) error {
 	if err != nil {
 		return err
 	}
-	f := NewOSFile(fh)
+	f := &osFile{f: fh, canPunch: true}
+	// The new file is locked as any writer's while it is formatted, so
+	// that no one opens it half written. (Should someone have locked it
+	// already, it is theirs now: it is left alone.)
+	if err := f.setLock(lockWriter); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
 	if err := CreateFile(f, path, opts); err != nil {
 		f.Close()
 		os.Remove(path)
@@ -180,7 +187,10 @@ func probeBackingForCreate(name string, o *CreateOptions) error {
 	if o.BackingFormat != "" && o.BackingFormat != "qcow2" && o.BackingFormat != "raw" {
 		return fmt.Errorf("%w: backing format %q", ErrUnsupported, o.BackingFormat)
 	}
-	d, err := openBacking(name, o.BackingFile, o.BackingFormat, Options{ReadOnly: true, Backing: o.Backing}, 1)
+	// Force-share, as qemu-img create: only the header is read, and the
+	// backing file may well be an image a writer has open (the top of a
+	// running volume that a new overlay will stack on once it is frozen).
+	d, err := openBacking(name, o.BackingFile, o.BackingFormat, Options{ReadOnly: true, ForceShare: true, Backing: o.Backing}, 1)
 	if err != nil {
 		return fmt.Errorf("could not open backing file %q: %w", o.BackingFile, err)
 	}

@@ -58,7 +58,7 @@ func OpenDisk(path, format string, opts Options) (Disk, error) {
 	case "qcow2":
 		return Open(path, opts)
 	case "raw":
-		return OpenRaw(path, opts.ReadOnly)
+		return openRaw(path, opts)
 	}
 	return nil, fmt.Errorf("%w: image format %q (qcow2 and raw are supported)", ErrUnsupported, format)
 }

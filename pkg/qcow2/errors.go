@@ -24,6 +24,10 @@ var (
 	ErrRange = errors.New("out of range")
 	// ErrClosed: the image has been closed.
 	ErrClosed = errors.New("qcow2 image is closed")
+	// ErrLocked: another user of the file (a process, QEMU included, or
+	// another open in this one) holds a lock that conflicts with the open
+	// (lock.go); nothing was changed.
+	ErrLocked = errors.New("image is locked")
 )
 
 func errorf(class error, format string, args ...any) error {

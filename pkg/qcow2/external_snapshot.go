@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // The durable steps of a Freeze, in order. After each one the files are in
@@ -74,9 +76,11 @@ func (l *Live) Freeze(snapshotPath string) error {
 		return err
 	}
 	l.img = next
+	next.adoptFrozenLock(old)
 	if cerr := old.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("closing the frozen layer's old handle: %w", cerr))
 	}
+	next.settleFrozenLock()
 	if old.opts.Journal {
 		// The old top has let go of the volume's journal path.
 		if jerr := next.startJournalLater(); jerr != nil {
@@ -227,7 +231,15 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := old.opts.wrapFile(p.tmp, NewOSFile(fh))
+	of := &osFile{f: fh, canPunch: true}
+	// The new top is the volume's writable file: it carries a writer's
+	// lock from its first byte on (the lock follows the inode across
+	// the rename).
+	if err := of.setLock(lockModeFor(Options{NoLock: old.opts.NoLock})); err != nil {
+		of.Close()
+		return nil, err
+	}
+	f := old.opts.wrapFile(p.tmp, of)
 	h := old.Header()
 	co := CreateOptions{
 		Size:            old.Size(),
@@ -256,11 +268,83 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 		return nil, err
 	}
 	opts := old.opts
-	opts.ReadOnly, opts.NoBacking = false, false
 	// The new top does without a write journal: the volume's journal
-	// path is still the frozen layer's until the switch.
-	opts.Journal = false
-	return OpenFile(f, p.volume, opts)
+	// path is still the frozen layer's until the switch. Its backing
+	// chain is attached below, not opened by name.
+	opts.ReadOnly, opts.NoBacking, opts.Journal = false, true, false
+	next, err := OpenFile(f, p.volume, opts)
+	if err != nil {
+		return nil, err
+	}
+	frozen, err := openFrozenLayer(old, p)
+	if err != nil {
+		next.Close()
+		return nil, fmt.Errorf("opening the frozen layer: %w", err)
+	}
+	next.backing, next.opts.NoBacking = frozen, false
+	return next, nil
+}
+
+// openFrozenLayer opens the frozen layer, read-only, as the new top's
+// backing file, on a duplicate of the old top's descriptor. A duplicate
+// shares the open file description and with it the old top's writer lock:
+// opening the file anew would make this process conflict with its own
+// lock (OFD locks of two opens conflict, even in one process), and
+// waiting for the old handle to close would leave the file unlocked for
+// a moment. The old handle keeps owning the lock bytes until the switch
+// is done (adoptFrozenLock): should the Freeze be undone, closing the
+// frozen layer releases nothing.
+func openFrozenLayer(old *Image, p freezePlan) (*Image, error) {
+	of, ok := hostFile(old.f)
+	if !ok {
+		return nil, errorf(ErrUnsupported, "a live freeze needs an image stored in a host file")
+	}
+	fd, err := unix.FcntlInt(of.f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := &osFile{f: os.NewFile(uintptr(fd), p.snapshot), canPunch: true}
+	opts := old.opts
+	opts.ForceShare = false
+	d, err := openBackingFile(p.volume, f, p.snapshot, "qcow2", opts, 1, false)
+	if err != nil {
+		return nil, err
+	}
+	return d.(*Image), nil
+}
+
+// frozenFile is the descriptor of the frozen layer under img, the new
+// top of a Freeze.
+func (img *Image) frozenFile() *osFile {
+	if b, ok := img.backing.(*Image); ok {
+		if f, ok := hostFile(b.f); ok {
+			return f
+		}
+	}
+	return nil
+}
+
+// adoptFrozenLock hands the lock bytes of old's descriptor to the frozen
+// layer's duplicate of it, before old is closed: old's Close then leaves
+// them (its descriptor closes, the shared description stays open).
+func (img *Image) adoptFrozenLock(old *Image) {
+	f, of := img.frozenFile(), (*osFile)(nil)
+	if h, ok := hostFile(old.f); ok {
+		of = h
+	}
+	if f != nil && of != nil {
+		f.lock, of.lock = of.lock, lockNone
+	}
+}
+
+// settleFrozenLock drops, once the old top's handle is closed, the
+// writer's lock bytes the frozen layer (img's backing) took over: it
+// keeps what a reader of a backing file holds.
+func (img *Image) settleFrozenLock() {
+	if f := img.frozenFile(); f != nil {
+		// Dropping bytes cannot fail or conflict (setLock).
+		_ = f.setLock(backingLockMode(img.opts, false))
+	}
 }
 
 // dropHalfDone removes what an unfinished Freeze of p.volume left behind:

@@ -47,7 +47,9 @@ func writeDurable(f File, p []byte, off int64) error {
 type osFile struct {
 	f        *os.File
 	canPunch bool
-	noDsync  bool // RWF_DSYNC refused: fall back to fdatasync
+	noDsync  bool     // RWF_DSYNC refused: fall back to fdatasync
+	lock     lockMode // the image lock bytes it holds and Close releases (lock.go)
+	whole    bool     // it holds a write lock on the whole file (a journal's)
 }
 
 // NewOSFile wraps f; the returned File takes ownership of f.
@@ -57,7 +59,12 @@ func (o *osFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p
 func (o *osFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }
 func (o *osFile) Sync() error                              { return unix.Fdatasync(int(o.f.Fd())) }
 func (o *osFile) Truncate(size int64) error                { return o.f.Truncate(size) }
-func (o *osFile) Close() error                             { return o.f.Close() }
+
+// Close releases the file's locks and closes it.
+func (o *osFile) Close() error {
+	o.releaseLocks()
+	return o.f.Close()
+}
 
 func (o *osFile) Size() (int64, error) {
 	st, err := o.f.Stat()

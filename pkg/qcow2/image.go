@@ -76,8 +76,15 @@ type Image struct {
 	keepDirty bool
 }
 
-// Open opens the qcow2 image at path.
+// Open opens the qcow2 image at path. It locks the file as QEMU does
+// (lock.go): a writable open fails with ErrLocked while any other user
+// reads or writes the image without force-share, a read-only one while
+// another writes it (unless opts.ForceShare); backing files are locked as
+// readers.
 func Open(path string, opts Options) (*Image, error) {
+	if err := checkLockOptions(opts); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	flag := os.O_RDWR
 	if opts.ReadOnly {
 		flag = os.O_RDONLY
@@ -86,7 +93,14 @@ func Open(path string, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := opts.wrapFile(path, NewOSFile(fh))
+	of := &osFile{f: fh, canPunch: true}
+	// Before anything else: the journal, the dirty bit and the refcount
+	// rebuild below all write the image.
+	if err := of.setLock(lockModeFor(opts)); err != nil {
+		of.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	f := opts.wrapFile(path, of)
 	jf, err := openJournalFile(path, f, opts)
 	if err != nil {
 		f.Close()
@@ -101,7 +115,9 @@ func Open(path string, opts Options) (*Image, error) {
 
 // OpenFile opens an image stored in f. name is the image's path: backing
 // file names stored in the image resolve relative to its directory. OpenFile
-// takes ownership of f and closes it on error.
+// takes ownership of f and closes it on error. It takes no image lock on f,
+// which the caller opened (Open does); the backing files it opens are
+// locked as Open locks them.
 func OpenFile(f File, name string, opts Options) (*Image, error) {
 	img, err := openFile(f, name, opts, 0)
 	if err != nil {

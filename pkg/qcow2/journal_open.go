@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // JournalPath is where Open keeps the write journal of the image at path.
@@ -68,18 +66,18 @@ func openJournalFile(path string, f File, opts Options) (File, error) {
 	if err != nil {
 		return nil, err
 	}
+	jf := &osFile{f: fh, canPunch: true}
 	if !opts.ReadOnly {
-		// One writer per journal: a second process writing the same
-		// image would interleave generations and records.
-		if err := unix.Flock(int(fh.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			fh.Close()
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("%w: the write journal %s is in use by another process", ErrInvalid, jpath)
-			}
-			return nil, fmt.Errorf("locking the write journal %s: %w", jpath, err)
+		// One writer per journal: a second writer of the same image
+		// would interleave generations and records. (Readers take no
+		// lock: the image's lock keeps them from a writer, unless they
+		// force-share, which accepts a changing view.)
+		if err := jf.lockWhole(); err != nil {
+			jf.Close()
+			return nil, err
 		}
 	}
-	return opts.wrapFile(jpath, NewOSFile(fh)), nil
+	return opts.wrapFile(jpath, jf), nil
 }
 
 // settleJournalOnOpen handles the journal of an image being opened
@@ -289,7 +287,11 @@ func dropJournalBit(path string) error {
 	if err != nil {
 		return err
 	}
-	defer fh.Close()
+	f := &osFile{f: fh}
+	defer f.Close()
+	if err := f.setLock(lockWriter); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
 	var b [8]byte
 	if _, err := fh.ReadAt(b[:], hdrOffIncompat); err != nil {
 		return err

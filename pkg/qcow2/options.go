@@ -25,6 +25,17 @@ type Options struct {
 	// until the next Flush (journal.go). Open only; it applies to
 	// writable version 3 images on Linux.
 	Journal bool
+	// ForceShare opens a read-only image even while another program
+	// writes it, like qemu-img -U (--force-share): only the
+	// consistent-read lock is taken, which no writer refuses, and nothing
+	// is refused. What such an open reads may be inconsistent (the writer
+	// changes the image underneath it). It applies to the backing chain
+	// too; a writable open with it is refused.
+	ForceShare bool
+	// NoLock opens the image and its backing chain without taking or
+	// checking any image lock (QEMU's file.locking=off), for callers that
+	// keep writers apart themselves. The journal lock is still taken.
+	NoLock bool
 
 	// journalFile is the journal Open opened for openFile (tests set it
 	// through export_test.go); journalPath is its path; bootID stands in

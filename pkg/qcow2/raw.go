@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"errors"
+	"fmt"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -10,26 +11,45 @@ import (
 // Raw is a raw disk image: guest offset = file offset.
 type Raw struct {
 	name     string
-	f        *os.File
+	f        *osFile // holds the image lock until Close (lock.go)
 	size     int64
 	readOnly bool
 }
 
-// OpenRaw opens a raw image file.
+// OpenRaw opens a raw image file, locked as a writer or (readOnly) as a
+// reader, like Open.
 func OpenRaw(path string, readOnly bool) (*Raw, error) {
+	return openRaw(path, Options{ReadOnly: readOnly})
+}
+
+// openRaw opens a raw image file under the lock options of opts
+// (ReadOnly, ForceShare, NoLock).
+func openRaw(path string, opts Options) (*Raw, error) {
+	if err := checkLockOptions(opts); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	flag := os.O_RDWR
-	if readOnly {
+	if opts.ReadOnly {
 		flag = os.O_RDONLY
 	}
 	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
 		return nil, err
 	}
-	return newRaw(path, f, readOnly)
+	// A raw file takes the same lock as a qcow2 one: QEMU's raw writers
+	// take less (they may share writing), so this is the stricter side.
+	of := &osFile{f: f}
+	if err := of.setLock(lockModeFor(opts)); err != nil {
+		of.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return newRaw(path, of, opts.ReadOnly)
 }
 
-func newRaw(name string, f *os.File, readOnly bool) (*Raw, error) {
-	st, err := f.Stat()
+// newRaw makes a Raw of f, which it owns from then on (it closes it on
+// error); f's locks stay until Close.
+func newRaw(name string, f *osFile, readOnly bool) (*Raw, error) {
+	st, err := f.f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -61,10 +81,10 @@ func (r *Raw) Flush() error {
 	if r.readOnly {
 		return nil
 	}
-	return unix.Fdatasync(int(r.f.Fd()))
+	return r.f.Sync()
 }
 
-// Close closes the file.
+// Close releases the file's lock and closes it.
 func (r *Raw) Close() error { return r.f.Close() }
 
 // Info describes the file.
@@ -76,7 +96,7 @@ func (r *Raw) Info() Info {
 func (r *Raw) Map(off, n int64) ([]Extent, error) {
 	var out []Extent
 	end := min(off+n, r.size)
-	fd := int(r.f.Fd())
+	fd := int(r.f.f.Fd())
 	for pos := off; pos < end; {
 		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
