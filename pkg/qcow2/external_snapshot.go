@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -110,7 +111,13 @@ func planFreeze(old *Image, snapshotPath string) (freezePlan, error) {
 	if hasProtocolPrefix(p.backing) {
 		return p, errorf(ErrPolicy, "snapshot file name %q would read as a protocol prefix", p.backing)
 	}
-	if pol := old.opts.Backing; !pol.AllowAnyPath {
+	switch pol := old.opts.Backing; {
+	case pol.Standalone:
+		return p, errorf(ErrPolicy, "the volume must stand alone: a frozen layer would be its backing file")
+	case pol.Exact:
+		// The caller names the snapshot path: the new overlay's policy
+		// lists it (overlayPolicy).
+	case !pol.AllowAnyPath:
 		root := pol.Root
 		if root == "" {
 			root = volDir
@@ -233,7 +240,7 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 		ExtendedL2:      old.ext,
 		BackingFile:     p.backing,
 		BackingFormat:   "qcow2",
-		Backing:         old.opts.Backing,
+		Backing:         p.overlayPolicy(old.opts.Backing),
 	}
 	if h.Version < 3 {
 		co.Compat = "0.10"
@@ -250,11 +257,21 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 		return nil, err
 	}
 	opts := old.opts
+	opts.Backing = co.Backing
 	opts.ReadOnly, opts.NoBacking = false, false
 	// The new top does without a write journal: the volume's journal
 	// path is still the frozen layer's until the switch.
 	opts.Journal = false
 	return OpenFile(f, p.volume, opts)
+}
+
+// overlayPolicy is the new overlay's backing policy: the old top's, and
+// under an Exact policy the frozen layer listed besides the old files.
+func (p freezePlan) overlayPolicy(pol BackingPolicy) BackingPolicy {
+	if pol.Exact {
+		pol.Files = append(slices.Clip(pol.Files), p.snapshot)
+	}
+	return pol
 }
 
 // dropHalfDone removes what an unfinished Freeze of p.volume left behind:

@@ -114,16 +114,26 @@ func OpenFile(f File, name string, opts Options) (*Image, error) {
 	return img, nil
 }
 
+// openFile opens the image in f as layer depth of a chain (0: the top,
+// which starts the chain's openChain). Everything that can refuse the
+// image from its header, the backing chain included, comes before the
+// first write a writable open makes (journal replay, refcount rebuild,
+// bitmap upkeep): a refused open leaves the file as it was.
 func openFile(f File, name string, opts Options, depth int) (*Image, error) {
+	if depth == 0 {
+		ch, err := newOpenChain(opts)
+		if err != nil {
+			return nil, err
+		}
+		ch.enterTop(name, f)
+		opts.chain = ch
+	}
 	h, err := readHeader(f)
 	if err != nil {
 		return nil, err
 	}
-	if h.IncompatibleFeatures&incompatDataFile != 0 {
-		if !opts.Backing.AllowDataFile {
-			return nil, fmt.Errorf("%w: image uses an external data file (%q)", ErrPolicy, h.DataFile)
-		}
-		return nil, fmt.Errorf("%w: external data files", ErrUnsupported)
+	if err := checkNamedFiles(h, opts.Backing); err != nil {
+		return nil, err
 	}
 	if err := checkExtendedL2(h); err != nil {
 		return nil, err
@@ -133,18 +143,58 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 		return nil, fmt.Errorf("%w: the corrupt bit is set; open it read-only, or repair it with `img check -r all`", ErrCorrupt)
 	}
 	jf := opts.journalFile
-	rebuild := false // a discarded journal leaked the clusters it mapped
-	if h.IncompatibleFeatures&incompatJournal != 0 {
-		if jf == nil {
-			return nil, fmt.Errorf("%w; open the image by its path, which finds the journal (%s)", ErrJournalPending, JournalPath(name))
+	if h.IncompatibleFeatures&incompatJournal != 0 && jf == nil {
+		return nil, fmt.Errorf("%w; open the image by its path, which finds the journal (%s)", ErrJournalPending, JournalPath(name))
+	}
+	var backing Disk
+	if h.BackingFile != "" && !opts.NoBacking {
+		if depth+1 >= maxChainDepth {
+			return nil, fmt.Errorf("%w: backing chain deeper than %d", ErrInvalid, maxChainDepth)
 		}
-		if !readOnly {
-			if rebuild, err = settleJournalOnOpen(f, h, jf, opts); err != nil {
-				return nil, err
-			}
-			if h, err = readHeader(f); err != nil {
-				return nil, err
-			}
+		if backing, err = openBacking(name, h.BackingFile, h.BackingFormat, opts, depth+1); err != nil {
+			return nil, fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
+		}
+	}
+	img, err := openLayer(f, name, h, opts, backing)
+	if err != nil {
+		if backing != nil {
+			backing.Close()
+		}
+		return nil, err
+	}
+	img.opts.chain = nil
+	return img, nil
+}
+
+// checkNamedFiles applies the policy to the files the header names
+// besides the backing file's name itself (backing.go resolves that).
+func checkNamedFiles(h *Header, pol BackingPolicy) error {
+	if h.IncompatibleFeatures&incompatDataFile != 0 {
+		if !pol.AllowDataFile {
+			return fmt.Errorf("%w: image uses an external data file (%q)", ErrPolicy, h.DataFile)
+		}
+		return fmt.Errorf("%w: external data files", ErrUnsupported)
+	}
+	if pol.Standalone && h.BackingFile != "" {
+		return fmt.Errorf("%w: image names a backing file (%q) but must stand alone", ErrPolicy, h.BackingFile)
+	}
+	return nil
+}
+
+// openLayer is the rest of openFile once the header passed and the
+// backing chain (nil if none) is open: the writable open's repairs, the
+// tables, the journal and the bitmaps.
+func openLayer(f File, name string, h *Header, opts Options, backing Disk) (*Image, error) {
+	readOnly := opts.ReadOnly
+	jf := opts.journalFile
+	var err error
+	rebuild := false // a discarded journal leaked the clusters it mapped
+	if h.IncompatibleFeatures&incompatJournal != 0 && !readOnly {
+		if rebuild, err = settleJournalOnOpen(f, h, jf, opts); err != nil {
+			return nil, err
+		}
+		if h, err = readHeader(f); err != nil {
+			return nil, err
 		}
 	}
 	if (h.IncompatibleFeatures&incompatDirty != 0 || rebuild) && !readOnly {
@@ -174,22 +224,10 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			return nil, err
 		}
 	}
-	if h.BackingFile != "" && !opts.NoBacking {
-		if depth+1 >= maxChainDepth {
-			return nil, fmt.Errorf("%w: backing chain deeper than %d", ErrInvalid, maxChainDepth)
-		}
-		b, err := openBacking(name, h.BackingFile, h.BackingFormat, opts, depth+1)
-		if err != nil {
-			return nil, fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
-		}
-		img.backing = b
-	}
+	img.backing = backing
 	// Last: marking bitmaps in use is the open's only write that an
 	// error further on would leave behind.
 	if err := img.openBitmaps(); err != nil {
-		if img.backing != nil {
-			img.backing.Close()
-		}
 		return nil, err
 	}
 	return img, nil

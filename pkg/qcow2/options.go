@@ -26,26 +26,15 @@ type Options struct {
 	// writable version 3 images on Linux.
 	Journal bool
 
+	// chain is what an open shares with the opens of its backing files
+	// (open_chain.go); set during the open only.
+	chain *openChain
 	// journalFile is the journal Open opened for openFile (tests set it
 	// through export_test.go); journalPath is its path; bootID stands in
 	// for the host's boot identity in tests.
 	journalFile File
 	journalPath string
 	bootID      *[16]byte
-}
-
-// BackingPolicy decides whether a file name stored in an image may be opened.
-// The zero value allows only files inside the directory of the top image.
-type BackingPolicy struct {
-	// Root confines backing files to this directory tree (resolved with
-	// os.Root, so "..", absolute paths elsewhere and escaping symlinks are
-	// refused). Empty means the directory holding the top image.
-	Root string
-	// AllowAnyPath lifts the confinement: any absolute or relative path is
-	// opened (the `img` CLI, on an operator's explicit request).
-	AllowAnyPath bool
-	// AllowDataFile permits images with an external data file.
-	AllowDataFile bool
 }
 
 // Preallocation modes, as qemu-img spells them.
