@@ -24,6 +24,10 @@ var (
 	ErrRange = errors.New("out of range")
 	// ErrClosed: the image has been closed.
 	ErrClosed = errors.New("qcow2 image is closed")
+	// ErrLimit: opening the image with its backing chain would exceed a
+	// resource bound the caller set or the engine's default (the memory
+	// budget, Options.MemoryBudget).
+	ErrLimit = errors.New("qcow2 resource limit exceeded")
 )
 
 func errorf(class error, format string, args ...any) error {

@@ -146,6 +146,13 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 	if h.IncompatibleFeatures&incompatJournal != 0 && jf == nil {
 		return nil, fmt.Errorf("%w; open the image by its path, which finds the journal (%s)", ErrJournalPending, JournalPath(name))
 	}
+	if err := checkTableSizes(h); err != nil {
+		return nil, err
+	}
+	cost := estimateLayerCost(h, opts)
+	if err := opts.chain.budget.charge(name, cost); err != nil {
+		return nil, err
+	}
 	var backing Disk
 	if h.BackingFile != "" && !opts.NoBacking {
 		if depth+1 >= maxChainDepth {
@@ -155,7 +162,7 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			return nil, fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
 		}
 	}
-	img, err := openLayer(f, name, h, opts, backing)
+	img, err := openLayer(f, name, h, cost, opts, backing)
 	if err != nil {
 		if backing != nil {
 			backing.Close()
@@ -184,7 +191,7 @@ func checkNamedFiles(h *Header, pol BackingPolicy) error {
 // openLayer is the rest of openFile once the header passed and the
 // backing chain (nil if none) is open: the writable open's repairs, the
 // tables, the journal and the bitmaps.
-func openLayer(f File, name string, h *Header, opts Options, backing Disk) (*Image, error) {
+func openLayer(f File, name string, h *Header, cost layerCost, opts Options, backing Disk) (*Image, error) {
 	readOnly := opts.ReadOnly
 	jf := opts.journalFile
 	var err error
@@ -213,6 +220,13 @@ func openLayer(f File, name string, h *Header, opts Options, backing Disk) (*Ima
 		if h, err = dropUnmaintainableBitmaps(f, h); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkTableSizes(h); err != nil {
+		return nil, err
+	}
+	// A rebuild may have grown the refcount table: charge the change.
+	if err := opts.chain.budget.charge(name, estimateLayerCost(h, opts).minus(cost)); err != nil {
+		return nil, err
 	}
 	img := &Image{name: name, f: f, fd: readFD(f), wfd: writeFD(f, readOnly), opts: opts, readOnly: readOnly, hdr: h}
 	img.opts.journalFile, img.opts.journalPath = nil, ""
@@ -277,12 +291,8 @@ func (img *Image) loadTables() error {
 		return err
 	}
 
-	need := ceilDiv(img.size, img.cs*img.l2Entries)
-	if int64(h.L1Size) < need {
-		return fmt.Errorf("%w: L1 table has %d entries, the virtual size needs %d", ErrInvalid, h.L1Size, need)
-	}
-	if int64(h.L1Size)*8 > maxL1Bytes {
-		return fmt.Errorf("%w: L1 table of %d entries exceeds %d bytes", ErrInvalid, h.L1Size, maxL1Bytes)
+	if err := checkTableSizes(h); err != nil {
+		return err
 	}
 	if h.L1Size > 0 {
 		if err := img.checkTableRegion("L1 table", h.L1TableOffset, int64(h.L1Size)*8, fsize); err != nil {
@@ -295,9 +305,6 @@ func (img *Image) loadTables() error {
 	}
 
 	rtBytes := int64(h.RefcountTableClusters) * img.cs
-	if rtBytes > maxRefcountTableBytes || h.RefcountTableClusters == 0 {
-		return fmt.Errorf("%w: refcount table of %d clusters", ErrInvalid, h.RefcountTableClusters)
-	}
 	if err := img.checkTableRegion("refcount table", h.RefcountTableOffset, rtBytes, fsize); err != nil {
 		return err
 	}
@@ -305,28 +312,56 @@ func (img *Image) loadTables() error {
 	if err := img.readU64s(img.rt, int64(h.RefcountTableOffset)); err != nil {
 		return err
 	}
-	if h.NbSnapshots > maxSnapshots {
-		return fmt.Errorf("%w: %d snapshots (at most %d)", ErrInvalid, h.NbSnapshots, maxSnapshots)
-	}
-	if h.NbSnapshots > 0 && (h.SnapshotsOffset%uint64(img.cs) != 0 || h.SnapshotsOffset == 0) {
-		return fmt.Errorf("%w: snapshot table offset %#x", ErrInvalid, h.SnapshotsOffset)
-	}
 
-	l2Bytes := img.opts.L2CacheBytes
-	if l2Bytes <= 0 {
-		// Enough to map the whole disk, up to 64 GiB at 64 KiB clusters.
-		l2Bytes = min(8<<20, max(need*img.cs, 1<<16))
-	}
-	img.l2c = newTableCache(int(img.sliceEntries*img.l2es), l2Bytes, 32)
-	rbBytes := img.opts.RefcountCacheBytes
-	if rbBytes <= 0 {
-		rbBytes = max(l2Bytes/4, 4*img.cs)
-	}
-	img.rbc = newTableCache(int(img.cs), rbBytes, 4)
+	l2Bytes, rbBytes := cacheBytes(h, img.opts)
+	img.l2c = newTableCache(int(img.sliceEntries*img.l2es), l2Bytes, l2CacheMinEntries)
+	img.rbc = newTableCache(int(img.cs), rbBytes, refcountCacheMinEntries)
 	img.alloc.init(ceilDiv(fsize, img.cs))
 	img.initMirror()
 	img.hdrIncompat.Store(h.IncompatibleFeatures)
 	return img.meta.build(img)
+}
+
+// checkTableSizes bounds the tables the header sizes, before anything is
+// allocated for them (QEMU's limits, limits.go).
+func checkTableSizes(h *Header) error {
+	cs := h.clusterSize()
+	l2Entries := cs / l2EntrySize(h.IncompatibleFeatures&incompatExtendedL2 != 0)
+	need := ceilDiv(int64(h.Size), cs*l2Entries)
+	if int64(h.L1Size) < need {
+		return fmt.Errorf("%w: L1 table has %d entries, the virtual size needs %d", ErrInvalid, h.L1Size, need)
+	}
+	if int64(h.L1Size)*8 > maxL1Bytes {
+		return fmt.Errorf("%w: L1 table of %d entries exceeds %d bytes", ErrInvalid, h.L1Size, maxL1Bytes)
+	}
+	if rtBytes := int64(h.RefcountTableClusters) * cs; rtBytes > maxRefcountTableBytes || h.RefcountTableClusters == 0 {
+		return fmt.Errorf("%w: refcount table of %d clusters", ErrInvalid, h.RefcountTableClusters)
+	}
+	if h.NbSnapshots > maxSnapshots {
+		return fmt.Errorf("%w: %d snapshots (at most %d)", ErrInvalid, h.NbSnapshots, maxSnapshots)
+	}
+	if h.NbSnapshots > 0 && (h.SnapshotsOffset%uint64(cs) != 0 || h.SnapshotsOffset == 0) {
+		return fmt.Errorf("%w: snapshot table offset %#x", ErrInvalid, h.SnapshotsOffset)
+	}
+	return nil
+}
+
+// cacheBytes returns the capacities of the L2 and refcount block caches
+// of an image with header h opened under opts.
+func cacheBytes(h *Header, opts Options) (l2, rb int64) {
+	cs := h.clusterSize()
+	l2Entries := cs / l2EntrySize(h.IncompatibleFeatures&incompatExtendedL2 != 0)
+	l2 = opts.L2CacheBytes
+	if l2 <= 0 {
+		// Enough to map the whole disk, up to 64 GiB at 64 KiB clusters.
+		need := ceilDiv(int64(h.Size), cs*l2Entries)
+		l2 = min(8<<20, max(need*cs, 1<<16))
+	}
+	rb = opts.RefcountCacheBytes
+	if rb <= 0 {
+		rb = max(l2/4, 4*cs)
+	}
+	return l2, rb
 }
 
 // checkTableRegion validates a table's offset and length against the file.
@@ -340,13 +375,20 @@ func (img *Image) checkTableRegion(what string, off uint64, length, fsize int64)
 	return nil
 }
 
+// readU64s reads big-endian words into dst through a bounded buffer, so
+// that a 32 MiB table costs its slice and not twice that.
 func (img *Image) readU64s(dst []uint64, off int64) error {
-	buf := make([]byte, len(dst)*8)
-	if err := readFull(img.f, buf, off); err != nil {
-		return err
-	}
-	for i := range dst {
-		dst[i] = binary.BigEndian.Uint64(buf[i*8:])
+	const chunk = 8192 // words
+	buf := make([]byte, min(len(dst), chunk)*8)
+	for len(dst) > 0 {
+		n := min(len(dst), chunk)
+		if err := readFull(img.f, buf[:n*8], off); err != nil {
+			return err
+		}
+		for i := range n {
+			dst[i] = binary.BigEndian.Uint64(buf[i*8:])
+		}
+		dst, off = dst[n:], off+int64(n)*8
 	}
 	return nil
 }

@@ -6,11 +6,12 @@ import (
 )
 
 // openChain is what one Open shares with the opens of its backing files:
-// the policy and the layers opened so far (by device and inode). It lives
-// for the duration of the open only.
+// the policy, the layers opened so far (by device and inode) and the
+// memory budget. It lives for the duration of the open only.
 type openChain struct {
 	pol    BackingPolicy
 	layers []chainLayer // top first
+	budget openBudget
 }
 
 // chainLayer is one file of the chain being opened.
@@ -24,7 +25,7 @@ func newOpenChain(opts Options) (*openChain, error) {
 	if err := opts.Backing.validate(); err != nil {
 		return nil, err
 	}
-	return &openChain{pol: opts.Backing}, nil
+	return &openChain{pol: opts.Backing, budget: newOpenBudget(opts.MemoryBudget)}, nil
 }
 
 // chainFor returns the chain an open of child's backing file belongs to:

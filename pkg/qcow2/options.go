@@ -25,6 +25,13 @@ type Options struct {
 	// until the next Flush (journal.go). Open only; it applies to
 	// writable version 3 images on Linux.
 	Journal bool
+	// MemoryBudget bounds the metadata an open holds in memory for the
+	// image and its whole backing chain, summed over the layers: L1 and
+	// refcount tables, the overlap map, snapshot L1 ranges, cache
+	// capacities, the read mirror and bitmaps (open_budget.go). Past it
+	// the open fails with ErrLimit before allocating that layer's tables.
+	// 0 means DefaultMemoryBudget; a negative value means no bound.
+	MemoryBudget int64
 
 	// chain is what an open shares with the opens of its backing files
 	// (open_chain.go); set during the open only.
