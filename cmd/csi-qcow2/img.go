@@ -10,7 +10,9 @@ const imgPolicyNote = `
 Backing files: img opens images with a wide policy (AllowAnyPath): a backing
 file named inside an image is opened wherever it points, absolute or
 relative to the image, as qemu-img does. Only use it on images you trust.
-External data files are refused.`
+External data files are refused, and so are a chain that comes back to one of
+its own files (under any name) and a chain whose metadata would take more than
+512 MiB of memory (the engine's default budget).`
 
 // imgLockNote is for the commands that only read an image and take -U.
 const imgLockNote = `

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // openBacking opens the backing file named inside image `child` under the
@@ -14,9 +15,14 @@ func openBacking(child, name, format string, opts Options, depth int) (Disk, err
 }
 
 // openBackingMode is openBacking, or with writable the same for writing
-// (commit): the policy applies alike. The file is locked as a reader (a
-// writer with writable) before anything reads it.
+// (commit): the policy applies alike. The file joins the chain of opts
+// (or a new one under child) and is locked as a reader (a writer with
+// writable) before anything reads it.
 func openBackingMode(child, name, format string, opts Options, depth int, writable bool) (Disk, error) {
+	ch, err := chainFor(child, opts)
+	if err != nil {
+		return nil, err
+	}
 	flag := os.O_RDONLY
 	if writable {
 		flag = os.O_RDWR
@@ -25,11 +31,16 @@ func openBackingMode(child, name, format string, opts Options, depth int, writab
 	if err != nil {
 		return nil, err
 	}
+	if err := ch.admit(child, name, path, fh); err != nil {
+		fh.Close()
+		return nil, err
+	}
 	f := &osFile{f: fh, canPunch: true}
 	if err := f.setLock(backingLockMode(opts, writable)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	opts.chain = ch
 	return openBackingFile(child, f, path, format, opts, depth, writable)
 }
 
@@ -57,7 +68,7 @@ func openBackingFile(child string, f *osFile, path, format string, opts Options,
 		// A backing file has no journal of its own here: one with
 		// journal-only mappings is refused (ErrJournalPending).
 		bopts.Journal, bopts.journalFile, bopts.journalPath = false, nil, ""
-		if bopts.Backing.Root == "" && !bopts.Backing.AllowAnyPath {
+		if bopts.Backing.Root == "" && !bopts.Backing.AllowAnyPath && !bopts.Backing.Exact {
 			// Deeper layers stay confined to the top image's root.
 			bopts.Backing.Root = filepath.Dir(absPath(child))
 		}
@@ -74,9 +85,11 @@ func openBackingFile(child string, f *osFile, path, format string, opts Options,
 
 // resolveBackingFlag applies the policy to a backing file name and opens it
 // with flag. Relative names resolve against the directory of the image
-// naming them, as in QEMU. Under a confining policy the file is opened
+// naming them, as in QEMU. Under a Root policy the file is opened
 // through os.Root, which refuses "..", absolute paths and symlinks that
-// leave the root.
+// leave the root; under an Exact one only a listed file opens
+// (backing_policy.go). Confined opens do not block on a FIFO (O_NONBLOCK;
+// admit then refuses anything but a regular file).
 func resolveBackingFlag(child, name string, pol BackingPolicy, flag int) (*os.File, string, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
 		return nil, "", fmt.Errorf("%w: empty or malformed backing file name", ErrInvalid)
@@ -84,12 +97,19 @@ func resolveBackingFlag(child, name string, pol BackingPolicy, flag int) (*os.Fi
 	if hasProtocolPrefix(name) {
 		return nil, "", fmt.Errorf("%w: backing file %q uses a protocol or json: prefix", ErrPolicy, name)
 	}
+	if pol.Standalone {
+		return nil, "", fmt.Errorf("%w: backing file %q: the image must stand alone", ErrPolicy, name)
+	}
 	path := name
 	if !filepath.IsAbs(name) {
 		path = filepath.Join(filepath.Dir(child), name)
 	}
-	if pol.AllowAnyPath {
+	switch {
+	case pol.AllowAnyPath:
 		f, err := os.OpenFile(path, flag, 0)
+		return f, path, err
+	case pol.Exact:
+		f, err := openExact(path, pol, flag)
 		return f, path, err
 	}
 	root := pol.Root
@@ -106,7 +126,7 @@ func resolveBackingFlag(child, name string, pol BackingPolicy, flag int) (*os.Fi
 		return nil, "", err
 	}
 	defer r.Close()
-	f, err := r.OpenFile(rel, flag, 0)
+	f, err := r.OpenFile(rel, flag|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: backing file %q: %v", ErrPolicy, name, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -108,10 +109,34 @@ func TestBackingChainDepthLimit(t *testing.T) {
 	if err := Create(filepath.Join(dir, "l0.qcow2"), CreateOptions{Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	// A loop: l0 names itself. The depth limit stops it.
+	// A loop: l0 names itself. The loop check stops it at once
+	// (hostile_loop_test.go has more); distinct layers meet the depth
+	// limit (TestHostileDeepChain).
 	setBackingName(t, filepath.Join(dir, "l0.qcow2"), "l0.qcow2", "qcow2")
 	_, err := Open(filepath.Join(dir, "l0.qcow2"), Options{ReadOnly: true})
 	if !errors.Is(err, ErrInvalid) {
 		t.Fatalf("self-referencing chain: %v", err)
+	}
+}
+
+// TestBackingFIFORefused: a backing file name inside the root that is a
+// FIFO is refused at once (opening it for reading would wait for a
+// writer forever); so is a directory.
+func TestBackingFIFORefused(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
+		t.Skip("no FIFOs here:", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"fifo", "sub"} {
+		top := filepath.Join(dir, name+".qcow2")
+		if err := Create(top, CreateOptions{Size: 1 << 20, BackingFile: name, BackingFormat: "raw", Unsafe: true}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(top, Options{ReadOnly: true}); !errors.Is(err, ErrPolicy) {
+			t.Errorf("%s as a backing file: %v, want ErrPolicy", name, err)
+		}
 	}
 }

@@ -95,6 +95,8 @@ func (img *Image) openBitmaps() error {
 	if bitmapsPresent(h) {
 		err := img.readBitmaps()
 		switch {
+		case errors.Is(err, ErrLimit):
+			return err
 		case err != nil && img.readOnly:
 			img.bm.err = err
 		case err != nil:
@@ -157,6 +159,16 @@ func (img *Image) readBitmaps() error {
 	for _, e := range entries {
 		regions = append(regions, [2]uint64{e.tableOff, uint64(e.tableSize) * 8})
 	}
+	// Checking and recording the regions goes cluster by cluster: charge
+	// that first, so that many bitmaps naming one big table cannot cost
+	// unbounded time.
+	var clusters int64
+	for _, r := range regions {
+		clusters += ceilDiv(int64(r[1]), img.cs) + 1
+	}
+	if err := img.chargeOpen(costBitmaps, clusters*metaEntryBytes); err != nil {
+		return err
+	}
 	for _, r := range regions {
 		if err := img.checkBitmapRegion(r[0], r[1]); err != nil {
 			return err
@@ -197,9 +209,13 @@ func (img *Image) loadEnabledBitmaps() error {
 		if !e.enabled() || e.inUse() {
 			continue
 		}
-		total += ceilDiv(img.size, int64(1)<<e.granBits) / 8
+		need := ceilDiv(img.size, int64(1)<<e.granBits) / 8
+		total += need
 		if total > maxBitmapMemory {
 			return errorf(ErrUnsupported, "the enabled bitmaps need more than %d bytes of memory", maxBitmapMemory)
+		}
+		if err := img.chargeOpen(costBitmaps, need+int64(e.tableSize)*8); err != nil {
+			return err
 		}
 		b, err := img.readBitmapData(e, true)
 		if err != nil {

@@ -47,8 +47,20 @@ type cacheEntry struct {
 	hint atomic.Uint64
 }
 
+// Fewest entries of each cache, whatever the capacity asked for.
+const (
+	l2CacheMinEntries       = 32
+	refcountCacheMinEntries = 4
+)
+
+// cacheEntries is how many entries of entrySize bytes a cache of
+// capacityBytes holds.
+func cacheEntries(capacityBytes int64, entrySize, minEntries int) int {
+	return max(int(capacityBytes/int64(entrySize)), minEntries)
+}
+
 func newTableCache(entrySize int, capacityBytes int64, minEntries int) *tableCache {
-	n := max(int(capacityBytes/int64(entrySize)), minEntries)
+	n := cacheEntries(capacityBytes, entrySize, minEntries)
 	// As many front slots as entries (rounded up to a power of two), so a
 	// cache that covers the disk has a slot for every guest slice.
 	nf := 1 << bits.Len(uint(n-1))

@@ -578,6 +578,9 @@ func ceilClusters(size, cs int64) int64 {
 // c.imrt. With noRefcounts the refcount table and blocks are left out (for
 // building a new refcount structure).
 func (c *checker) calculateRefcounts(cnt *checkCounts, fix fixFlags, rebuild *bool, noRefcounts bool) error {
+	if err := c.refuseSharedSnapshotL1s(cnt); err != nil {
+		return err
+	}
 	c.inc(cnt, 0, uint64(c.cs)) // header
 	if err := c.checkL1(cnt, c.l1Off, c.l1Size, checkFragInfo, fix, true); err != nil {
 		return err

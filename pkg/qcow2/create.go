@@ -36,7 +36,7 @@ func CreateFile(f File, name string, opts CreateOptions) error {
 		return err
 	}
 	if o.BackingFile != "" && !o.Unsafe {
-		if err := probeBackingForCreate(name, &o); err != nil {
+		if err := probeBackingForCreate(name, f, &o); err != nil {
 			return err
 		}
 	}
@@ -182,15 +182,22 @@ func normalizeCreate(o CreateOptions) (CreateOptions, error) {
 }
 
 // probeBackingForCreate opens the backing file under the create policy to
-// learn its format and, when no size was given, its size.
-func probeBackingForCreate(name string, o *CreateOptions) error {
+// learn its format and, when no size was given, its size. f, the new
+// image, is the chain's top (name may still be another file's path).
+func probeBackingForCreate(name string, f File, o *CreateOptions) error {
 	if o.BackingFormat != "" && o.BackingFormat != "qcow2" && o.BackingFormat != "raw" {
 		return fmt.Errorf("%w: backing format %q", ErrUnsupported, o.BackingFormat)
 	}
 	// Force-share, as qemu-img create: only the header is read, and the
 	// backing file may well be an image a writer has open (the top of a
 	// running volume that a new overlay will stack on once it is frozen).
-	d, err := openBacking(name, o.BackingFile, o.BackingFormat, Options{ReadOnly: true, ForceShare: true, Backing: o.Backing}, 1)
+	opts := Options{ReadOnly: true, ForceShare: true, Backing: o.Backing}
+	ch, err := newChainAt(name, f, opts)
+	if err != nil {
+		return err
+	}
+	opts.chain = ch
+	d, err := openBacking(name, o.BackingFile, o.BackingFormat, opts, 1)
 	if err != nil {
 		return fmt.Errorf("could not open backing file %q: %w", o.BackingFile, err)
 	}

@@ -28,6 +28,10 @@ var (
 	// another open in this one) holds a lock that conflicts with the open
 	// (lock.go); nothing was changed.
 	ErrLocked = errors.New("image is locked")
+	// ErrLimit: opening the image with its backing chain would exceed a
+	// resource bound the caller set or the engine's default (the memory
+	// budget, Options.MemoryBudget).
+	ErrLimit = errors.New("qcow2 resource limit exceeded")
 )
 
 func errorf(class error, format string, args ...any) error {

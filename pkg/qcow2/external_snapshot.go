@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -120,7 +121,13 @@ func planFreeze(old *Image, snapshotPath string) (freezePlan, error) {
 	if hasProtocolPrefix(p.backing) {
 		return p, errorf(ErrPolicy, "snapshot file name %q would read as a protocol prefix", p.backing)
 	}
-	if pol := old.opts.Backing; !pol.AllowAnyPath {
+	switch pol := old.opts.Backing; {
+	case pol.Standalone:
+		return p, errorf(ErrPolicy, "the volume must stand alone: a frozen layer would be its backing file")
+	case pol.Exact:
+		// The caller names the snapshot path: the new overlay's policy
+		// lists it (overlayPolicy).
+	case !pol.AllowAnyPath:
 		root := pol.Root
 		if root == "" {
 			root = volDir
@@ -251,7 +258,7 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 		ExtendedL2:      old.ext,
 		BackingFile:     p.backing,
 		BackingFormat:   "qcow2",
-		Backing:         old.opts.Backing,
+		Backing:         p.overlayPolicy(old.opts.Backing),
 	}
 	if h.Version < 3 {
 		co.Compat = "0.10"
@@ -268,6 +275,7 @@ func (p freezePlan) createOverlay(old *Image) (*Image, error) {
 		return nil, err
 	}
 	opts := old.opts
+	opts.Backing = co.Backing
 	// The new top does without a write journal: the volume's journal
 	// path is still the frozen layer's until the switch. Its backing
 	// chain is attached below, not opened by name.
@@ -306,6 +314,17 @@ func openFrozenLayer(old *Image, p freezePlan) (*Image, error) {
 	f := &osFile{f: os.NewFile(uintptr(fd), p.snapshot), canPunch: true}
 	opts := old.opts
 	opts.ForceShare = false
+	// The frozen layer is the new top's first backing file: the chain
+	// (loops, budget) starts at the new top.
+	ch, err := newChainAt(p.tmp, nil, opts)
+	if err == nil {
+		err = ch.admit(p.tmp, p.backing, p.snapshot, f.f)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	opts.chain = ch
 	d, err := openBackingFile(p.volume, f, p.snapshot, "qcow2", opts, 1, false)
 	if err != nil {
 		return nil, err
@@ -345,6 +364,15 @@ func (img *Image) settleFrozenLock() {
 		// Dropping bytes cannot fail or conflict (setLock).
 		_ = f.setLock(backingLockMode(img.opts, false))
 	}
+}
+
+// overlayPolicy is the new overlay's backing policy: the old top's, and
+// under an Exact policy the frozen layer listed besides the old files.
+func (p freezePlan) overlayPolicy(pol BackingPolicy) BackingPolicy {
+	if pol.Exact {
+		pol.Files = append(slices.Clip(pol.Files), p.snapshot)
+	}
+	return pol
 }
 
 // dropHalfDone removes what an unfinished Freeze of p.volume left behind:

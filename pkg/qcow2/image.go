@@ -130,7 +130,20 @@ func OpenFile(f File, name string, opts Options) (*Image, error) {
 	return img, nil
 }
 
+// openFile opens the image in f as layer depth of a chain (0: the top,
+// which starts the chain's openChain). Everything that can refuse the
+// image from its header, the backing chain included, comes before the
+// first write a writable open makes (journal replay, refcount rebuild,
+// bitmap upkeep): a refused open leaves the file as it was.
 func openFile(f File, name string, opts Options, depth int) (*Image, error) {
+	if depth == 0 {
+		ch, err := newOpenChain(opts)
+		if err != nil {
+			return nil, err
+		}
+		ch.enterTop(name, f)
+		opts.chain = ch
+	}
 	if !opts.ReadOnly {
 		// From the first write of the open on (journal replay, refcount
 		// repair), a failed sync is sticky (sync_guard.go).
@@ -140,11 +153,8 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if h.IncompatibleFeatures&incompatDataFile != 0 {
-		if !opts.Backing.AllowDataFile {
-			return nil, fmt.Errorf("%w: image uses an external data file (%q)", ErrPolicy, h.DataFile)
-		}
-		return nil, fmt.Errorf("%w: external data files", ErrUnsupported)
+	if err := checkNamedFiles(h, opts.Backing); err != nil {
+		return nil, err
 	}
 	if err := checkExtendedL2(h); err != nil {
 		return nil, err
@@ -154,18 +164,65 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 		return nil, fmt.Errorf("%w: the corrupt bit is set; open it read-only, or repair it with `img check -r all`", ErrCorrupt)
 	}
 	jf := opts.journalFile
-	rebuild := false // a discarded journal leaked the clusters it mapped
-	if h.IncompatibleFeatures&incompatJournal != 0 {
-		if jf == nil {
-			return nil, fmt.Errorf("%w; open the image by its path, which finds the journal (%s)", ErrJournalPending, JournalPath(name))
+	if h.IncompatibleFeatures&incompatJournal != 0 && jf == nil {
+		return nil, fmt.Errorf("%w; open the image by its path, which finds the journal (%s)", ErrJournalPending, JournalPath(name))
+	}
+	if err := checkTableSizes(h); err != nil {
+		return nil, err
+	}
+	cost := estimateLayerCost(h, opts)
+	if err := opts.chain.budget.charge(name, cost); err != nil {
+		return nil, err
+	}
+	var backing Disk
+	if h.BackingFile != "" && !opts.NoBacking {
+		if depth+1 >= maxChainDepth {
+			return nil, fmt.Errorf("%w: backing chain deeper than %d", ErrInvalid, maxChainDepth)
 		}
-		if !readOnly {
-			if rebuild, err = settleJournalOnOpen(f, h, jf, opts); err != nil {
-				return nil, err
-			}
-			if h, err = readHeader(f); err != nil {
-				return nil, err
-			}
+		if backing, err = openBacking(name, h.BackingFile, h.BackingFormat, opts, depth+1); err != nil {
+			return nil, fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
+		}
+	}
+	img, err := openLayer(f, name, h, cost, opts, backing)
+	if err != nil {
+		if backing != nil {
+			backing.Close()
+		}
+		return nil, err
+	}
+	img.opts.chain = nil
+	return img, nil
+}
+
+// checkNamedFiles applies the policy to the files the header names
+// besides the backing file's name itself (backing.go resolves that).
+func checkNamedFiles(h *Header, pol BackingPolicy) error {
+	if h.IncompatibleFeatures&incompatDataFile != 0 {
+		if !pol.AllowDataFile {
+			return fmt.Errorf("%w: image uses an external data file (%q)", ErrPolicy, h.DataFile)
+		}
+		return fmt.Errorf("%w: external data files", ErrUnsupported)
+	}
+	if pol.Standalone && h.BackingFile != "" {
+		return fmt.Errorf("%w: image names a backing file (%q) but must stand alone", ErrPolicy, h.BackingFile)
+	}
+	return nil
+}
+
+// openLayer is the rest of openFile once the header passed and the
+// backing chain (nil if none) is open: the writable open's repairs, the
+// tables, the journal and the bitmaps.
+func openLayer(f File, name string, h *Header, cost layerCost, opts Options, backing Disk) (*Image, error) {
+	readOnly := opts.ReadOnly
+	jf := opts.journalFile
+	var err error
+	rebuild := false // a discarded journal leaked the clusters it mapped
+	if h.IncompatibleFeatures&incompatJournal != 0 && !readOnly {
+		if rebuild, err = settleJournalOnOpen(f, h, jf, opts); err != nil {
+			return nil, err
+		}
+		if h, err = readHeader(f); err != nil {
+			return nil, err
 		}
 	}
 	if (h.IncompatibleFeatures&incompatDirty != 0 || rebuild) && !readOnly {
@@ -185,6 +242,13 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			return nil, err
 		}
 	}
+	if err := checkTableSizes(h); err != nil {
+		return nil, err
+	}
+	// A rebuild may have grown the refcount table: charge the change.
+	if err := opts.chain.budget.charge(name, estimateLayerCost(h, opts).minus(cost)); err != nil {
+		return nil, err
+	}
 	img := &Image{name: name, f: f, fd: readFD(f), wfd: writeFD(f, readOnly), opts: opts, readOnly: readOnly, hdr: h}
 	img.opts.journalFile, img.opts.journalPath = nil, ""
 	if err := img.loadTables(); err != nil {
@@ -195,22 +259,10 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 			return nil, err
 		}
 	}
-	if h.BackingFile != "" && !opts.NoBacking {
-		if depth+1 >= maxChainDepth {
-			return nil, fmt.Errorf("%w: backing chain deeper than %d", ErrInvalid, maxChainDepth)
-		}
-		b, err := openBacking(name, h.BackingFile, h.BackingFormat, opts, depth+1)
-		if err != nil {
-			return nil, fmt.Errorf("opening backing file %q: %w", h.BackingFile, err)
-		}
-		img.backing = b
-	}
+	img.backing = backing
 	// Last: marking bitmaps in use is the open's only write that an
 	// error further on would leave behind.
 	if err := img.openBitmaps(); err != nil {
-		if img.backing != nil {
-			img.backing.Close()
-		}
 		return nil, err
 	}
 	return img, nil
@@ -260,12 +312,8 @@ func (img *Image) loadTables() error {
 		return err
 	}
 
-	need := ceilDiv(img.size, img.cs*img.l2Entries)
-	if int64(h.L1Size) < need {
-		return fmt.Errorf("%w: L1 table has %d entries, the virtual size needs %d", ErrInvalid, h.L1Size, need)
-	}
-	if int64(h.L1Size)*8 > maxL1Bytes {
-		return fmt.Errorf("%w: L1 table of %d entries exceeds %d bytes", ErrInvalid, h.L1Size, maxL1Bytes)
+	if err := checkTableSizes(h); err != nil {
+		return err
 	}
 	if h.L1Size > 0 {
 		if err := img.checkTableRegion("L1 table", h.L1TableOffset, int64(h.L1Size)*8, fsize); err != nil {
@@ -278,9 +326,6 @@ func (img *Image) loadTables() error {
 	}
 
 	rtBytes := int64(h.RefcountTableClusters) * img.cs
-	if rtBytes > maxRefcountTableBytes || h.RefcountTableClusters == 0 {
-		return fmt.Errorf("%w: refcount table of %d clusters", ErrInvalid, h.RefcountTableClusters)
-	}
 	if err := img.checkTableRegion("refcount table", h.RefcountTableOffset, rtBytes, fsize); err != nil {
 		return err
 	}
@@ -288,28 +333,56 @@ func (img *Image) loadTables() error {
 	if err := img.readU64s(img.rt, int64(h.RefcountTableOffset)); err != nil {
 		return err
 	}
-	if h.NbSnapshots > maxSnapshots {
-		return fmt.Errorf("%w: %d snapshots (at most %d)", ErrInvalid, h.NbSnapshots, maxSnapshots)
-	}
-	if h.NbSnapshots > 0 && (h.SnapshotsOffset%uint64(img.cs) != 0 || h.SnapshotsOffset == 0) {
-		return fmt.Errorf("%w: snapshot table offset %#x", ErrInvalid, h.SnapshotsOffset)
-	}
 
-	l2Bytes := img.opts.L2CacheBytes
-	if l2Bytes <= 0 {
-		// Enough to map the whole disk, up to 64 GiB at 64 KiB clusters.
-		l2Bytes = min(8<<20, max(need*img.cs, 1<<16))
-	}
-	img.l2c = newTableCache(int(img.sliceEntries*img.l2es), l2Bytes, 32)
-	rbBytes := img.opts.RefcountCacheBytes
-	if rbBytes <= 0 {
-		rbBytes = max(l2Bytes/4, 4*img.cs)
-	}
-	img.rbc = newTableCache(int(img.cs), rbBytes, 4)
+	l2Bytes, rbBytes := cacheBytes(h, img.opts)
+	img.l2c = newTableCache(int(img.sliceEntries*img.l2es), l2Bytes, l2CacheMinEntries)
+	img.rbc = newTableCache(int(img.cs), rbBytes, refcountCacheMinEntries)
 	img.alloc.init(ceilDiv(fsize, img.cs))
 	img.initMirror()
 	img.hdrIncompat.Store(h.IncompatibleFeatures)
 	return img.meta.build(img)
+}
+
+// checkTableSizes bounds the tables the header sizes, before anything is
+// allocated for them (QEMU's limits, limits.go).
+func checkTableSizes(h *Header) error {
+	cs := h.clusterSize()
+	l2Entries := cs / l2EntrySize(h.IncompatibleFeatures&incompatExtendedL2 != 0)
+	need := ceilDiv(int64(h.Size), cs*l2Entries)
+	if int64(h.L1Size) < need {
+		return fmt.Errorf("%w: L1 table has %d entries, the virtual size needs %d", ErrInvalid, h.L1Size, need)
+	}
+	if int64(h.L1Size)*8 > maxL1Bytes {
+		return fmt.Errorf("%w: L1 table of %d entries exceeds %d bytes", ErrInvalid, h.L1Size, maxL1Bytes)
+	}
+	if rtBytes := int64(h.RefcountTableClusters) * cs; rtBytes > maxRefcountTableBytes || h.RefcountTableClusters == 0 {
+		return fmt.Errorf("%w: refcount table of %d clusters", ErrInvalid, h.RefcountTableClusters)
+	}
+	if h.NbSnapshots > maxSnapshots {
+		return fmt.Errorf("%w: %d snapshots (at most %d)", ErrInvalid, h.NbSnapshots, maxSnapshots)
+	}
+	if h.NbSnapshots > 0 && (h.SnapshotsOffset%uint64(cs) != 0 || h.SnapshotsOffset == 0) {
+		return fmt.Errorf("%w: snapshot table offset %#x", ErrInvalid, h.SnapshotsOffset)
+	}
+	return nil
+}
+
+// cacheBytes returns the capacities of the L2 and refcount block caches
+// of an image with header h opened under opts.
+func cacheBytes(h *Header, opts Options) (l2, rb int64) {
+	cs := h.clusterSize()
+	l2Entries := cs / l2EntrySize(h.IncompatibleFeatures&incompatExtendedL2 != 0)
+	l2 = opts.L2CacheBytes
+	if l2 <= 0 {
+		// Enough to map the whole disk, up to 64 GiB at 64 KiB clusters.
+		need := ceilDiv(int64(h.Size), cs*l2Entries)
+		l2 = min(8<<20, max(need*cs, 1<<16))
+	}
+	rb = opts.RefcountCacheBytes
+	if rb <= 0 {
+		rb = max(l2/4, 4*cs)
+	}
+	return l2, rb
 }
 
 // checkTableRegion validates a table's offset and length against the file.
@@ -323,13 +396,20 @@ func (img *Image) checkTableRegion(what string, off uint64, length, fsize int64)
 	return nil
 }
 
+// readU64s reads big-endian words into dst through a bounded buffer, so
+// that a 32 MiB table costs its slice and not twice that.
 func (img *Image) readU64s(dst []uint64, off int64) error {
-	buf := make([]byte, len(dst)*8)
-	if err := readFull(img.f, buf, off); err != nil {
-		return err
-	}
-	for i := range dst {
-		dst[i] = binary.BigEndian.Uint64(buf[i*8:])
+	const chunk = 8192 // words
+	buf := make([]byte, min(len(dst), chunk)*8)
+	for len(dst) > 0 {
+		n := min(len(dst), chunk)
+		if err := readFull(img.f, buf[:n*8], off); err != nil {
+			return err
+		}
+		for i := range n {
+			dst[i] = binary.BigEndian.Uint64(buf[i*8:])
+		}
+		dst, off = dst[n:], off+int64(n)*8
 	}
 	return nil
 }

@@ -36,7 +36,17 @@ type Options struct {
 	// checking any image lock (QEMU's file.locking=off), for callers that
 	// keep writers apart themselves. The journal lock is still taken.
 	NoLock bool
+	// MemoryBudget bounds the metadata an open holds in memory for the
+	// image and its whole backing chain, summed over the layers: L1 and
+	// refcount tables, the overlap map, snapshot L1 ranges, cache
+	// capacities, the read mirror and bitmaps (open_budget.go). Past it
+	// the open fails with ErrLimit before allocating that layer's tables.
+	// 0 means DefaultMemoryBudget; a negative value means no bound.
+	MemoryBudget int64
 
+	// chain is what an open shares with the opens of its backing files
+	// (open_chain.go); set during the open only.
+	chain *openChain
 	// journalFile is the journal Open opened for openFile (tests set it
 	// through export_test.go); journalPath is its path; bootID stands in
 	// for the host's boot identity in tests.
@@ -46,20 +56,6 @@ type Options struct {
 	// io stands between the engine and the files it opens by path
 	// (tests: fault injection, export_test.go); nil is the host's.
 	io *fileHooks
-}
-
-// BackingPolicy decides whether a file name stored in an image may be opened.
-// The zero value allows only files inside the directory of the top image.
-type BackingPolicy struct {
-	// Root confines backing files to this directory tree (resolved with
-	// os.Root, so "..", absolute paths elsewhere and escaping symlinks are
-	// refused). Empty means the directory holding the top image.
-	Root string
-	// AllowAnyPath lifts the confinement: any absolute or relative path is
-	// opened (the `img` CLI, on an operator's explicit request).
-	AllowAnyPath bool
-	// AllowDataFile permits images with an external data file.
-	AllowDataFile bool
 }
 
 // Preallocation modes, as qemu-img spells them.

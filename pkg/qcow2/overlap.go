@@ -26,29 +26,64 @@ func (k metaKind) String() string {
 // can be checked against it (DESIGN.md rule 4). It is read under the
 // image's read lock and changed under its write lock.
 //
-// maybe is a filter in front of the map: bit c mod maybeBits is set for
+// Clusters are kept one by one in m, except the snapshot table and the
+// snapshot L1 tables found at open, which are kept as runs in snaps (see
+// clusterSpans for why). snaps was recorded last at open, so it comes
+// first in a lookup; a later add or remove of one of its clusters takes
+// the cluster out of it, so the latest record of a cluster always wins.
+//
+// maybe is a filter in front of both: bit c mod maybeBits is set for
 // every metadata cluster c (and stays set after a removal), so the check
 // of a guest data write, the common case, is one bit test instead of a
 // map lookup.
 type metadataSet struct {
 	m     map[int64]metaKind
+	snaps clusterSpans
 	maybe [maybeBits / 64]uint64
 }
 
 const maybeBits = 1 << 16
 
-func (s *metadataSet) add(c int64, k metaKind) {
-	s.m[c] = k
+func (s *metadataSet) mark(c int64) {
 	s.maybe[uint64(c)/64%(maybeBits/64)] |= 1 << (uint64(c) % 64)
 }
 
-func (s *metadataSet) remove(c int64) { delete(s.m, c) }
+func (s *metadataSet) add(c int64, k metaKind) {
+	s.snaps.remove(c)
+	s.m[c] = k
+	s.mark(c)
+}
+
+func (s *metadataSet) remove(c int64) {
+	delete(s.m, c)
+	s.snaps.remove(c)
+}
 
 func (s *metadataSet) kind(c int64) metaKind {
 	if s.maybe[uint64(c)/64%(maybeBits/64)]&(1<<(uint64(c)%64)) == 0 {
 		return metaNone
 	}
+	if s.snaps.contains(c) {
+		return metaSnapshots
+	}
 	return s.m[c]
+}
+
+// setSnaps records runs of snapshot metadata, marking them in the filter:
+// cluster by cluster while that is cheaper than filling it whole.
+func (s *metadataSet) setSnaps(runs clusterSpans) {
+	s.snaps = runs
+	if runs.clusters() >= maybeBits {
+		for i := range s.maybe {
+			s.maybe[i] = ^uint64(0)
+		}
+		return
+	}
+	for _, r := range runs {
+		for c := r.start; c < r.end; c++ {
+			s.mark(c)
+		}
+	}
 }
 
 func (s *metadataSet) addRange(off, n, cs int64, k metaKind) {
@@ -109,18 +144,15 @@ func (img *Image) corruption(format string, args ...any) error {
 
 // addSnapshots records the snapshot table and every snapshot's L1 table
 // (what QEMU's default "cached" overlap check covers; inactive L2 tables
-// would need every snapshot L1 read at open).
+// would need every snapshot L1 read at open), as runs.
 func (s *metadataSet) addSnapshots(img *Image) error {
 	if img.hdr.NbSnapshots == 0 {
 		return nil
 	}
-	t, err := readSnapshotTable(img.f, img.hdr)
+	runs, err := snapshotMetaRuns(img.f, img.hdr)
 	if err != nil {
 		return err
 	}
-	s.addRange(int64(t.Offset), t.Size, img.cs, metaSnapshots)
-	for _, e := range t.Entries {
-		s.addRange(int64(e.L1Offset), int64(e.L1Size)*8, img.cs, metaSnapshots)
-	}
+	s.setSnaps(runs)
 	return nil
 }

@@ -76,8 +76,13 @@ func rebaseFormat(newBacking, newFormat string) (string, error) {
 func (img *Image) rebaseCopy(newBacking, newFormat string, pol BackingPolicy) error {
 	var nb Disk
 	if newBacking != "" {
-		var err error
-		nb, err = openBacking(img.name, newBacking, newFormat, Options{ReadOnly: true, Backing: pol}, 1)
+		opts := Options{ReadOnly: true, Backing: pol}
+		ch, err := newChainAt(img.name, img.f, opts)
+		if err != nil {
+			return err
+		}
+		opts.chain = ch
+		nb, err = openBacking(img.name, newBacking, newFormat, opts, 1)
 		if err != nil {
 			return fmt.Errorf("could not open new backing file %q: %w", newBacking, err)
 		}

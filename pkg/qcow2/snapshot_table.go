@@ -115,6 +115,25 @@ func validateTablePointer(what string, off, n, entryLen, maxBytes uint64, cluste
 // entries (counted in ExtraDropped and Discarded) instead of failing.
 // It does not validate the entries' L1 tables; readSnapshotTable does.
 func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualSize uint64, repair bool) (*snapshotTable, error) {
+	var entries []snapshotEntry
+	t, err := scanSnapshotTable(f, off, n, clusterSize, virtualSize, repair, func(i int, e *snapshotEntry) error {
+		if entries == nil {
+			entries = make([]snapshotEntry, 0, n) // n <= maxSnapshots by now
+		}
+		entries = append(entries, *e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.Entries = entries
+	return t, nil
+}
+
+// scanSnapshotTable is loadSnapshotTable handing each entry to visit (in
+// table order, i its index) instead of keeping it: the table's Entries
+// stay nil, and memory stays one entry however long the table.
+func scanSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualSize uint64, repair bool, visit func(i int, e *snapshotEntry) error) (*snapshotTable, error) {
 	if err := validateTablePointer("snapshot table", off, uint64(n), snapshotHeaderLen, snapshotHeaderLen*maxSnapshots, clusterSize); err != nil {
 		return nil, err
 	}
@@ -126,9 +145,12 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 	be := binary.BigEndian
 	pos := off
 	var tableLen uint64
-	t.Entries = make([]snapshotEntry, 0, n) // n <= maxSnapshots
 	var hdr [snapshotHeaderLen]byte
 	var extra [snapshotExtraLen]byte
+	var text [math.MaxUint16]byte // an id or a name
+	// One entry for the whole scan: visit copies what it keeps, and an
+	// entry per iteration would escape to the heap 65536 times.
+	var e snapshotEntry
 	for i := uint32(0); i < n; i++ {
 		preEntry := pos
 		tableLen = (tableLen + 7) &^ 7
@@ -137,7 +159,7 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 			return nil, fmt.Errorf("failed to read snapshot table: %w", err)
 		}
 		pos += snapshotHeaderLen
-		e := snapshotEntry{
+		e = snapshotEntry{
 			L1Offset:      be.Uint64(hdr[0:]),
 			L1Size:        be.Uint32(hdr[8:]),
 			DateSec:       be.Uint32(hdr[16:]),
@@ -187,17 +209,16 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 			}
 			pos = end
 		}
-		id := make([]byte, idLen)
-		if err := r.read(id, pos); err != nil {
+		if err := r.read(text[:idLen], pos); err != nil {
 			return nil, fmt.Errorf("failed to read snapshot table: %w", err)
 		}
+		e.ID = string(text[:idLen])
 		pos += idLen
-		name := make([]byte, nameLen)
-		if err := r.read(name, pos); err != nil {
+		if err := r.read(text[:nameLen], pos); err != nil {
 			return nil, fmt.Errorf("failed to read snapshot table: %w", err)
 		}
+		e.Name = string(text[:nameLen])
 		pos += nameLen
-		e.ID, e.Name = string(id), string(name)
 
 		tableLen += snapshotHeaderLen + uint64(e.ExtraDataSize) + idLen + nameLen
 		if tableLen > maxSnapshotTableBytes || pos-off > math.MaxInt32 {
@@ -209,7 +230,9 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 			pos = preEntry
 			break
 		}
-		t.Entries = append(t.Entries, e)
+		if err := visit(int(i), &e); err != nil {
+			return nil, err
+		}
 	}
 	t.Size = int64(pos - off)
 	return t, nil
@@ -221,6 +244,24 @@ func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 // inside the file, and the table itself inside the file. Errors wrap
 // ErrInvalid.
 func readSnapshotTable(f File, h *Header) (*snapshotTable, error) {
+	var entries []snapshotEntry
+	t, err := scanSnapshotTableStrict(f, h, func(i int, e *snapshotEntry) error {
+		if entries == nil {
+			entries = make([]snapshotEntry, 0, h.NbSnapshots)
+		}
+		entries = append(entries, *e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.Entries = entries
+	return t, nil
+}
+
+// scanSnapshotTableStrict is readSnapshotTable handing each validated
+// entry to visit instead of keeping it (scanSnapshotTable).
+func scanSnapshotTableStrict(f File, h *Header, visit func(i int, e *snapshotEntry) error) (*snapshotTable, error) {
 	cs := h.clusterSize()
 	if h.NbSnapshots > maxSnapshots {
 		return nil, fmt.Errorf("%w: %d snapshots (at most %d)", ErrInvalid, h.NbSnapshots, maxSnapshots)
@@ -235,17 +276,17 @@ func readSnapshotTable(f File, h *Header) (*snapshotTable, error) {
 	if h.SnapshotsOffset == 0 || h.SnapshotsOffset >= uint64(fsize) {
 		return nil, fmt.Errorf("%w: snapshot table offset %#x outside the file", ErrInvalid, h.SnapshotsOffset)
 	}
-	t, err := loadSnapshotTable(f, h.SnapshotsOffset, h.NbSnapshots, cs, h.Size&^511, false)
+	t, err := scanSnapshotTable(f, h.SnapshotsOffset, h.NbSnapshots, cs, h.Size&^511, false, func(i int, e *snapshotEntry) error {
+		if err := e.validate(cs, fsize); err != nil {
+			return fmt.Errorf("snapshot %d (id %q): %w", i, e.ID, err)
+		}
+		return visit(i, e)
+	})
 	if err != nil {
 		return nil, err
 	}
 	if t.Offset+uint64(t.Size) > uint64(fsize) {
 		return nil, fmt.Errorf("%w: snapshot table (%d bytes at %#x) extends past the end of the file", ErrInvalid, t.Size, t.Offset)
-	}
-	for i := range t.Entries {
-		if err := t.Entries[i].validate(cs, fsize); err != nil {
-			return nil, fmt.Errorf("snapshot %d (id %q): %w", i, t.Entries[i].ID, err)
-		}
 	}
 	return t, nil
 }
