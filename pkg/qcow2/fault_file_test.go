@@ -152,15 +152,20 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// WriteAtDurable, failed with EIO, reached the page cache but not the
-// disk; with ENOSPC it wrote nothing.
+// WriteAtDurable, failed, reached the page cache but not the disk: its
+// sync half failed (with ENOSPC too: a thin or network filesystem out of
+// space reports it from writeback), and so did the writeback of whatever
+// else was dirty, as a failed Sync.
 func (f *faultFile) WriteAtDurable(p []byte, off int64) error {
 	if f.plan.step("dsync-write", f) {
-		if f.plan.errno != syscall.ENOSPC {
-			if _, err := f.File.WriteAt(p, off); err != nil {
-				return err
-			}
+		if _, err := f.File.WriteAt(p, off); err != nil {
+			return err
 		}
+		f.mu.Lock()
+		f.poisoned = append(f.poisoned, f.dirty...)
+		f.poisoned = append(f.poisoned, span{off, off + int64(len(p))})
+		f.dirty = nil
+		f.mu.Unlock()
 		return f.plan.errno
 	}
 	// The model says what is durable; the host file need not be.

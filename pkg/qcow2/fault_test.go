@@ -105,7 +105,7 @@ func (r *faultRun) op(name string, fn func() error) error {
 		if err == nil {
 			r.t.Fatalf("%s: the fault injected at %s was not reported", name, fired)
 		}
-		if isSyncFault(fired, r.plan.errno) {
+		if isSyncFault(fired) {
 			r.syncFailed = r.plan.failedFile()
 		}
 	}
@@ -115,11 +115,10 @@ func (r *faultRun) op(name string, fn func() error) error {
 	return err
 }
 
-// isSyncFault: the fault failed a sync, which loses what it was to make
-// durable. A durable write that fails with ENOSPC wrote nothing
-// (faultFile), as one that could not allocate its blocks.
-func isSyncFault(site string, errno syscall.Errno) bool {
-	return strings.HasSuffix(site, " sync") || strings.HasSuffix(site, " dsync-write") && errno != syscall.ENOSPC
+// isSyncFault: the fault failed a sync (or a durable write, whose sync
+// half it is), which loses what it was to make durable.
+func isSyncFault(site string) bool {
+	return strings.HasSuffix(site, " sync") || strings.HasSuffix(site, " dsync-write")
 }
 
 func (r *faultRun) write(b int, tag byte) {

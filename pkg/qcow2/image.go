@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // Image is an open qcow2 image. All methods are safe for concurrent use.
@@ -148,6 +150,15 @@ func openFile(f File, name string, opts Options, depth int) (*Image, error) {
 		// From the first write of the open on (journal replay, refcount
 		// repair), a failed sync is sticky (sync_guard.go).
 		f = guardSyncs(f)
+		// A failed writeback in this boot (a handle before this one
+		// whose sync failed) left its pages in the page cache, clean,
+		// with bytes the disk does not have; nothing would write them
+		// again. Drop the clean pages, so that this handle reads what
+		// is on the disk (leaks at worst), not mappings a Flush of
+		// ours would then build on.
+		if of, ok := hostFile(f); ok {
+			_ = unix.Fadvise(int(of.f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		}
 	}
 	h, err := readHeader(f)
 	if err != nil {

@@ -200,6 +200,12 @@ func (img *Image) startJournal(jf File, boot [16]byte) error {
 		gen = 0
 	}
 	gen++
+	// Nothing in the file counts any more: drop the records, or, should
+	// the header have been lost (poisoned after a failed sync), the
+	// generations restart and old records would match the new ones.
+	if err := jf.Truncate(journalHeaderSize); err != nil {
+		return err
+	}
 	if _, err := jf.WriteAt(encodeJournalHeader(gen, boot), 0); err != nil {
 		return err
 	}

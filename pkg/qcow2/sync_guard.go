@@ -3,8 +3,8 @@ package qcow2
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
-	"syscall"
 )
 
 // ErrSyncFailed: an fdatasync of the image failed earlier, so writes made
@@ -22,6 +22,11 @@ var ErrSyncFailed = errors.New("an fdatasync of the image failed")
 // is freed.
 type syncGuard struct {
 	File
+	// syncMu makes the look at failed, the sync and the recording of its
+	// failure one step: Linux reports a writeback error to one fdatasync
+	// (or RWF_DSYNC write) of a descriptor only, so a sync that overlaps a
+	// failing one may return 0 although the pages both cover are lost.
+	syncMu sync.Mutex
 	failed atomic.Pointer[error]
 	// onFail runs once, at the first failure (set before the image is
 	// shared: attachJournal). It makes the write journal unusable: its
@@ -64,6 +69,8 @@ func (g *syncGuard) fail(cause error) error {
 }
 
 func (g *syncGuard) Sync() error {
+	g.syncMu.Lock()
+	defer g.syncMu.Unlock()
 	if err := g.err(); err != nil {
 		return err
 	}
@@ -73,24 +80,26 @@ func (g *syncGuard) Sync() error {
 	return nil
 }
 
-// WriteAtDurable is a write plus a sync. ENOSPC or EDQUOT may come from
-// either half: a confirming Sync tells which, and only a failed sync is
-// sticky. Any other error may have come from the sync half and is.
+// WriteAtDurable is a write plus a sync. The sync half of pwritev2
+// (RWF_DSYNC) reports, and so consumes for this descriptor, any writeback
+// error of the file, ENOSPC and EDQUOT included (a thin-provisioned or
+// network filesystem that ran out of space): no later sync would report
+// it. So a plain write goes first, whose failure (a full filesystem) is
+// not sticky, as it syncs nothing; any failure of the durable write after
+// it is.
 func (g *syncGuard) WriteAtDurable(p []byte, off int64) error {
+	g.syncMu.Lock()
+	defer g.syncMu.Unlock()
 	if err := g.err(); err != nil {
 		return err
 	}
-	err := writeDurable(g.File, p, off)
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		if serr := g.File.Sync(); serr != nil {
-			return g.fail(serr)
-		}
+	if _, err := g.File.WriteAt(p, off); err != nil {
 		return err
 	}
-	return g.fail(err)
+	if err := writeDurable(g.File, p, off); err != nil {
+		return g.fail(err)
+	}
+	return nil
 }
 
 func (g *syncGuard) WriteAt(p []byte, off int64) (int, error) {
