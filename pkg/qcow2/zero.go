@@ -3,16 +3,44 @@ package qcow2
 // WriteZeroes makes [off, off+n) read as zeros. With unmap, whole clusters
 // are deallocated (their host space punched out); without it, allocated
 // clusters keep their space (v3 zero flag on an allocated cluster).
+//
+// A large range is zeroed one cached L2 slice's worth at a time, each piece under
+// the lock alone: other requests run between the pieces (a discard of a
+// whole disk, fstrim's, must not hold every read and write of the disk
+// for its duration, which the kernel's NBD client would see as a dead
+// connection after 30 s). Requests that overlap the range may see it
+// partly zeroed meanwhile, as they may with any two overlapping requests.
 func (img *Image) WriteZeroes(off, n int64, unmap bool) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
 	if n <= 0 || off < 0 {
 		img.lockQuiesced()
-	} else {
-		img.lockQuiescedRange(off>>img.cb, (off+n-1)>>img.cb)
+		defer img.mu.Unlock()
+		return img.checkRange(off, n)
 	}
+	img.mu.RLock()
+	err, piece := img.checkRange(off, n), img.sliceEntries*img.cs
+	img.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	for end := off + n; off < end; {
+		// Pieces end on L2 slice boundaries (32 MiB at 64 KiB clusters).
+		stop := min(end, (off/piece+1)*piece)
+		if err := img.zeroPiece(off, stop-off, unmap); err != nil {
+			return err
+		}
+		off = stop
+	}
+	return nil
+}
+
+// zeroPiece is WriteZeroes of a range within one L2 slice.
+func (img *Image) zeroPiece(off, n int64, unmap bool) error {
+	img.lockQuiescedRange(off>>img.cb, (off+n-1)>>img.cb)
 	defer img.mu.Unlock()
+	// The size may have changed (a shrink) since the range was checked.
 	if err := img.checkRange(off, n); err != nil {
 		return err
 	}
