@@ -77,6 +77,7 @@ func (l *Live) Freeze(snapshotPath string) error {
 		return err
 	}
 	l.img = next
+	old.forgetStoredBitmaps()
 	next.adoptFrozenLock(old)
 	if cerr := old.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("closing the frozen layer's old handle: %w", cerr))
@@ -179,6 +180,9 @@ func (l *Live) freeze(old *Image, p freezePlan) (next *Image, err error) {
 		if rerr := p.dropHalfDone(); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("undoing the freeze: %w", rerr))
 		}
+		if rerr := old.resumeBitmaps(); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("tracking the bitmaps again: %w", rerr))
+		}
 	}()
 	if err := old.settle(); err != nil {
 		return nil, err
@@ -223,7 +227,39 @@ func (img *Image) settle() error {
 	if img.keepDirty {
 		return errorf(ErrInvalid, "a failed snapshot operation left the refcounts to repair; reopen the image before freezing it")
 	}
+	// The persistent bitmaps go to the file, not in use, before it gets
+	// the snapshot's name: the frozen layer is never written after that
+	// (forgetStoredBitmaps), and a crash after the link must find them
+	// consistent. They stay in memory for resumeBitmaps.
+	if err := img.storeBitmapsLocked(); err != nil {
+		return err
+	}
 	return img.closeCleanLocked()
+}
+
+// resumeBitmaps makes an image whose Freeze was undone track its
+// bitmaps again: in use on disk, durably, before the next guest write.
+func (img *Image) resumeBitmaps() error {
+	img.lockQuiesced()
+	defer img.mu.Unlock()
+	if len(img.bm.mem) == 0 || img.bm.live.Load() != nil {
+		return nil
+	}
+	if err := img.setInUse(img.bm.mem); err != nil {
+		return err
+	}
+	img.publishLive()
+	return nil
+}
+
+// forgetStoredBitmaps drops the bitmaps settle stored from a frozen
+// layer's old handle, so that its Close does not write them again into
+// a file that is a snapshot by then.
+func (img *Image) forgetStoredBitmaps() {
+	img.lockQuiesced()
+	defer img.mu.Unlock()
+	img.bm.mem = nil
+	img.bm.live.Store(nil)
 }
 
 // createOverlay writes the new top under p.tmp, with old's format options
