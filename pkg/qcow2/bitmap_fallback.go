@@ -38,7 +38,7 @@ func dropUnmaintainableBitmaps(f File, h *Header) (*Header, error) {
 	if h, err = readHeader(f); err != nil {
 		return nil, err
 	}
-	if err := rebuildRefcounts(f, h); err != nil {
+	if err := rebuildRefcounts(longRun{}, f, h); err != nil {
 		return nil, err
 	}
 	return readHeader(f)

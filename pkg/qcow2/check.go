@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -134,6 +135,12 @@ type checker struct {
 	imageEndOffset int64
 	frag           fragInfo
 	signaled       bool
+
+	run    longRun
+	walked int64 // L2 tables checked (progress)
+	// stopped is the cancellation compareRefcounts met (it has no error
+	// return); the caller returns it.
+	stopped error
 }
 
 func (c *checker) logf(format string, args ...any) { c.res.logf(format, args...) }
@@ -144,6 +151,13 @@ func (c *checker) logf(format string, args ...any) { c.res.logf(format, args...)
 // qcow2 at all (qemu-img check then exits 1 too); otherwise the findings are
 // in the result.
 func Check(path string, opts CheckOptions) (*CheckResult, error) {
+	return CheckContext(context.Background(), path, opts)
+}
+
+// CheckContext is Check that stops when ctx is done (with ctx's error;
+// repairs made so far stay, each is safe alone) and reports its progress
+// to opts.Progress.
+func CheckContext(ctx context.Context, path string, opts CheckOptions) (*CheckResult, error) {
 	lopts := Options{ReadOnly: opts.Repair == RepairNone, ForceShare: opts.ForceShare}
 	if err := checkLockOptions(lopts); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -164,7 +178,7 @@ func Check(path string, opts CheckOptions) (*CheckResult, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	res, err := CheckFile(f, opts)
+	res, err := CheckFileContext(ctx, f, opts)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		return nil, cerr
 	}
@@ -177,17 +191,23 @@ func Check(path string, opts CheckOptions) (*CheckResult, error) {
 // CheckFile is Check on an open file; f must be writable when a repair is
 // requested. Filename is left empty.
 func CheckFile(f File, opts CheckOptions) (*CheckResult, error) {
+	return CheckFileContext(context.Background(), f, opts)
+}
+
+// CheckFileContext is CheckFile with CheckContext's cancellation.
+func CheckFileContext(ctx context.Context, f File, opts CheckOptions) (*CheckResult, error) {
 	if opts.Repair < RepairNone || opts.Repair > RepairAll {
 		return nil, fmt.Errorf("%w: repair mode %d", ErrInvalid, int(opts.Repair))
 	}
-	res, err := checkOnce(f, opts.Repair.flags())
+	run := longRun{ctx: ctx, progress: opts.Progress}
+	res, err := checkOnce(run, f, opts.Repair.flags())
 	if err != nil {
 		return nil, err
 	}
 	if opts.Repair != RepairNone && !res.failed && (res.CorruptionsFixed > 0 || res.LeaksFixed > 0) {
 		// As qemu-img: report what a fresh check of the repaired image
 		// finds, with the counts of what was fixed.
-		again, err := checkOnce(f, 0)
+		again, err := checkOnce(run, f, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -205,7 +225,7 @@ func CheckFile(f File, opts CheckOptions) (*CheckResult, error) {
 }
 
 // checkOnce is one qcow2_co_check_locked run.
-func checkOnce(f File, fix fixFlags) (*CheckResult, error) {
+func checkOnce(run longRun, f File, fix fixFlags) (*CheckResult, error) {
 	res := &CheckResult{Format: "qcow2"}
 	h, err := readCheckHeader(f)
 	if err != nil {
@@ -215,7 +235,7 @@ func checkOnce(f File, fix fixFlags) (*CheckResult, error) {
 		// Its clusters would count as leaks, and a repair would free them.
 		return nil, fmt.Errorf("%w (the process serving it was killed); a writable open applies it: `img check -r leaks` does", ErrJournalPending)
 	}
-	c := &checker{f: f, h: h, res: res, writable: fix != 0}
+	c := &checker{f: f, h: h, res: res, writable: fix != 0, run: run}
 	if err := c.open(); err != nil {
 		return nil, err
 	}
@@ -223,6 +243,9 @@ func checkOnce(f File, fix fixFlags) (*CheckResult, error) {
 	failed := c.checkReadSnapshotTable(&snapCnt, fix)
 	if failed == nil {
 		failed = c.checkRefcounts(&refCnt, fix)
+		if cancelled(failed) {
+			return nil, failed
+		}
 		total.add(refCnt)
 		res.ImageEndOffset = c.imageEndOffset
 		res.TotalClusters = c.frag.total
@@ -516,6 +539,9 @@ func (c *checker) checkRefcounts(cnt *checkCounts, fix fixFlags) error {
 	pre := *cnt
 	var highest int64
 	c.compareRefcounts(cnt, 0, &rebuild, &highest)
+	if c.stopped != nil {
+		return c.stopped
+	}
 
 	if rebuild && fix&fixErrors != 0 {
 		old := *cnt
@@ -537,6 +563,9 @@ func (c *checker) checkRefcounts(cnt *checkCounts, fix fixFlags) error {
 		saved := *cnt
 		*cnt = checkCounts{}
 		c.compareRefcounts(cnt, fixLeaks, &rebuild, &highest)
+		if c.stopped != nil {
+			return c.stopped
+		}
 		if rebuild {
 			c.logf("ERROR rebuilt refcount structure is still broken")
 		}
@@ -558,6 +587,9 @@ func (c *checker) checkRefcounts(cnt *checkCounts, fix fixFlags) error {
 		if cnt.leaks > 0 || cnt.corruptions > 0 {
 			*cnt = pre
 			c.compareRefcounts(cnt, fix, &rebuild, &highest)
+			if c.stopped != nil {
+				return c.stopped
+			}
 		}
 	}
 	if err := c.checkOflagCopied(cnt, fix); err != nil {
@@ -738,6 +770,10 @@ func (c *checker) compressedRange(e uint64) (off, size uint64) {
 
 // checkL2 is check_refcounts_l2.
 func (c *checker) checkL2(cnt *checkCounts, l2off uint64, flags int, fix fixFlags, active bool) error {
+	c.walked++
+	if err := c.run.step("mappings", c.walked, 0); err != nil {
+		return err
+	}
 	if c.l2buf == nil {
 		c.l2buf = make([]byte, c.cs)
 	}
@@ -1032,6 +1068,9 @@ func (c *checker) compareRefcounts(cnt *checkCounts, fix fixFlags, rebuild *bool
 	perBlock := int64(1) << c.rbBits
 	wrote := false
 	for start := int64(0); start < c.nbClusters; start += perBlock {
+		if c.stopped = c.run.step("refcounts", start/perBlock+1, ceilDiv(c.nbClusters, perBlock)); c.stopped != nil {
+			return
+		}
 		ri := uint64(start) >> c.rbBits
 		end := min(start+perBlock, c.nbClusters)
 		var block []byte

@@ -37,6 +37,8 @@ type CheckOptions struct {
 	// ForceShare checks an image another program has open for writing
 	// (qemu-img check -U); see Options.ForceShare. Not with a repair.
 	ForceShare bool
+	// Progress, if set, is called as the check goes (progress.go).
+	Progress func(Progress)
 }
 
 // maxCheckMessages bounds CheckResult.Messages; a damaged image can yield

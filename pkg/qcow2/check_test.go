@@ -437,7 +437,7 @@ func TestCheckRebuildRefcounts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := rebuildRefcounts(file, h); err != nil {
+			if err := rebuildRefcounts(longRun{}, file, h); err != nil {
 				t.Fatal(err)
 			}
 			if h.IncompatibleFeatures&incompatDirty != 0 {
@@ -468,7 +468,7 @@ func TestCheckRebuildRefcounts(t *testing.T) {
 			f, _ = os.OpenFile(p, os.O_RDWR, 0)
 			file = NewOSFile(f)
 			h, _ = readCheckHeader(file)
-			if err := rebuildRefcounts(file, h); err != nil {
+			if err := rebuildRefcounts(longRun{}, file, h); err != nil {
 				t.Fatal(err)
 			}
 			file.Close()
@@ -516,7 +516,7 @@ func TestCheckRebuildRefcountsAfterQemuCrash(t *testing.T) {
 		file := NewOSFile(f)
 		h, err := readCheckHeader(file)
 		if err == nil {
-			err = rebuildRefcounts(file, h)
+			err = rebuildRefcounts(longRun{}, file, h)
 		}
 		file.Close()
 		if err != nil {
@@ -546,7 +546,7 @@ func TestCheckRebuildRefcountsRefusesDamage(t *testing.T) {
 	f, _ := os.OpenFile(p, os.O_RDWR, 0)
 	file := NewOSFile(f)
 	h, _ := readCheckHeader(file)
-	err := rebuildRefcounts(file, h)
+	err := rebuildRefcounts(longRun{}, file, h)
 	file.Close()
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("got %v, want ErrCorrupt", err)

@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"math/bits"
@@ -84,6 +85,16 @@ type Image struct {
 // another writes it (unless opts.ForceShare); backing files are locked as
 // readers.
 func Open(path string, opts Options) (*Image, error) {
+	return OpenContext(context.Background(), path, opts)
+}
+
+// OpenContext is Open that gives up when ctx is done: the one long step of
+// an open is the refcount rebuild of a dirty image (a crash with lazy
+// refcounts, a discarded journal), which walks all its metadata; stopped,
+// it leaves the image dirty, and the next open rebuilds again.
+// opts.Progress hears how the rebuild goes.
+func OpenContext(ctx context.Context, path string, opts Options) (*Image, error) {
+	opts.ctx = ctx
 	if err := checkLockOptions(opts); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -240,7 +251,7 @@ func openLayer(f File, name string, h *Header, cost layerCost, opts Options, bac
 		if opts.NoAutoRepair {
 			readOnly = true
 		} else {
-			if err := rebuildRefcounts(f, h); err != nil {
+			if err := rebuildRefcounts(opts.longRun(), f, h); err != nil {
 				return nil, fmt.Errorf("repairing refcounts of a dirty image: %w", err)
 			}
 			if h, err = readHeader(f); err != nil {
@@ -262,6 +273,8 @@ func openLayer(f File, name string, h *Header, cost layerCost, opts Options, bac
 	}
 	img := &Image{name: name, f: f, fd: readFD(f), wfd: writeFD(f, readOnly), opts: opts, readOnly: readOnly, hdr: h}
 	img.opts.journalFile, img.opts.journalPath = nil, ""
+	// The open's context ends with the open.
+	img.opts.ctx = nil
 	if err := img.loadTables(); err != nil {
 		return nil, err
 	}

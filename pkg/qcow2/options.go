@@ -1,5 +1,7 @@
 package qcow2
 
+import "context"
+
 // Options control how an image is opened.
 type Options struct {
 	// ReadOnly opens the image (and always its backing chain) read-only.
@@ -44,6 +46,12 @@ type Options struct {
 	// 0 means DefaultMemoryBudget; a negative value means no bound.
 	MemoryBudget int64
 
+	// Progress, if set, hears how the long steps of an open go (the
+	// refcount rebuild of a dirty image; progress.go).
+	Progress func(Progress)
+
+	// ctx is OpenContext's, nil for Open.
+	ctx context.Context
 	// chain is what an open shares with the opens of its backing files
 	// (open_chain.go); set during the open only.
 	chain *openChain
@@ -121,3 +129,6 @@ type Extent struct {
 	// File is the file name of the providing layer ("" when none).
 	File string
 }
+
+// longRun is the open's cancellation and progress for its long steps.
+func (o Options) longRun() longRun { return longRun{ctx: o.ctx, progress: o.Progress} }

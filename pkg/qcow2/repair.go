@@ -32,9 +32,9 @@ import (
 // refcount blocks that describe it.
 const lazyGrowLimit = 2 * maxReserveBytes
 
-func rebuildRefcounts(f File, h *Header) error {
+func rebuildRefcounts(run longRun, f File, h *Header) error {
 	res := &CheckResult{}
-	c := &checker{f: f, h: h, res: res, writable: true}
+	c := &checker{f: f, h: h, res: res, writable: true, run: run}
 	if err := c.open(); err != nil {
 		return err
 	}
@@ -73,6 +73,9 @@ func rebuildRefcounts(f File, h *Header) error {
 	}
 	var highest int64
 	c.compareRefcounts(&cnt, 0, &rebuild, &highest)
+	if c.stopped != nil {
+		return c.stopped
+	}
 	c.res = res
 	if cnt != (checkCounts{}) || rebuild {
 		// Structural damage outside the refcounts?
