@@ -25,6 +25,7 @@ type faultPlan struct {
 	fired  string         // the site of the failed operation, "" until then
 	inFile *faultFile     // the file it failed, nil for a directory sync
 	sites  map[string]int // operations seen per site
+	seq    []string       // the site of each operation, in order
 	files  []*faultFile
 }
 
@@ -39,6 +40,7 @@ func (p *faultPlan) step(kind string, f *faultFile) bool {
 	defer p.mu.Unlock()
 	p.n++
 	p.sites[site]++
+	p.seq = append(p.seq, site)
 	if p.n == p.at {
 		p.fired, p.inFile = site, f
 		return true

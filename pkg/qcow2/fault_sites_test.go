@@ -58,16 +58,9 @@ var faultScope = map[string]string{
 var faultSiteScope = map[string]string{
 	"external_snapshot.go:syncDir": "the directory sync faultPlan.syncDir stands in for",
 	"pread.go:103":                 "writeHost's pwrite of the descriptor: the fault file has none, so the same writes fail at pread.go's WriteAt",
-	"alloc.go:85":                  "gap: reserve's punch of a reservation",
-	"alloc.go:237":                 "gap: makeRunDurable's sync",
-	"alloc.go:268":                 "gap: settleFrees",
-	"flush.go:34":                  "gap: Flush's second sync after frees without a journal",
-	"refcount.go:292":              "gap: growRefTable (needs more than 8 MiB of file at 512-byte clusters)",
-	"refcount.go:295":              "gap: growRefTable",
-	"refcount.go:301":              "gap: growRefTable",
-	"refcount.go:304":              "gap: growRefTable",
-	"snapshot.go:699":              "gap: clearCopiedL2 of ApplySnapshot",
-	"write.go:84":                  "gap: writeInPlace's single-cluster branch without a descriptor",
+	"alloc.go:237":                 "gap: makeRunDurable's fallback sync, for a run whose refcount blocks the table does not list yet",
+	"snapshot.go:699":              "gap: clearCopiedL2, ApplySnapshot's rewrite of an L2 table the snapshot does not share",
+	"write.go:84":                  "gap: writeInPlace's single-cluster branch for a cluster the read mirror has not learnt",
 }
 
 // ioSites lists the engine's static I/O sites as "file.go:line", the
