@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +31,9 @@ type Attachment struct {
 	opts  AttachOptions
 	serve ConnServer
 	ioctl *ioctlDevice
+
+	size     atomic.Uint64 // the device size as last set (Size, Resize)
+	resizeMu sync.Mutex
 
 	wg       sync.WaitGroup
 	mu       sync.Mutex
@@ -103,7 +107,7 @@ func (a *Attachment) attachNetlink(nl *netlinkClient) error {
 	}
 	cfg := a.opts.kernelConfig(index)
 	if found {
-		err = nl.reconfigure(cfg, kernelFDs(socks))
+		err = nl.reconfigure(cfg, kernelFDs(socks), 0)
 	} else {
 		index, err = nl.connect(cfg, kernelFDs(socks))
 	}
@@ -112,6 +116,7 @@ func (a *Attachment) attachNetlink(nl *netlinkClient) error {
 		return err
 	}
 	a.Index, a.Path, a.Reattached = index, "/dev/nbd"+strconv.Itoa(index), found
+	a.size.Store(a.opts.Size)
 	for _, s := range socks {
 		a.startSlot(s)
 	}
@@ -202,7 +207,7 @@ func (a *Attachment) stillConfigured() bool {
 // configured reports whether the device is configured with our backend
 // identifier now.
 func (a *Attachment) configured() bool {
-	dev, err := readDevice(a.opts.SysBlock, "nbd"+strconv.Itoa(a.Index), a.Index)
+	dev, err := readDevice(a.opts.SysBlock, deviceName(a.Index), a.Index)
 	return err == nil && dev.Configured() && dev.Backend == a.opts.BackendID
 }
 
@@ -299,5 +304,5 @@ func reconfigureOnce(cfg kernelConfig, fd int) error {
 		return err
 	}
 	defer nl.Close()
-	return nl.reconfigure(cfg, []int{fd})
+	return nl.reconfigure(cfg, []int{fd}, 0)
 }

@@ -132,6 +132,9 @@ func ResolveDevice(sysBlock, arg string) (Device, error) {
 	return d, nil
 }
 
+// deviceName is the sysfs name of device index: "nbd3".
+func deviceName(index int) string { return "nbd" + strconv.Itoa(index) }
+
 // nbdIndex parses "nbd<N>" (a whole disk, not a partition like "nbd0p1").
 func nbdIndex(name string) (int, bool) {
 	rest, ok := strings.CutPrefix(name, "nbd")

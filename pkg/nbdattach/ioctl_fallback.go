@@ -56,6 +56,7 @@ func (a *Attachment) attachIoctl() error {
 	}
 	dev := &ioctlDevice{f: f}
 	a.ioctl, a.Index, a.Path = dev, index, path
+	a.size.Store(a.opts.Size)
 	for _, s := range socks {
 		a.startSlot(s)
 	}
