@@ -34,7 +34,7 @@ func TestReadoptSize(t *testing.T) {
 // taken tells a socket whose other end someone still holds (the kernel,
 // played here by a duplicate of the descriptor) from one whose other end
 // is gone, without waiting.
-func TestKernelSocketTaken(t *testing.T) {
+func TestTakenSocket(t *testing.T) {
 	orphan, err := newKernelSocket()
 	if err != nil {
 		t.Fatal(err)
