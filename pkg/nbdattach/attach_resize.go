@@ -21,7 +21,7 @@ func (a *Attachment) Size() uint64 { return a.size.Load() }
 // on netlink devices, so a device attached by ioctl grows by
 // NBD_SET_SIZE_BLOCKS instead. Either way Resize then reads the size back
 // from sysfs: a kernel that ignored the request (netlink RECONFIGURE took
-// no size before Linux 5.3) is an error, not a silent no-op.
+// no size before 2019, Linux 5.3) is an error, not a silent no-op.
 //
 // newSize must be a multiple of the block size; a smaller size than the
 // current one fails with ErrShrink.
@@ -68,7 +68,7 @@ func (a *Attachment) checkKernelSize(want uint64) error {
 		return err
 	}
 	if uint64(dev.Size) != want {
-		return fmt.Errorf("the kernel kept %s at %d bytes (netlink RECONFIGURE applies a size only since Linux 5.3)", a.Path, dev.Size)
+		return fmt.Errorf("the kernel kept %s at %d bytes (netlink RECONFIGURE applies a size only since 2019, Linux 5.3)", a.Path, dev.Size)
 	}
 	return nil
 }
