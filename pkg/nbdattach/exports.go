@@ -20,12 +20,14 @@ type export struct {
 	size     atomic.Int64
 	resizeMu sync.Mutex
 
-	// Under Server.mu. A closing export takes no new connections and
-	// stays in Server.exports (its name taken) until its last connection
-	// has ended; then gone is closed.
-	conns   map[*connState]struct{}
-	closing bool
-	gone    chan struct{}
+	// Under Server.mu. A closing export takes no new connections and no
+	// new resize, and stays in Server.exports (its name taken) until its
+	// last connection has ended and a resize that had begun has returned
+	// from the backend; then gone is closed.
+	conns    map[*connState]struct{}
+	resizing int
+	closing  bool
+	gone     chan struct{}
 
 	fault atomic.Pointer[error] // the panic that fenced it (fence.go)
 }
@@ -66,8 +68,8 @@ func (s *Server) AddExport(e *Export) error {
 }
 
 // CloseExport stops offering the named export, closes its connections
-// and returns once no request of the export runs any more, so that the
-// caller may then close its backend. Closing is a hard disconnect: the
+// and returns once no request (nor a ResizeExport) of the export runs any
+// more, so that the caller may then close its backend. Closing is a hard disconnect: the
 // replies to requests in flight are lost, but their backend calls run to
 // their end first. A kernel device should be detached before (its DISC
 // ends the connections cleanly, and a device whose socket is closed under
@@ -111,9 +113,9 @@ func (s *Server) RemoveExport(name string) error {
 }
 
 // retireIfIdle forgets a closing export once its last connection has
-// ended; s.mu is held.
+// ended and no resize runs; s.mu is held.
 func (s *Server) retireIfIdle(e *export) {
-	if e.closing && len(e.conns) == 0 {
+	if e.closing && len(e.conns) == 0 && e.resizing == 0 {
 		close(e.gone)
 		delete(s.exports, e.Name)
 	}

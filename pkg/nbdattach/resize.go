@@ -29,10 +29,11 @@ var ErrShrink = errors.New("nbd: shrinking a served export is not supported")
 // ErrShrink. A panic in the backend's Resize fences the export, as one
 // while serving a request does.
 func (s *Server) ResizeExport(name string, size int64) error {
-	e := s.lookup(name)
-	if e == nil {
-		return fmt.Errorf("nbd: resize: %w %q", errNoExport, name)
+	e, err := s.beginResize(name)
+	if err != nil {
+		return err
 	}
+	defer s.endResize(e)
 	e.resizeMu.Lock()
 	defer e.resizeMu.Unlock()
 	cur := e.size.Load()
@@ -58,6 +59,26 @@ func (s *Server) ResizeExport(name string, size int64) error {
 	// backend does not have yet.
 	e.size.Store(size)
 	return nil
+}
+
+// beginResize finds the export and counts the resize in, so that a
+// CloseExport waits for it before the caller closes the backend.
+func (s *Server) beginResize(name string) (*export, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.exports[name]
+	if e == nil || e.closing {
+		return nil, fmt.Errorf("nbd: resize export %q: %w", name, errNoExport)
+	}
+	e.resizing++
+	return e, nil
+}
+
+func (s *Server) endResize(e *export) {
+	s.mu.Lock()
+	e.resizing--
+	s.retireIfIdle(e)
+	s.mu.Unlock()
 }
 
 // resizeBackend runs the backend's Resize; a panic there fences the

@@ -2,11 +2,15 @@ package nbdattach
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // growMem is a memBackend that can grow (Resizer). fail, if set, is what
@@ -18,6 +22,8 @@ type growMem struct {
 	fail    error
 	lie     bool
 	panics  bool
+	// gate, if set, holds Resize after it announces itself on entered.
+	gate, entered chan struct{}
 }
 
 func (g *growMem) Size() int64 {
@@ -29,6 +35,10 @@ func (g *growMem) Size() int64 {
 func (g *growMem) Resize(size int64) error {
 	if g.panics {
 		panic("resize bug")
+	}
+	if g.gate != nil {
+		g.entered <- struct{}{}
+		<-g.gate
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -201,5 +211,32 @@ func TestFileBackendResize(t *testing.T) {
 	defer ro.Close()
 	if err := ro.Resize(2 << 20); !errors.Is(err, ErrReadOnly) {
 		t.Errorf("read-only resize: %v", err)
+	}
+}
+
+// CloseExport waits for a resize inside the backend, as it waits for
+// requests: the caller closes the backend only after both. A closed
+// export takes no resize.
+func TestCloseExportWaitsForResize(t *testing.T) {
+	g := newGrowMem(1 << 20)
+	g.gate, g.entered = make(chan struct{}), make(chan struct{}, 1)
+	s := newTestServer(t, Options{}, &Export{Name: "vol", Backend: g})
+	resized := make(chan error, 1)
+	go func() { resized <- s.ResizeExport("vol", 2<<20) }()
+	testtools.Within(t, "the resize to reach the backend", g.entered)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if err := s.CloseExport(ctx, "vol"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("CloseExport during a resize: %v, want the deadline", err)
+	}
+	close(g.gate)
+	if err := testtools.Within(t, "the resize to return", resized); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseExport(context.Background(), "vol"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ResizeExport("vol", 4<<20); err == nil {
+		t.Error("a closed export was resized")
 	}
 }
