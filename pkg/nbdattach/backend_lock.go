@@ -25,8 +25,8 @@ import (
 // for as long as it serves it: a unix datagram socket bound to an address
 // in the abstract namespace. Only one socket can have an address; the
 // kernel releases it when the socket closes, which happens when the
-// process ends however it ends (before it is a zombie), whatever becomes
-// of its pid. The scope of the abstract namespace is the network
+// process ends however it ends (its last thread closes its descriptors,
+// before the process can be reaped), whatever becomes of its pid. The scope of the abstract namespace is the network
 // namespace: servers of one node must share it, as the node plugin does
 // with the host network.
 

@@ -62,7 +62,10 @@ func TestBackendLock(t *testing.T) {
 
 // The lock is gone when its holder dies by SIGKILL, already while the
 // holder is an unreaped zombie: a restarted server can take it at once,
-// whatever became of the dead server's pid.
+// whatever became of the dead server's pid. (The group leader of a
+// multithreaded process shows as a zombie as soon as it has exited itself;
+// its descriptors close with its last thread, so the test waits for that:
+// a zombie with one thread left.)
 func TestBackendLockDiesWithItsProcess(t *testing.T) {
 	id := "vol-lock-death-" + strconv.Itoa(os.Getpid())
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -88,9 +91,11 @@ func TestBackendLockDiesWithItsProcess(t *testing.T) {
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	testtools.WaitFor(t, "the killed child to become a zombie", func() bool {
-		b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/stat")
-		return strings.Contains(string(b), ") Z ")
+	proc := "/proc/" + strconv.Itoa(cmd.Process.Pid)
+	testtools.WaitFor(t, "the killed child to become a zombie with all its threads gone", func() bool {
+		stat, _ := os.ReadFile(proc + "/stat")
+		status, _ := os.ReadFile(proc + "/status")
+		return strings.Contains(string(stat), ") Z ") && strings.Contains(string(status), "\nThreads:\t1\n")
 	})
 	l, err := lockBackend(id)
 	if err != nil {
