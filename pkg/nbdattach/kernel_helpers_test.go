@@ -8,6 +8,7 @@ package nbdattach
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,6 +19,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 func needKernelNBD(t *testing.T) {
@@ -62,8 +65,8 @@ func attachFile(t *testing.T, size int64, useIoctl bool) *kernelDevice {
 	serve := func(c net.Conn) error {
 		kd.mu.Lock()
 		kd.conns = append(kd.conns, c)
-		kd.mu.Unlock()
 		kd.serves.Add(1)
+		kd.mu.Unlock()
 		return kd.srv.ServeTransmission(c, "")
 	}
 	kd.att, err = Attach(AttachOptions{BackendID: "kernel-test/" + t.Name(), Size: uint64(size),
@@ -80,6 +83,16 @@ func attachFile(t *testing.T, size int64, useIoctl bool) *kernelDevice {
 		kd.backend.Close()
 	})
 	return kd
+}
+
+// conn returns the server's end of the i-th connection the kernel got,
+// once the goroutine that serves it has started.
+func (kd *kernelDevice) conn(t *testing.T, i int) net.Conn {
+	t.Helper()
+	testtools.WaitFor(t, fmt.Sprintf("connection %d to be served", i), func() bool { return kd.serves.Load() > int64(i) })
+	kd.mu.Lock()
+	defer kd.mu.Unlock()
+	return kd.conns[i]
 }
 
 // grow resizes the export, then the device: the order a server must keep.

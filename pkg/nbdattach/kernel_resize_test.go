@@ -97,10 +97,7 @@ func TestKernelRelinkKeepsGrownSize(t *testing.T) {
 	const oldSize, newSize = 16 << 20, 32 << 20
 	kd := attachFile(t, oldSize, false)
 	kd.grow(t, newSize)
-	kd.mu.Lock()
-	first := kd.conns[0]
-	kd.mu.Unlock()
-	first.Close() // the kernel sees end of file and marks the connection dead
+	kd.conn(t, 0).Close() // the kernel sees end of file and marks the connection dead
 	testtools.WaitFor(t, "the server to hand the kernel a new socket", func() bool { return kd.serves.Load() >= 2 })
 
 	dev := openDirect(t, kd.att.Path)
