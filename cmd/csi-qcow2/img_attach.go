@@ -35,13 +35,17 @@ as long as this process serves it. The device path is printed on stdout once
 the kernel has it.
 
 The device carries a backend identifier (--id, by default the image's
-absolute path), shown in /sys/block/nbdN/backend. When a device with that
-identifier already exists and its server is gone (killed, crashed), attach
-re-adopts it: the image is opened again and the kernel gets new sockets by
-RECONFIGURE, so I/O held by the kernel continues without errors as long as
-this happens within --dead-conn-timeout. Use the same --connections as the
-first attach. A connection that breaks while this process runs (a request
-that exceeded --timeout) is replaced the same way.
+absolute path), shown in /sys/block/nbdN/backend, and the serving process
+holds a lock named by it (an abstract unix socket, released when the process
+dies). When a device with that identifier already exists and no process
+holds its lock (the server was killed or crashed; the pid the kernel
+recorded is not trusted, it may have been reused), attach re-adopts it: the
+image is opened again and the kernel gets new sockets by RECONFIGURE, so I/O
+held by the kernel continues without errors as long as this happens within
+--dead-conn-timeout. An image larger than the device (grown while no server
+ran) grows the device with it; a smaller one is refused. Use the same
+--connections as the first attach. A connection that breaks while this
+process runs (a request that exceeded --timeout) is replaced the same way.
 
 Without the netlink family (old kernels) the NBD ioctls are used: then there
 is no backend identifier and no re-adoption (--ioctl forces this).
@@ -139,11 +143,12 @@ func attachAndServe(stdout, stderr io.Writer, backend nbdattach.Backend, opts nb
 // lockForServing takes an exclusive flock on the image for as long as the
 // returned file stays open (the process's life: kill -9 releases it). Two
 // servers of one image would each cache and allocate on their own and
-// corrupt it; the kernel's record of a device's server is not enough to
-// prevent that (it keeps the first server's pid after a re-adoption).
-// The image locks Open takes (QEMU's byte-range OFD locks, which flock
-// does not interact with) refuse a second writer too, but not a second
-// read-only attach, which must not re-adopt a live server's device.
+// corrupt it. The backend lock Attach holds is named by the identifier, not
+// the image, and lives in one network namespace; this lock covers two
+// identifiers for one image and servers in other namespaces. The image
+// locks Open takes (QEMU's byte-range OFD locks, which flock does not
+// interact with) refuse a second writer too, but not a second read-only
+// attach.
 func lockForServing(filename string) (*os.File, error) {
 	f, err := os.Open(filename)
 	if err != nil {

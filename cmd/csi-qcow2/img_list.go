@@ -15,7 +15,11 @@ func newImgListCmd() *cobra.Command {
 		Use:   "list [--all]",
 		Short: "List kernel nbd devices with their backend identifiers, sizes and server processes",
 		Long: `List the kernel's nbd devices from sysfs (/sys/block/nbd*): size, backend
-identifier, the process recorded as their server and whether it is alive.
+identifier, the pid the kernel recorded (the thread that configured the
+device; it may be dead, or reused by another process) and whether a server
+is alive: for a device with a backend identifier, whether a process in this
+network namespace holds the identifier's lock ("img attach" does while it
+serves), for one attached by ioctl whether the recorded thread runs.
 A configured device whose server is dead waits for a restarted "img attach"
 (with the same identifier) until its dead-connection timeout runs out.
 Without --all only configured devices are listed. The CONNECTED column is the

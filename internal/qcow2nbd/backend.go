@@ -5,6 +5,7 @@ package qcow2nbd
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
@@ -21,6 +22,7 @@ type Engine interface {
 	Flush() error
 	Map(off, n int64) ([]qcow2.Extent, error)
 	Size() int64
+	Resize(size int64) error
 	ClusterSize() int64
 	Header() qcow2.Header
 	ReadOnly() bool
@@ -38,7 +40,10 @@ type Image struct {
 	fastZero bool
 }
 
-var _ nbdattach.Backend = (*Image)(nil)
+var (
+	_ nbdattach.Backend = (*Image)(nil)
+	_ nbdattach.Resizer = (*Image)(nil)
+)
 
 // New adapts img. readOnly refuses writes even if img was opened writable.
 func New(img Engine, readOnly bool) *Image {
@@ -48,6 +53,20 @@ func New(img Engine, readOnly bool) *Image {
 }
 
 func (b *Image) Size() int64 { return b.img.Size() }
+
+// Resize grows the image while it is served (nbdattach.Resizer): the
+// engine writes the new size durably before it returns, and the new range
+// reads as zeros. Shrinking is refused here, before the engine: the NBD
+// server never asks for it.
+func (b *Image) Resize(size int64) error {
+	if b.readOnly {
+		return nbdattach.ErrReadOnly
+	}
+	if cur := b.img.Size(); size < cur {
+		return fmt.Errorf("%w: %d bytes, asked for %d", nbdattach.ErrShrink, cur, size)
+	}
+	return mapErr(b.img.Resize(size))
+}
 
 // Caps: the engine's Flush syncs the one image file every connection
 // writes through, so several connections are safe (CAN_MULTI_CONN).

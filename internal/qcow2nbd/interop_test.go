@@ -32,6 +32,7 @@ func run(t *testing.T, prog string, args ...string) string {
 // served is an image served by an in-process server on a unix socket.
 type served struct {
 	uri     string
+	server  *nbdattach.Server
 	backend nbdattach.Backend
 	stop    func()
 }
@@ -61,7 +62,7 @@ func serveBackend(t *testing.T, b nbdattach.Backend, closeFn func() error) *serv
 		}
 	}
 	t.Cleanup(stop)
-	return &served{uri: "nbd+unix:///?socket=" + sock, backend: b, stop: stop}
+	return &served{uri: "nbd+unix:///?socket=" + sock, server: s, backend: b, stop: stop}
 }
 
 // interopImage is one kind of served image: it creates the image with

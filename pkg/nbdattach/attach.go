@@ -4,9 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +29,11 @@ type Attachment struct {
 	opts  AttachOptions
 	serve ConnServer
 	ioctl *ioctlDevice
+	lock  *backendLock
+	done  chan struct{} // closed when every connection has ended and the lock is released
+
+	size     atomic.Uint64 // the device size as last set (Size, Resize)
+	resizeMu sync.Mutex
 
 	wg       sync.WaitGroup
 	mu       sync.Mutex
@@ -47,71 +51,102 @@ const (
 
 // Attach serves a backend to a kernel nbd device: it makes one socketpair
 // per connection, serves our ends with serve, and gives the other ends to
-// the kernel. With netlink, a device that already carries opts.BackendID
-// and whose server is gone is re-adopted with RECONFIGURE instead of a new
-// CONNECT, so a restarted server continues where the old one died.
+// the kernel. It holds the backend identifier's lock (backend_lock.go)
+// until every connection has ended, and fails with ErrServed while
+// another process holds it. With netlink, a device that already carries
+// opts.BackendID is re-adopted with RECONFIGURE instead of a new CONNECT,
+// so a restarted server continues where the old one died (readopt.go).
 func Attach(opts AttachOptions, serve ConnServer) (*Attachment, error) {
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	if err := SetIOFlusher(); err != nil {
-		opts.Logf("warning: %v", err)
+	lock, err := lockBackend(opts.BackendID)
+	if err != nil {
+		return nil, err
 	}
-	a := &Attachment{opts: opts, serve: serve}
-	if !opts.UseIoctl {
+	a := &Attachment{opts: opts, serve: serve, lock: lock, done: make(chan struct{})}
+	if err := a.attach(); err != nil {
+		lock.release()
+		return nil, err
+	}
+	go func() {
+		a.wg.Wait()
+		a.lock.release()
+		close(a.done)
+	}()
+	return a, nil
+}
+
+func (a *Attachment) attach() error {
+	if err := SetIOFlusher(); err != nil {
+		a.opts.Logf("warning: %v", err)
+	}
+	if !a.opts.UseIoctl {
 		nl, err := dialNetlink()
 		switch {
 		case err == nil:
 			a.Netlink = true
-			err = a.attachNetlink(nl)
-			nl.Close()
-			if err != nil {
-				return nil, err
-			}
-			return a, nil
+			defer nl.Close()
+			return a.attachNetlink(nl)
 		case errors.Is(err, ErrNoNetlinkFamily):
-			opts.Logf("no nbd netlink family: falling back to ioctls (no backend identifier, no reattach)")
+			a.opts.Logf("no nbd netlink family: falling back to ioctls (no backend identifier, no reattach)")
 		default:
-			return nil, err
+			return err
 		}
 	}
-	if err := a.attachIoctl(); err != nil {
-		return nil, err
-	}
-	return a, nil
+	return a.attachIoctl()
 }
 
 func (a *Attachment) attachNetlink(nl *netlinkClient) error {
 	existing, found, err := FindByBackend(a.opts.SysBlock, a.opts.BackendID)
+	switch {
+	case err != nil:
+		return err
+	case !found:
+		return a.connectNetlink(nl)
+	}
+	if index := a.opts.deviceIndex(); index >= 0 && index != existing.Index {
+		return fmt.Errorf("nbdattach: backend %q is already attached to %s, not %s", a.opts.BackendID, existing.Path, a.opts.Device)
+	}
+	grow, err := readoptSize(existing, a.opts.Size)
 	if err != nil {
 		return err
 	}
-	index := a.opts.deviceIndex()
-	if found {
-		if index >= 0 && index != existing.Index {
-			return fmt.Errorf("nbdattach: backend %q is already attached to %s, not %s", a.opts.BackendID, existing.Path, a.opts.Device)
-		}
-		if existing.ServerAlive() && existing.PID != os.Getpid() {
-			return fmt.Errorf("nbdattach: backend %q is attached to %s and served by the live process %d", a.opts.BackendID, existing.Path, existing.PID)
-		}
-		index = existing.Index
+	socks, err := a.reconfigureTaken(nl, a.opts.kernelConfig(existing.Index), grow)
+	if err != nil {
+		return err
 	}
+	a.Index, a.Path, a.Reattached = existing.Index, existing.Path, true
+	a.size.Store(uint64(existing.Size))
+	if grow > 0 {
+		if err := a.checkKernelSize(grow); err != nil {
+			// The device is ours now; it serves its old size.
+			a.opts.Logf("warning: %s: not grown to the image's %d bytes: %v", a.Path, grow, err)
+		} else {
+			a.opts.Logf("%s: grown from %d to %d bytes, the image's size", a.Path, existing.Size, grow)
+			a.size.Store(grow)
+		}
+	}
+	for _, s := range socks {
+		a.startSlot(s)
+	}
+	return nil
+}
+
+// connectNetlink configures a new device with CONNECT.
+func (a *Attachment) connectNetlink(nl *netlinkClient) error {
 	socks, err := newKernelSockets(a.opts.Connections)
 	if err != nil {
 		return err
 	}
-	cfg := a.opts.kernelConfig(index)
-	if found {
-		err = nl.reconfigure(cfg, kernelFDs(socks))
-	} else {
-		index, err = nl.connect(cfg, kernelFDs(socks))
-	}
+	index, err := nl.connect(a.opts.kernelConfig(a.opts.deviceIndex()), kernelFDs(socks))
 	if err != nil {
 		closeKernelSockets(socks)
 		return err
 	}
-	a.Index, a.Path, a.Reattached = index, "/dev/nbd"+strconv.Itoa(index), found
+	a.Index, a.Path = index, "/dev/"+deviceName(index)
+	a.size.Store(a.opts.Size)
 	for _, s := range socks {
 		a.startSlot(s)
 	}
@@ -202,7 +237,7 @@ func (a *Attachment) stillConfigured() bool {
 // configured reports whether the device is configured with our backend
 // identifier now.
 func (a *Attachment) configured() bool {
-	dev, err := readDevice(a.opts.SysBlock, "nbd"+strconv.Itoa(a.Index), a.Index)
+	dev, err := readDevice(a.opts.SysBlock, deviceName(a.Index), a.Index)
 	return err == nil && dev.Configured() && dev.Backend == a.opts.BackendID
 }
 
@@ -237,9 +272,10 @@ func (a *Attachment) addErr(err error) {
 }
 
 // Wait blocks until every connection has ended (the device was detached,
-// or its connections broke beyond repair) and returns what went wrong.
+// or its connections broke beyond repair) and the backend's lock is
+// released, and returns what went wrong.
 func (a *Attachment) Wait() error {
-	a.wg.Wait()
+	<-a.done
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return errors.Join(a.errs...)
@@ -299,5 +335,5 @@ func reconfigureOnce(cfg kernelConfig, fd int) error {
 		return err
 	}
 	defer nl.Close()
-	return nl.reconfigure(cfg, []int{fd})
+	return nl.reconfigure(cfg, []int{fd}, 0)
 }

@@ -24,8 +24,8 @@ type Backend interface {
 	// BlockStatus describes [off, off+n) as consecutive extents starting
 	// at off. It may describe less than n bytes but at least one.
 	BlockStatus(off, n int64) ([]Extent, error)
-	// Size is the export size in bytes; it does not change while served
-	// (AddExport reads it once).
+	// Size is the export size in bytes. AddExport reads it; it changes
+	// only through Server.ResizeExport (a backend that is a Resizer).
 	Size() int64
 	// Caps says which operations the backend supports and how; AddExport
 	// reads it once.

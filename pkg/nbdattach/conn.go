@@ -26,7 +26,6 @@ type connState struct {
 	exp     *export // the export joined; set once, by Server.join
 	backend Backend
 	caps    Caps
-	size    uint64
 	out     replyWriter
 	limit   inflight
 }

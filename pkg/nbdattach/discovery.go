@@ -22,9 +22,11 @@ type Device struct {
 	// Backend is the identifier given at CONNECT ("" when the device is not
 	// configured, or was configured without one, e.g. through ioctls).
 	Backend string
-	// PID is the process the kernel recorded when the device was configured
-	// (0 when unconfigured). It may be dead: the device outlives it until
-	// the dead-connection timeout runs out.
+	// PID is what the kernel recorded when the device was configured (0
+	// when unconfigured): the thread that sent CONNECT or NBD_DO_IT, in the
+	// initial pid namespace. It is not updated by a re-adopting RECONFIGURE
+	// and, once that thread is gone, may name an unrelated process: shown,
+	// never trusted (ServerAlive).
 	PID int
 	// Size in bytes (0 when unconfigured).
 	Size int64
@@ -34,17 +36,25 @@ type Device struct {
 // the pid file exists only then.
 func (d Device) Configured() bool { return d.PID > 0 }
 
-// ServerAlive reports whether the recorded process still runs (a zombie
-// whose parent has not reaped it yet counts as dead: its sockets are
-// closed). The kernel records the process that configured the device and
-// keeps that number after a RECONFIGURE by another process, so a live
-// server is not always the recorded one: callers that must not serve a
-// device twice hold a lock of their own (img attach locks the image).
+// ServerAlive reports whether a server serves the device. For a device
+// with a backend identifier that is whether a process holds the
+// identifier's lock (backend_lock.go: this network namespace), whatever
+// its recorded pid says. A device attached by ioctl has no identifier but
+// dies with its server (NBD_DO_IT returns), so its recorded thread is
+// asked: alive unless gone or a zombie (whose sockets are closed).
 func (d Device) ServerAlive() bool {
-	if d.PID <= 0 {
+	switch {
+	case !d.Configured():
 		return false
+	case d.Backend != "":
+		return backendServed(d.Backend)
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(d.PID) + "/stat")
+	return taskAlive(d.PID)
+}
+
+// taskAlive reports whether the task (process or thread) runs.
+func taskAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return false
 	}
@@ -131,6 +141,9 @@ func ResolveDevice(sysBlock, arg string) (Device, error) {
 	}
 	return d, nil
 }
+
+// deviceName is the sysfs name of device index: "nbd3".
+func deviceName(index int) string { return "nbd" + strconv.Itoa(index) }
 
 // nbdIndex parses "nbd<N>" (a whole disk, not a partition like "nbd0p1").
 func nbdIndex(name string) (int, bool) {

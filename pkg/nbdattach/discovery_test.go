@@ -46,11 +46,8 @@ func TestListDevicesAndFindByBackend(t *testing.T) {
 		t.Fatalf("devices %+v: want nbd0, nbd2, nbd10 in order (no partitions, no sda)", devs)
 	}
 	a := devs[1]
-	if a.Path != "/dev/nbd2" || a.Size != 2048*512 || a.Backend != "vol-a" || !a.Configured() || !a.ServerAlive() {
+	if a.Path != "/dev/nbd2" || a.Size != 2048*512 || a.Backend != "vol-a" || a.PID != os.Getpid() || !a.Configured() {
 		t.Errorf("nbd2 = %+v", a)
-	}
-	if devs[0].ServerAlive() {
-		t.Error("a pid that does not exist counts as alive")
 	}
 	if devs[2].Configured() || devs[2].Backend != "" {
 		t.Errorf("nbd10 = %+v, want unconfigured", devs[2])
@@ -84,6 +81,35 @@ func TestFindByBackendRefusesDuplicates(t *testing.T) {
 	}
 }
 
+// A device with a backend identifier is served while some process holds
+// the identifier's lock, whatever process its recorded pid names: a live
+// pid (this test process, standing for a pid reused after the server died)
+// does not make it served, and a dead one does not make it unserved (a
+// re-adopter keeps the first server's pid).
+func TestServerAliveIsTheBackendLock(t *testing.T) {
+	reused := Device{Backend: "vol-alive-test", PID: os.Getpid()}
+	if reused.ServerAlive() {
+		t.Error("a device whose recorded pid is a live process counts as served while nobody holds its lock")
+	}
+	l, err := lockBackend(reused.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readopted := Device{Backend: reused.Backend, PID: 999999999}
+	if !readopted.ServerAlive() || !reused.ServerAlive() {
+		t.Error("a device whose lock is held counts as unserved")
+	}
+	l.release()
+	if readopted.ServerAlive() {
+		t.Error("a released lock still counts as a server")
+	}
+	if (Device{Backend: reused.Backend}).ServerAlive() {
+		t.Error("an unconfigured device counts as served")
+	}
+}
+
+// A device attached by ioctl has no identifier and dies with its server:
+// its recorded task is asked.
 func TestZombieServerIsDead(t *testing.T) {
 	// A server killed with -9 stays a zombie until its parent reaps it; its
 	// sockets are closed already, so it must count as dead.

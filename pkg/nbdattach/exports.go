@@ -4,23 +4,30 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 )
 
 // export is the server's record of an Export: what clients are told about
-// it (read once, by AddExport, so that negotiating never calls the
-// backend) and the connections serving it.
+// it (read by AddExport, so that negotiating never calls the backend) and
+// the connections serving it.
 type export struct {
 	*Export
 	caps Caps
-	size int64
+	// size is what new connections are told and the end every request is
+	// checked against; only ResizeExport changes it, under resizeMu, after
+	// the backend has grown.
+	size     atomic.Int64
+	resizeMu sync.Mutex
 
-	// Under Server.mu. A closing export takes no new connections and
-	// stays in Server.exports (its name taken) until its last connection
-	// has ended; then gone is closed.
-	conns   map[*connState]struct{}
-	closing bool
-	gone    chan struct{}
+	// Under Server.mu. A closing export takes no new connections and no
+	// new resize, and stays in Server.exports (its name taken) until its
+	// last connection has ended and a resize that had begun has returned
+	// from the backend; then gone is closed.
+	conns    map[*connState]struct{}
+	resizing int
+	closing  bool
+	gone     chan struct{}
 
 	fault atomic.Pointer[error] // the panic that fenced it (fence.go)
 }
@@ -33,8 +40,8 @@ var (
 
 // AddExport offers e; names must be unique and at most 4096 bytes (the
 // name of an export that is still closing is taken). The backend's Size
-// and Caps are read here, once: they must not change while the export is
-// offered.
+// and Caps are read here, once: Caps must not change while the export is
+// offered, and Size changes only through ResizeExport.
 func (s *Server) AddExport(e *Export) error {
 	if e == nil || e.Backend == nil {
 		return errors.New("nbd: export without a backend")
@@ -42,10 +49,12 @@ func (s *Server) AddExport(e *Export) error {
 	if len(e.Name) > maxStringLen || len(e.Description) > maxStringLen {
 		return fmt.Errorf("nbd: export name or description longer than %d bytes", maxStringLen)
 	}
-	rec := &export{Export: e, caps: e.Backend.Caps(), size: e.Backend.Size(), conns: map[*connState]struct{}{}}
-	if rec.size < 0 {
+	size := e.Backend.Size()
+	if size < 0 {
 		return fmt.Errorf("nbd: export %q has a negative size", e.Name)
 	}
+	rec := &export{Export: e, caps: e.Backend.Caps(), conns: map[*connState]struct{}{}}
+	rec.size.Store(size)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, dup := s.exports[e.Name]; dup {
@@ -59,8 +68,8 @@ func (s *Server) AddExport(e *Export) error {
 }
 
 // CloseExport stops offering the named export, closes its connections
-// and returns once no request of the export runs any more, so that the
-// caller may then close its backend. Closing is a hard disconnect: the
+// and returns once no request (nor a ResizeExport) of the export runs any
+// more, so that the caller may then close its backend. Closing is a hard disconnect: the
 // replies to requests in flight are lost, but their backend calls run to
 // their end first. A kernel device should be detached before (its DISC
 // ends the connections cleanly, and a device whose socket is closed under
@@ -104,9 +113,9 @@ func (s *Server) RemoveExport(name string) error {
 }
 
 // retireIfIdle forgets a closing export once its last connection has
-// ended; s.mu is held.
+// ended and no resize runs; s.mu is held.
 func (s *Server) retireIfIdle(e *export) {
-	if e.closing && len(e.conns) == 0 {
+	if e.closing && len(e.conns) == 0 && e.resizing == 0 {
 		close(e.gone)
 		delete(s.exports, e.Name)
 	}

@@ -54,13 +54,17 @@ func (c *connState) recoverRequest(r *request) {
 	c.replyError(r, errIO, "internal error: the export is fenced")
 }
 
-// catch runs f, turning a panic into an error that is logged with its
-// stack: a bug one connection meets outside a request (in the handshake,
-// in the request reader) ends that connection, not the process.
+// errPanic marks the errors catch makes of a panic.
+var errPanic = errors.New("nbd: panic")
+
+// catch runs f, turning a panic into an error (wrapping errPanic) that is
+// logged with its stack: a bug one connection meets outside a request (in
+// the handshake, in the request reader) ends that connection, not the
+// process.
 func (s *Server) catch(what string, f func() error) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			err = fmt.Errorf("nbd: panic %s: %v", what, v)
+			err = fmt.Errorf("%w %s: %v", errPanic, what, v)
 			s.logf("%v\n%s", err, debug.Stack())
 		}
 	}()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,7 +14,7 @@ import (
 // and zeroing, SEEK_DATA/SEEK_HOLE for block status.
 type FileBackend struct {
 	f        *os.File
-	size     int64
+	size     atomic.Int64 // Resize changes it while requests run
 	readOnly bool
 }
 
@@ -32,13 +33,35 @@ func OpenFileBackend(path string, readOnly bool) (*FileBackend, error) {
 		f.Close()
 		return nil, err
 	}
-	return &FileBackend{f: f, size: size, readOnly: readOnly}, nil
+	b := &FileBackend{f: f, readOnly: readOnly}
+	b.size.Store(size)
+	return b, nil
 }
 
 // Close closes the file.
 func (b *FileBackend) Close() error { return b.f.Close() }
 
-func (b *FileBackend) Size() int64 { return b.size }
+func (b *FileBackend) Size() int64 { return b.size.Load() }
+
+// Resize grows the file to size bytes (the new range reads as zeros) and
+// syncs it, so that the new size survives a crash. Only a regular file
+// can grow; a smaller size is refused (ErrShrink).
+func (b *FileBackend) Resize(size int64) error {
+	if b.readOnly {
+		return ErrReadOnly
+	}
+	if cur := b.size.Load(); size < cur {
+		return fmt.Errorf("%w: %d bytes, asked for %d", ErrShrink, cur, size)
+	}
+	if err := b.f.Truncate(size); err != nil {
+		return err
+	}
+	if err := b.f.Sync(); err != nil {
+		return err
+	}
+	b.size.Store(size)
+	return nil
+}
 
 func (b *FileBackend) Caps() Caps {
 	return Caps{ReadOnly: b.readOnly, MultiConn: true, FUA: true, Trim: true,

@@ -105,7 +105,7 @@ func (c *connState) optExportName(data []byte) (*export, error) {
 	}
 	c.metaAlloc = c.metaAlloc && c.metaExport == exp.Name
 	b := make([]byte, 10, 134)
-	binary.BigEndian.PutUint64(b[0:], uint64(exp.size))
+	binary.BigEndian.PutUint64(b[0:], uint64(exp.size.Load()))
 	binary.BigEndian.PutUint16(b[8:], transmissionFlags(exp.caps, c.structured))
 	if !c.noZeroes {
 		b = b[:134]
@@ -149,7 +149,7 @@ func (c *connState) optInfoGo(opt uint32, data []byte) (*export, error) {
 		return nil, err
 	}
 	info := binary.BigEndian.AppendUint16(nil, infoExport)
-	info = binary.BigEndian.AppendUint64(info, uint64(exp.size))
+	info = binary.BigEndian.AppendUint64(info, uint64(exp.size.Load()))
 	info = binary.BigEndian.AppendUint16(info, transmissionFlags(exp.caps, c.structured))
 	if err := c.optReply(opt, repInfo, info); err != nil {
 		return nil, err

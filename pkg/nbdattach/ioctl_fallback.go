@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -56,17 +57,46 @@ func (a *Attachment) attachIoctl() error {
 	}
 	dev := &ioctlDevice{f: f}
 	a.ioctl, a.Index, a.Path = dev, index, path
+	a.size.Store(a.opts.Size)
 	for _, s := range socks {
 		a.startSlot(s)
 	}
+	ended := make(chan struct{})
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
+		defer close(ended)
 		if err := dev.doIt(); err != nil && !a.isStopping() {
 			a.addErr(fmt.Errorf("nbdattach: NBD_DO_IT on %s: %w", path, err))
 		}
 	}()
-	return nil
+	return a.waitIoctlStarted(ended)
+}
+
+// waitIoctlStarted returns once NBD_DO_IT has started the device (the
+// kernel creates the pid attribute, then sets the capacity), as CONNECT
+// has when it returns: before that the device has no size and refuses a
+// resize. If NBD_DO_IT ends first, its error is returned once the
+// connections have ended.
+func (a *Attachment) waitIoctlStarted(ended <-chan struct{}) error {
+	for {
+		dev, err := readDevice(a.opts.SysBlock, deviceName(a.Index), a.Index)
+		if err == nil && dev.Configured() && uint64(dev.Size) == a.opts.Size {
+			return nil
+		}
+		select {
+		case <-ended:
+			a.wg.Wait()
+			a.mu.Lock()
+			err := errors.Join(a.errs...)
+			a.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("nbdattach: %s: NBD_DO_IT ended before the device started", a.Path)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func configureByIoctl(f *os.File, o AttachOptions, fds []int) error {

@@ -105,11 +105,11 @@ func decodeIndex(b []byte) (int, bool, error) {
 }
 
 // reconfigure hands new sockets to a configured device whose connections
-// died. The kernel fills dead slots only and silently ignores sockets beyond
-// them; it refuses the request when backendID does not match the one the
-// device was connected with.
-func (c *netlinkClient) reconfigure(cfg kernelConfig, fds []int) error {
-	if _, err := c.execute(nbdCmdReconfigure, reconfigureAttrs(cfg, fds), ackOnly); err != nil {
+// died, and with newSize > 0 sets its size. The kernel fills dead slots
+// only and silently ignores sockets beyond them; it refuses the request
+// when backendID does not match the one the device was connected with.
+func (c *netlinkClient) reconfigure(cfg kernelConfig, fds []int, newSize uint64) error {
+	if _, err := c.execute(nbdCmdReconfigure, reconfigureAttrs(cfg, fds, newSize), ackOnly); err != nil {
 		return fmt.Errorf("nbdattach: netlink RECONFIGURE of nbd%d: %w", cfg.index, err)
 	}
 	return nil
@@ -117,15 +117,23 @@ func (c *netlinkClient) reconfigure(cfg kernelConfig, fds []int) error {
 
 // reconfigureAttrs name the device and its backend (the kernel refuses a
 // RECONFIGURE without the identifier the device was connected with) and
-// carry the new sockets; size and flags cannot change.
-func reconfigureAttrs(cfg kernelConfig, fds []int) *netlink.AttributeEncoder {
+// carry the new sockets. The size goes only when newSize > 0: the kernel
+// applies any NBD_ATTR_SIZE_BYTES it gets (nbd_genl_size_set), so a relink
+// that carried the size it was attached with would shrink a device grown
+// since. The block size and flags never change.
+func reconfigureAttrs(cfg kernelConfig, fds []int, newSize uint64) *netlink.AttributeEncoder {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(nbdAttrIndex, uint32(cfg.index))
 	encodeTimeouts(ae, cfg)
 	if cfg.backendID != "" {
 		ae.String(nbdAttrBackendIdentifier, cfg.backendID)
 	}
-	encodeSockets(ae, fds)
+	if newSize > 0 {
+		ae.Uint64(nbdAttrSizeBytes, newSize)
+	}
+	if len(fds) > 0 {
+		encodeSockets(ae, fds)
+	}
 	return ae
 }
 

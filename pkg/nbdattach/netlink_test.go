@@ -90,12 +90,13 @@ func TestConnectAttrs(t *testing.T) {
 func TestReconfigureAttrs(t *testing.T) {
 	cfg := kernelConfig{index: 5, size: 1 << 30, blockSize: 512, timeout: 30 * time.Second,
 		deadConnTimeout: time.Minute, serverFlags: tflagHasFlags, backendID: "vol-2"}
-	d := decodeAttrs(t, reconfigureAttrs(cfg, []int{11}))
+	d := decodeAttrs(t, reconfigureAttrs(cfg, []int{11}, 0))
 	if d.u32[nbdAttrIndex] != 5 || d.str[nbdAttrBackendIdentifier] != "vol-2" {
 		t.Errorf("index %d backend %q", d.u32[nbdAttrIndex], d.str[nbdAttrBackendIdentifier])
 	}
 	// The kernel ignores size and flags on RECONFIGURE only if they are
-	// absent: a different size would resize the live device.
+	// absent: a relink that sent the size it was attached with would
+	// shrink a device grown since.
 	for _, k := range []uint16{nbdAttrSizeBytes, nbdAttrBlockSizeBytes, nbdAttrServerFlags} {
 		if _, ok := d.u64[k]; ok {
 			t.Errorf("RECONFIGURE carries attribute %d", k)
@@ -103,6 +104,22 @@ func TestReconfigureAttrs(t *testing.T) {
 	}
 	if len(d.sockets) != 1 || d.sockets[0] != 11 {
 		t.Errorf("sockets %v", d.sockets)
+	}
+
+	// A resize carries the new size and no sockets; a re-adoption that
+	// grows the device carries both.
+	d = decodeAttrs(t, reconfigureAttrs(kernelConfig{index: 5, backendID: "vol-2"}, nil, 3<<30))
+	if d.u64[nbdAttrSizeBytes] != 3<<30 || d.str[nbdAttrBackendIdentifier] != "vol-2" || d.sockets != nil {
+		t.Errorf("resize: %+v", d)
+	}
+	for _, k := range []uint16{nbdAttrBlockSizeBytes, nbdAttrServerFlags, nbdAttrTimeout} {
+		if _, ok := d.u64[k]; ok {
+			t.Errorf("resize carries attribute %d", k)
+		}
+	}
+	d = decodeAttrs(t, reconfigureAttrs(cfg, []int{11, 12}, 2<<30))
+	if d.u64[nbdAttrSizeBytes] != 2<<30 || len(d.sockets) != 2 {
+		t.Errorf("re-adoption with growth: %+v", d)
 	}
 }
 

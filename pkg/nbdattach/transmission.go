@@ -36,7 +36,6 @@ const maxPooledExt = 4 << 10
 func (c *connState) transmit(exp *export) error {
 	c.backend = exp.Backend
 	c.caps = exp.caps
-	c.size = uint64(exp.size)
 	c.out.finish = c.finish
 	err := c.srv.catch("reading requests", c.readRequests)
 	if err != nil {
@@ -214,8 +213,11 @@ func (c *connState) validate(r *request) (uint32, string) {
 	case r.typ == cmdBlockStatus && r.length == 0:
 		return errInval, "empty block status request"
 	}
+	// The size is read for every request: ResizeExport may have grown the
+	// export since the connection began, and the kernel, told the new size
+	// by RECONFIGURE, sends requests up to it on its old connections.
 	end := r.off + uint64(r.length)
-	if end < r.off || end > c.size {
+	if end < r.off || end > uint64(c.exp.size.Load()) {
 		if writes {
 			return errNoSpc, "request past the end of the export"
 		}

@@ -89,6 +89,12 @@ func (l *Live) Discard(off, n int64) error {
 // a Freeze are durable in the frozen layer already.
 func (l *Live) Flush() error { return l.with((*Image).Flush) }
 
+// Resize changes the virtual size of the current top (see Image.Resize)
+// while I/O goes on; a later Freeze keeps the new size for the new top.
+func (l *Live) Resize(size int64) error {
+	return l.with(func(img *Image) error { return img.Resize(size) })
+}
+
 // Map describes the guest range through the chain (see Image.Map).
 func (l *Live) Map(off, n int64) (ext []Extent, err error) {
 	err = l.with(func(img *Image) error { ext, err = img.Map(off, n); return err })

@@ -41,9 +41,14 @@ func TestNames() ([]string, error) {
 	return names, nil
 }
 
+// guestTestBinaries are Go test binaries built into the guest's /usr/bin
+// as NAME.test: their TestKernel* tests need the kernel's nbd driver and
+// run there (48-resize), everything else in them runs on the host too.
+var guestTestBinaries = map[string]string{"nbdattach": "./pkg/nbdattach"}
+
 // BuildInitramfs stages and packs the guest root filesystem into out:
-// busybox, the static csi-qcow2 (built from moduleRoot), the tools, the
-// kernel's modules and the guest scripts.
+// busybox, the static csi-qcow2 and test binaries (built from moduleRoot),
+// the tools, the kernel's modules and the guest scripts.
 func BuildInitramfs(k Kernel, moduleRoot, stageDir, out string) error {
 	r := &Initramfs{Dir: stageDir}
 	busybox, err := exec.LookPath("busybox")
@@ -55,8 +60,13 @@ func BuildInitramfs(k Kernel, moduleRoot, stageDir, out string) error {
 	if err := r.AddProgram(busybox, "/bin/busybox"); err != nil {
 		return err
 	}
-	if err := buildStatic(moduleRoot, filepath.Join(stageDir, "usr/bin/csi-qcow2")); err != nil {
+	if err := buildStatic(moduleRoot, filepath.Join(stageDir, "usr/bin/csi-qcow2"), "build", "./cmd/csi-qcow2"); err != nil {
 		return err
+	}
+	for name, pkg := range guestTestBinaries {
+		if err := buildStatic(moduleRoot, filepath.Join(stageDir, "usr/bin", name+".test"), "test", "-c", pkg); err != nil {
+			return err
+		}
 	}
 	for _, tool := range guestTools {
 		p, err := exec.LookPath(tool)
@@ -76,14 +86,15 @@ func BuildInitramfs(k Kernel, moduleRoot, stageDir, out string) error {
 	return r.Pack(out)
 }
 
-// buildStatic builds csi-qcow2 without cgo: a static binary that runs on
-// the guest's bare busybox userland.
-func buildStatic(moduleRoot, out string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/csi-qcow2")
+// buildStatic runs "go build" or "go test -c" (args name the package)
+// without cgo: a static binary that runs on the guest's bare busybox
+// userland.
+func buildStatic(moduleRoot, out string, args ...string) error {
+	cmd := exec.Command("go", append([]string{args[0], "-trimpath", "-o", out}, args[1:]...)...)
 	cmd.Dir = moduleRoot
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build csi-qcow2: %v\n%s", err, b)
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
 	}
 	return nil
 }
