@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,8 +54,13 @@ func attachLoop(path string) (string, *os.File, error) {
 	return "", nil, errors.New("no loop device stayed free long enough to bind it")
 }
 
-// loopBound reports whether the loop device dev still has a backing file.
-func loopBound(dev string) bool {
-	_, err := os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
-	return err == nil
+// loopBacking returns the file the loop device dev is bound to, "" if
+// it is free. The device may be bound to another test's file once this
+// test's binding cleared: compare with the file.
+func loopBacking(dev string) string {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
 }

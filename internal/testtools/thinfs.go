@@ -32,6 +32,7 @@ type ThinFS struct {
 	storage string // the tmpfs mount
 	mnt     string // the ext4 mount
 	dev     string // the loop device
+	disk    string // the file on the storage it is bound to
 	busy    bool   // a mount could not be taken down: leave the rest
 }
 
@@ -72,7 +73,7 @@ func MountThinFS(t testing.TB, size int64) *ThinFS {
 	if err != nil {
 		t.Fatalf("MountThinFS: binding a loop device: %v", err)
 	}
-	fs.dev = dev
+	fs.dev, fs.disk = dev, disk
 	t.Cleanup(fs.waitLoopFree)
 	// Until the mount holds the device, this descriptor keeps it bound.
 	defer devFile.Close()
@@ -125,5 +126,5 @@ func (fs *ThinFS) waitLoopFree() {
 	if fs.busy {
 		return
 	}
-	WaitFor(fs.t, fs.dev+" to unbind after the unmount", func() bool { return !loopBound(fs.dev) })
+	WaitFor(fs.t, fs.dev+" to unbind after the unmount", func() bool { return loopBacking(fs.dev) != fs.disk })
 }

@@ -80,6 +80,9 @@ func TestThinFSCleanup(t *testing.T) {
 	var fs *ThinFS
 	t.Run("mount", func(t *testing.T) {
 		fs = MountThinFS(t, 16<<20)
+		if got := loopBacking(fs.dev); got != fs.disk {
+			t.Fatalf("%s is bound to %q, want %q (the cleanup waits on this)", fs.dev, got, fs.disk)
+		}
 		fs.Fill()
 		f := createFile(t, filepath.Join(fs.Dir, "f"))
 		closeFile(t, f)
@@ -100,8 +103,8 @@ func TestThinFSCleanup(t *testing.T) {
 			t.Errorf("%s still exists: %v", dir, err)
 		}
 	}
-	if loopBound(fs.dev) {
-		t.Errorf("%s is still bound", fs.dev)
+	if loopBacking(fs.dev) == fs.disk {
+		t.Errorf("%s is still bound to %s", fs.dev, fs.disk)
 	}
 }
 
