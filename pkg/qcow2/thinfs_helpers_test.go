@@ -181,8 +181,14 @@ func (s *hostSpy) Sync() error {
 // parkedInFlush reports whether a goroutine waits on a lock or condition
 // inside Image.Flush: a Flush that a sync in progress keeps out.
 func parkedInFlush() bool {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
+	buf := make([]byte, 1<<16)
+	for n := runtime.Stack(buf, true); ; n = runtime.Stack(buf, true) {
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf)) // all goroutines did not fit
+	}
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		header, _, _ := strings.Cut(g, "\n")
 		waiting := strings.Contains(header, "[sync.") || strings.Contains(header, "[semacquire")

@@ -106,8 +106,8 @@ func TestThinOverlappingFlushes(t *testing.T) {
 	}
 
 	fs.Fill()
-	// A guest write into a cluster of the pool: no metadata of its own
-	// that a sync other than the two Flushes' would write.
+	// A guest write into a cluster of the pool: it needs no reservation,
+	// so nothing syncs before the two Flushes.
 	if _, err := img.WriteAt(cluster(1, 1), thinCluster); err != nil {
 		t.Fatal(err)
 	}
