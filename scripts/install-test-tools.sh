@@ -14,7 +14,7 @@ need qemu-system-x86_64 qemu-system-x86
 need busybox busybox-static
 need cpio cpio
 need xz xz-utils
-need mke2fs e2fsprogs
+need mke2fs e2fsprogs # also mkfs.ext4, for testtools.MountThinFS
 need mkfs.xfs xfsprogs
 need blkdiscard util-linux
 # NBD interop (internal/qcow2nbd), the NBD benchmark, and reading

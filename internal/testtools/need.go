@@ -1,5 +1,6 @@
 // Package testtools gates tests on external programs (qemu-img, qemu-io, ...)
-// and bounds their waits for things that happen (WaitFor, Within).
+// and on root, bounds their waits for things that happen (WaitFor, Within),
+// and mounts filesystems that run out of space on demand (ThinFS).
 // Locally a missing tool skips the test with the install command to run; in
 // CI (CI=true) it fails the test, so a green run never hides a skipped layer.
 // It must not import any package of this module.
@@ -24,6 +25,7 @@ var debianPackage = map[string]string{
 	"cpio":               "cpio",
 	"xz":                 "xz-utils",
 	"mke2fs":             "e2fsprogs",
+	"mkfs.ext4":          "e2fsprogs",
 	"e2fsck":             "e2fsprogs",
 	"mkfs.xfs":           "xfsprogs",
 	"blkdiscard":         "util-linux",
@@ -40,15 +42,30 @@ func Need(t testing.TB, tools ...string) []string {
 	for i, name := range tools {
 		p, err := exec.LookPath(name)
 		if err != nil {
-			msg := name + " not found on PATH; install it with: apt-get install -y " + pkgFor(name) + " (make test does this)"
-			if InCI() {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
+			stop(t, name+" not found on PATH; install it with: apt-get install -y "+pkgFor(name)+" (make test does this)")
 		}
 		paths[i] = p
 	}
 	return paths
+}
+
+// NeedRoot stops the test unless it runs as root (mounts, loop devices),
+// by the same rule as Need: Fatal in CI, Skip elsewhere.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		stop(t, "needs root (it mounts filesystems and binds loop devices)")
+	}
+}
+
+// stop ends a test that lacks something it needs: a failure in CI, a skip
+// elsewhere.
+func stop(t testing.TB, msg string) {
+	t.Helper()
+	if InCI() {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
 }
 
 func pkgFor(tool string) string {
