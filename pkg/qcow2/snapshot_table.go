@@ -115,18 +115,12 @@ func validateTablePointer(what string, off, n, entryLen, maxBytes uint64, cluste
 // entries (counted in ExtraDropped and Discarded) instead of failing.
 // It does not validate the entries' L1 tables; readSnapshotTable does.
 func loadSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualSize uint64, repair bool) (*snapshotTable, error) {
-	var entries []snapshotEntry
-	t, err := scanSnapshotTable(f, off, n, clusterSize, virtualSize, repair, func(i int, e *snapshotEntry) error {
-		if entries == nil {
-			entries = make([]snapshotEntry, 0, n) // n <= maxSnapshots by now
-		}
-		entries = append(entries, *e)
-		return nil
-	})
+	c := entryCollector{n: n}
+	t, err := scanSnapshotTable(f, off, n, clusterSize, virtualSize, repair, c.keep)
 	if err != nil {
 		return nil, err
 	}
-	t.Entries = entries
+	t.Entries = c.entries
 	return t, nil
 }
 
@@ -244,18 +238,12 @@ func scanSnapshotTable(f File, off uint64, n uint32, clusterSize int64, virtualS
 // inside the file, and the table itself inside the file. Errors wrap
 // ErrInvalid.
 func readSnapshotTable(f File, h *Header) (*snapshotTable, error) {
-	var entries []snapshotEntry
-	t, err := scanSnapshotTableStrict(f, h, func(i int, e *snapshotEntry) error {
-		if entries == nil {
-			entries = make([]snapshotEntry, 0, h.NbSnapshots)
-		}
-		entries = append(entries, *e)
-		return nil
-	})
+	c := entryCollector{n: h.NbSnapshots}
+	t, err := scanSnapshotTableStrict(f, h, c.keep)
 	if err != nil {
 		return nil, err
 	}
-	t.Entries = entries
+	t.Entries = c.entries
 	return t, nil
 }
 
@@ -368,4 +356,19 @@ func encodeSnapshotTable(entries []snapshotEntry) ([]byte, error) {
 		pos += uint64(copy(buf[pos:], e.Name))
 	}
 	return buf, nil
+}
+
+// entryCollector keeps the entries a scan hands it (n of them at most:
+// the scan has checked n against maxSnapshots when it calls keep).
+type entryCollector struct {
+	n       uint32
+	entries []snapshotEntry
+}
+
+func (c *entryCollector) keep(_ int, e *snapshotEntry) error {
+	if c.entries == nil {
+		c.entries = make([]snapshotEntry, 0, c.n)
+	}
+	c.entries = append(c.entries, *e)
+	return nil
 }

@@ -32,18 +32,8 @@ func TestFullFilesystemRecovers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fs := testtools.MountThinFS(t, 64<<20)
 			path := thinImage(t, fs, 64<<20, 0)
-			spy, opts := spyOn(path, qcow2.Options{})
-			img, err := qcow2.Open(path, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
+			img, spy := openSpiedFlushed(t, path)
 			defer img.Close()
-			if _, err := img.WriteAt(cluster(0, 1), 0); err != nil {
-				t.Fatal(err)
-			}
-			if err := img.Flush(); err != nil {
-				t.Fatal(err)
-			}
 			size, err := spy.Size()
 			if err != nil {
 				t.Fatal(err)

@@ -198,3 +198,21 @@ func parkedInFlush() bool {
 	}
 	return false
 }
+
+// openSpiedFlushed opens the image at path behind a hostSpy, with cluster
+// 0 written and flushed: what every thin-filesystem test starts from.
+func openSpiedFlushed(t *testing.T, path string) (*qcow2.Image, *hostSpy) {
+	t.Helper()
+	spy, opts := spyOn(path, qcow2.Options{})
+	img, err := qcow2.Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt(cluster(0, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return img, spy
+}

@@ -22,19 +22,9 @@ import (
 func TestThinLostWritebackViaDurableWrite(t *testing.T) {
 	fs := testtools.MountThinFS(t, 64<<20)
 	path := thinImage(t, fs, 64<<20, 32<<20)
-	spy, opts := spyOn(path, qcow2.Options{})
-	img, err := qcow2.Open(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, spy := openSpiedFlushed(t, path)
 	defer img.Close()
 	flushed := cluster(0, 1)
-	if _, err := img.WriteAt(flushed, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
 
 	fs.Fill()
 	if _, err := img.WriteAt(cluster(1, 1), thinCluster); err != nil {
@@ -92,18 +82,8 @@ func TestThinLostWritebackViaDurableWrite(t *testing.T) {
 func TestThinOverlappingFlushes(t *testing.T) {
 	fs := testtools.MountThinFS(t, 64<<20)
 	path := thinImage(t, fs, 64<<20, 32<<20)
-	spy, opts := spyOn(path, qcow2.Options{})
-	img, err := qcow2.Open(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, spy := openSpiedFlushed(t, path)
 	defer img.Close()
-	if _, err := img.WriteAt(cluster(0, 1), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
 
 	fs.Fill()
 	// A guest write into a cluster of the pool: it needs no reservation,
