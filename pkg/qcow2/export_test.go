@@ -5,6 +5,11 @@ package qcow2
 // Freeze at that point.
 func SetFreezeHook(l *Live, fn func(step string) error) { l.stepHook = fn }
 
+// SetCollapseHook makes l's Collapse call fn with the top after it has
+// chosen what a window [off, off+n) needs and before it copies any of it
+// (fn writes through the *Image: the handle's lock is held).
+func SetCollapseHook(l *Live, fn func(top *Image, off, n int64)) { l.collapseHook = fn }
+
 // CommitImages is Commit on images already open: top without its chain
 // (read-only with drop), base writable. It closes both.
 func CommitImages(top *Image, base Disk, drop bool) error { return commitImages(top, base, drop) }

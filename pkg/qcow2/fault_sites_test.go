@@ -55,7 +55,7 @@ var faultScope = map[string]string{
 // updated). The plumbing the test hooks stand in for, and the known gaps
 // of the workload so far, each named as one.
 var faultSiteScope = map[string]string{
-	"external_snapshot.go:319": "syncDir: the directory sync faultPlan.syncDir stands in for",
+	"external_snapshot.go:321": "syncDir: the directory sync faultPlan.syncDir stands in for",
 	"pread.go:103":             "writeHost's pwrite of the descriptor: the fault file has none, so the same writes fail at pread.go's WriteAt",
 	"alloc.go:85":              "gap: reserve's punch of a reservation",
 	"alloc.go:237":             "gap: makeRunDurable's sync",
