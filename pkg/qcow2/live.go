@@ -32,6 +32,9 @@ type Live struct {
 	// what a window [off, off+n) of the top needs, before it copies any
 	// of it, with the top (not through the handle, whose lock is held).
 	collapseHook func(top *Image, off, n int64)
+	// collapseBatch, if set (tests only), replaces the data a Collapse
+	// copies per step (collapseBatch), for more steps on a small disk.
+	collapseBatch int64
 }
 
 var _ Disk = (*Live)(nil)

@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -75,7 +76,7 @@ func (l *Live) Collapse(ctx context.Context, opts CollapseOptions) (dropped []st
 	if len(p.dropped) == 0 {
 		return nil, nil
 	}
-	p.hook = l.collapseHook
+	p.hook, p.batch = l.collapseHook, cmp.Or(l.collapseBatch, collapseBatch)
 	prog := CollapseProgress{Total: p.total}
 	report := func(done, copied int64) {
 		prog.Done, prog.Copied = done, prog.Copied+copied
@@ -95,6 +96,7 @@ func (l *Live) Collapse(ctx context.Context, opts CollapseOptions) (dropped []st
 type collapsePlan struct {
 	top       *Image
 	hook      func(top *Image, off, n int64) // Live.collapseHook
+	batch     int64                          // data bytes per step
 	dropped   []*Image                       // top.backing first
 	base      Disk
 	baseDepth int    // the base's depth in the top's chain (the top: 0)
@@ -233,7 +235,7 @@ func (p *collapsePlan) copy(ctx context.Context, lock func(func() error) error, 
 }
 
 // window copies what [off, off+n) of the top needs, in batches of at most
-// collapseBatch bytes of data; step gets the guest offset up to which the
+// p.batch bytes of data; step gets the guest offset up to which the
 // window is done and the bytes copied by each batch.
 func (p *collapsePlan) window(ctx context.Context, off, n int64, step func(pos, copied int64)) error {
 	img := p.top
@@ -259,7 +261,7 @@ func (p *collapsePlan) window(ctx context.Context, off, n int64, step func(pos, 
 			return err
 		}
 		k, data := 0, int64(0)
-		for ; k < len(needs) && (k == 0 || data < collapseBatch); k++ {
+		for ; k < len(needs) && (k == 0 || data < p.batch); k++ {
 			if needs[k].data != 0 {
 				data += img.cs
 			}

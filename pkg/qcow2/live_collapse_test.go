@@ -53,18 +53,25 @@ var collapseCases = []collapseCase{
 type collapseChain struct {
 	*freezeStore
 	c     collapseCase
+	disk  int64
 	live  *qcow2.Live
 	model []byte // what the volume reads
 	snaps []string
 }
 
 func newCollapseChain(t *testing.T, c collapseCase) *collapseChain {
+	return newCollapseChainSized(t, c, collapseDisk, collapseLayers)
+}
+
+// newCollapseChainSized is newCollapseChain with a disk of disk bytes
+// and that many frozen layers.
+func newCollapseChainSized(t *testing.T, c collapseCase, disk int64, layers int) *collapseChain {
 	t.Helper()
-	ch := &collapseChain{freezeStore: newFreezeStore(t, collapseDisk, c.create), c: c}
+	ch := &collapseChain{freezeStore: newFreezeStore(t, disk, c.create), c: c, disk: disk}
 	ch.model = bytes.Clone(ch.initial)
 	ch.live = ch.open(t)
 	rng := rand.New(rand.NewSource(int64(len(c.name))))
-	for i := 1; i <= collapseLayers; i++ {
+	for i := 1; i <= layers; i++ {
 		ch.writeLayer(t, rng)
 		snap := ch.path(fmt.Sprintf("snapshots/s%d.qcow2", i))
 		if err := ch.live.Freeze(snap); err != nil {
@@ -95,11 +102,11 @@ func (ch *collapseChain) writeLayer(t *testing.T, rng *rand.Rand) {
 	t.Helper()
 	cs := ch.live.ClusterSize()
 	pick := func(max int64) (int64, int64) {
-		n := 1 + rng.Int63n(max)
-		off := rng.Int63n(collapseDisk - n)
+		n := 1 + rng.Int63n(min(max, ch.disk/4))
+		off := rng.Int63n(ch.disk - n)
 		if rng.Intn(2) == 0 { // cluster-aligned
 			off, n = off/cs*cs, (n+cs-1)/cs*cs
-			n = min(n, collapseDisk-off)
+			n = min(n, ch.disk-off)
 		}
 		return off, n
 	}
