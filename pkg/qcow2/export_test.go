@@ -11,8 +11,9 @@ func SetFreezeHook(l *Live, fn func(step string) error) { l.stepHook = fn }
 func LiveOn(img *Image) *Live { return &Live{img: img} }
 
 // SetCollapseHook makes l's Collapse call fn with the top after it has
-// chosen what a window [off, off+n) needs and before it copies any of it
-// (fn writes through the *Image: the handle's lock is held).
+// chosen what a window [off, off+n) needs and before it copies any of it,
+// with no lock held (also in the switch's last pass, where the handle is
+// held: fn must not use it there).
 func SetCollapseHook(l *Live, fn func(top *Image, off, n int64)) { l.collapseHook = fn }
 
 // SetCollapseBatch makes l's Collapse copy at most n bytes of data per

@@ -30,7 +30,7 @@ type Live struct {
 	stepHook func(step string) error
 	// collapseHook, if set (tests only), runs after a Collapse has chosen
 	// what a window [off, off+n) of the top needs, before it copies any
-	// of it, with the top (not through the handle, whose lock is held).
+	// of it, with no lock held.
 	collapseHook func(top *Image, off, n int64)
 	// collapseBatch, if set (tests only), replaces the data a Collapse
 	// copies per step (collapseBatch), for more steps on a small disk.

@@ -212,18 +212,18 @@ func (p *collapsePlan) checkName() error {
 func (p *collapsePlan) edit(h *Header) { h.BackingFile, h.BackingFormat = p.name, "qcow2" }
 
 // copy makes the top define every range of the plan the dropped layers
-// decide, one window at a time, each under lock (which runs its function
-// as the handle allows: shared during the copy, directly once the handle
-// is held). progress gets the bytes of the plan looked at so far and
+// decide, one window at a time. lock runs each step (the window's plan,
+// then each batch) as the handle allows: under its shared lock during the
+// copy, so that a Close in between ends the copy with ErrClosed, and
+// directly once the handle is held. progress, called between the steps
+// with no lock held, gets the bytes of the plan looked at so far and
 // those copied by the last step.
 func (p *collapsePlan) copy(ctx context.Context, lock func(func() error) error, progress func(done, copied int64)) error {
 	var before int64 // plan bytes in the ranges done
 	for _, r := range p.ranges {
 		for off := r.Start; off < r.End(); {
 			n := min(r.End()-off, collapseWindow)
-			err := lock(func() error {
-				return p.window(ctx, off, n, func(pos, copied int64) { progress(before+pos-r.Start, copied) })
-			})
+			err := p.window(ctx, lock, off, n, func(pos, copied int64) { progress(before+pos-r.Start, copied) })
 			if err != nil {
 				return err
 			}
@@ -235,22 +235,26 @@ func (p *collapsePlan) copy(ctx context.Context, lock func(func() error) error, 
 }
 
 // window copies what [off, off+n) of the top needs, in batches of at most
-// p.batch bytes of data; step gets the guest offset up to which the
-// window is done and the bytes copied by each batch.
-func (p *collapsePlan) window(ctx context.Context, off, n int64, step func(pos, copied int64)) error {
+// p.batch bytes of data, each under lock; step gets the guest offset up to
+// which the window is done and the bytes copied by each batch.
+func (p *collapsePlan) window(ctx context.Context, lock func(func() error) error, off, n int64, step func(pos, copied int64)) error {
 	img := p.top
-	if size := img.Size(); off+n > size {
-		n = max(0, size-off) // the top shrank meanwhile
-	}
-	if n == 0 {
-		return nil
-	}
-	exts, err := img.Map(off, n)
+	var needs []clusterNeed
+	err := lock(func() error {
+		if size := img.Size(); off+n > size {
+			n = max(0, size-off) // the top shrank meanwhile
+		}
+		if n == 0 {
+			return nil
+		}
+		exts, err := img.Map(off, n)
+		needs = img.collapseNeeds(exts, p.baseDepth)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	needs := img.collapseNeeds(exts, p.baseDepth)
-	if p.hook != nil {
+	if p.hook != nil && n > 0 {
 		p.hook(img, off, n)
 	}
 	if len(needs) == 0 {
@@ -266,7 +270,8 @@ func (p *collapsePlan) window(ctx context.Context, off, n int64, step func(pos, 
 				data += img.cs
 			}
 		}
-		copied, err := img.collapseFill(needs[:k])
+		var copied int64
+		err := lock(func() (err error) { copied, err = img.collapseFill(needs[:k]); return err })
 		if err != nil {
 			return err
 		}

@@ -522,3 +522,71 @@ func TestCollapseGuestWritesWin(t *testing.T) {
 		})
 	}
 }
+
+// TestCollapseCloseAndFreezeMeanwhile: a Freeze asked for during a
+// collapse waits for it and then freezes the collapsed top; a Close
+// during a collapse ends it with ErrClosed and leaves the chain as it
+// was.
+func TestCollapseCloseAndFreezeMeanwhile(t *testing.T) {
+	t.Parallel()
+	t.Run("freeze", func(t *testing.T) {
+		t.Parallel()
+		ch := newCollapseChainSmall(t)
+		snap := ch.path("snapshots/during.qcow2")
+		freezeErr := make(chan error, 1)
+		asked, after := false, 0
+		_, err := ch.live.Collapse(context.Background(), qcow2.CollapseOptions{Base: ch.basePath(), Progress: func(p qcow2.CollapseProgress) {
+			switch {
+			case !asked && p.Copied > 0:
+				asked = true
+				go func() { freezeErr <- ch.live.Freeze(snap) }()
+			case asked:
+				// The collapse runs: the Freeze must still wait.
+				after++
+				if _, err := os.Stat(snap); err == nil {
+					t.Error("a Freeze completed in the middle of a collapse")
+				}
+			}
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after == 0 {
+			t.Fatal("no progress report after the Freeze was asked for")
+		}
+		if err := testtools.Within(t, "the Freeze", freezeErr); err != nil {
+			t.Fatal(err)
+		}
+		if got := ch.live.Info().BackingFilename; got != "../snapshots/during.qcow2" {
+			t.Errorf("after the Freeze the top names %q", got)
+		}
+		if got := backingName(t, snap); got != "../images/base.qcow2" {
+			t.Errorf("the frozen layer names %q, want the collapse's base", got)
+		}
+		if err := ch.live.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if d := qemutest.DiffBytes(ch.model, ch.readImage(t, ch.vol), 0); d != "" {
+			t.Fatalf("the volume: %s", d)
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		t.Parallel()
+		ch := newCollapseChainSmall(t)
+		_, err := ch.live.Collapse(context.Background(), qcow2.CollapseOptions{Base: ch.basePath(), Progress: func(p qcow2.CollapseProgress) {
+			if p.Copied > 0 {
+				ch.live.Close()
+			}
+		}})
+		if !errors.Is(err, qcow2.ErrClosed) {
+			t.Fatalf("collapse of a handle closed meanwhile: %v, want ErrClosed", err)
+		}
+		want, _ := filepath.Rel(filepath.Dir(ch.vol), ch.snaps[len(ch.snaps)-1])
+		if got := backingName(t, ch.vol); got != want {
+			t.Errorf("the volume names %q, want %q", got, want)
+		}
+		if d := qemutest.DiffBytes(ch.model, ch.readImage(t, ch.vol), 0); d != "" {
+			t.Fatalf("the volume: %s", d)
+		}
+	})
+}
