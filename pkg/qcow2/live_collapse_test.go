@@ -18,6 +18,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/csi-qcow2/csi-qcow2/internal/qemutest"
@@ -335,9 +336,9 @@ func (ch *collapseChain) collapseWhileBusy(t *testing.T, lw *liveWriters, readFr
 }
 
 // TestCollapseBadInput: a base that is not in the chain (the top itself,
-// a layer above another, a missing or unrelated file), a raw base, a
-// base that is the top's backing file already (nothing to do), a top
-// with internal snapshots and a closed handle: a clear error (or
+// a missing or unrelated file), a raw base, a base that is the top's
+// backing file already (nothing to do), a top with internal snapshots, a
+// closed handle and one that takes no more writes: a clear error (or
 // nothing), and the volume's files do not change.
 func TestCollapseBadInput(t *testing.T) {
 	t.Parallel()
@@ -390,6 +391,27 @@ func TestCollapseBadInput(t *testing.T) {
 	if _, err := ch.live.Collapse(ctx, qcow2.CollapseOptions{Base: ch.snaps[0]}); !errors.Is(err, qcow2.ErrClosed) {
 		t.Errorf("closed handle: %v, want ErrClosed", err)
 	}
+	// A handle that takes no more writes (a failed sync).
+	var ff *flakyFile
+	wrap := func(p string, f qcow2.File) qcow2.File {
+		if p == ch.vol {
+			ff = &flakyFile{File: f}
+			return ff
+		}
+		return f
+	}
+	l, err := qcow2.OpenLive(ch.vol, qcow2.WithFileHooks(ch.opts, wrap, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ff.failSync.Store(errnoPtr(syscall.EIO))
+	if err := l.Flush(); !errors.Is(err, qcow2.ErrSyncFailed) {
+		t.Fatalf("flush with a failing sync: %v", err)
+	}
+	if _, err := l.Collapse(ctx, qcow2.CollapseOptions{Base: ch.snaps[0]}); !errors.Is(err, qcow2.ErrSyncFailed) {
+		t.Errorf("handle after a failed sync: %v, want ErrSyncFailed", err)
+	}
+	l.Close()
 	for f, h := range before {
 		if f != ch.vol && fileHash(t, f) != h {
 			t.Errorf("%s changed", f)
