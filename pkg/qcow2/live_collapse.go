@@ -22,9 +22,9 @@ type CollapseOptions struct {
 
 // CollapseProgress is how far a Collapse's copy is.
 type CollapseProgress struct {
-	// Done of Total guest bytes have been looked at: the ranges the
-	// dropped layers define (or hide behind zeros), before the top's own
-	// writes are taken out.
+	// Done of Total guest bytes have been looked at: the bytes of the
+	// ranges the dropped layers decide (what they allocate, or hide
+	// behind zeros), whether or not the top defines them itself.
 	Done, Total int64
 	// Copied guest bytes were defined in the top by the copy (data, or
 	// zero clusters); the rest the top defined already, or the guest
@@ -65,7 +65,8 @@ const (
 // switch itself is not cancelled once under way. dropped is non-nil only
 // if the top names the new base (an error then comes from closing the
 // dropped layers). The top must not hold internal snapshots: they would
-// read through the dropped layers.
+// read through the dropped layers. A Freeze called meanwhile waits until
+// Collapse returns.
 func (l *Live) Collapse(ctx context.Context, opts CollapseOptions) (dropped []string, err error) {
 	l.ops.Lock()
 	defer l.ops.Unlock()
