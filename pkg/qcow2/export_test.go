@@ -5,6 +5,21 @@ package qcow2
 // Freeze at that point.
 func SetFreezeHook(l *Live, fn func(step string) error) { l.stepHook = fn }
 
+// LiveOn makes a Live handle of an image opened writable with its chain
+// (OpenLive opens one by path; this takes one on any File, a crash
+// recorder say).
+func LiveOn(img *Image) *Live { return &Live{img: img} }
+
+// SetCollapseHook makes l's Collapse call fn with the top after it has
+// chosen what a window [off, off+n) needs and before it copies any of it,
+// with no lock held (also in the switch's last pass, where the handle is
+// held: fn must not use it there).
+func SetCollapseHook(l *Live, fn func(top *Image, off, n int64)) { l.collapseHook = fn }
+
+// SetCollapseBatch makes l's Collapse copy at most n bytes of data per
+// step (a step is at least one cluster).
+func SetCollapseBatch(l *Live, n int64) { l.collapseBatch = n }
+
 // CommitImages is Commit on images already open: top without its chain
 // (read-only with drop), base writable. It closes both.
 func CommitImages(top *Image, base Disk, drop bool) error { return commitImages(top, base, drop) }

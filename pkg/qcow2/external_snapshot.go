@@ -62,6 +62,8 @@ func freezeTemp(volume string) string {
 // on with the old top; an error after it (a failed directory sync) leaves
 // the handle on the new top.
 func (l *Live) Freeze(snapshotPath string) error {
+	l.ops.Lock()
+	defer l.ops.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {

@@ -38,7 +38,6 @@ var faultScope = map[string]string{
 	"amend_compat.go":    "img amend: offline",
 	"rebase.go":          "img rebase: offline",
 	"commit.go":          "img commit: offline",
-	"header_rewrite.go":  "header rewrites of amend, rebase and bitmap extension changes: offline",
 	"bitmap_header.go":   "persistent bitmap directory changes (img bitmap): offline",
 	"bitmap_fallback.go": "persistent bitmaps dropped at open when they cannot be kept",
 	"bitmap_store.go":    "persistent bitmaps stored at close: the workload's images have none",

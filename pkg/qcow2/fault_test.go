@@ -2,6 +2,7 @@ package qcow2_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,11 +16,11 @@ import (
 )
 
 // The fault-injection suite runs one workload (writes, zeroing, discard,
-// flushes, journal checkpoints, internal snapshots, a live freeze, close)
-// once per mutating I/O operation it issues (where it issues more than
-// 500, as at 512-byte clusters, once per pickFaults' choice: each I/O
-// site's first two, middle and last), failing that operation with EIO and
-// then with ENOSPC, and requires:
+// flushes, journal checkpoints, internal snapshots, a live freeze, a live
+// collapse, close) once per mutating I/O operation it issues (where it
+// issues more than 500, as at 512-byte clusters, once per pickFaults'
+// choice: each I/O site's first two, middle and last), failing that
+// operation with EIO and then with ENOSPC, and requires:
 //   - the operation's error reaches the caller of the engine call that
 //     issued it;
 //   - after a failed sync, no later Flush, Freeze or Close succeeds;
@@ -78,10 +79,23 @@ func newFaultRun(t *testing.T, create qcow2.CreateOptions, grow int64, journal b
 	for i := range r.base {
 		r.base[i] = byte(i/faultBlock + 1)
 	}
-	if err := os.WriteFile(filepath.Join(r.dir, "base.raw"), r.base, 0o644); err != nil {
+	// A qcow2 base (written without faults), so that the live collapse
+	// can drop the frozen layer onto it.
+	base := filepath.Join(r.dir, "base.qcow2")
+	if err := qcow2.Create(base, qcow2.CreateOptions{Size: faultDisk}); err != nil {
 		t.Fatal(err)
 	}
-	create.BackingFile, create.BackingFormat = "base.raw", "raw"
+	bimg, err := qcow2.Open(base, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bimg.WriteAt(r.base, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := bimg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	create.BackingFile, create.BackingFormat = "base.qcow2", "qcow2"
 	if err := qcow2.Create(r.top, create); err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +274,14 @@ func (r *faultRun) workload() {
 	r.flush()
 	r.write(3, 0xf1)
 	r.zero(60, 1, true)
+	// A live collapse drops the frozen layer again: the copy into the
+	// top, the Flush before the switch, the header rewrite.
+	r.op("collapse", func() error {
+		_, err := r.live.Collapse(context.Background(), qcow2.CollapseOptions{Base: filepath.Join(r.dir, "base.qcow2")})
+		return err
+	})
+	r.write(4, 0xf2)
+	r.flush()
 	if r.op("close", r.live.Close) == nil {
 		r.acknowledge("close", func(p []byte) error { return readDisk(r.top, p) })
 	}

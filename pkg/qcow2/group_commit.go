@@ -8,7 +8,8 @@ import "sync"
 // its data durable before the L2 entry that maps it (engine.md, "Data
 // before mapping"). Syncing under the exclusive lock would make every such
 // writer pay a whole fdatasync of its own and stop all other I/O meanwhile.
-// Instead the writer (WriteAt -> writeGrouped):
+// Instead the writer (WriteAt -> writeGrouped -> commitGrouped; the copy of
+// a live collapse, collapseFill, commits the same way):
 //
 //  1. under mu, exclusively: plans the batch (takes its fresh clusters),
 //     pwrites the data, and marks its guest clusters in flight;

@@ -16,13 +16,25 @@ import (
 // waits for the requests in flight to return and holds back new ones until
 // the new top is in place: no write is lost, and none lands on the wrong
 // side of the switch or out of order.
+//
+// The operations that change the chain, Freeze and Collapse, also hold
+// ops, so one runs at a time: a Freeze asked for during a Collapse waits
+// for it (cancel the Collapse's context to have it sooner).
 type Live struct {
+	ops    sync.Mutex
 	mu     sync.RWMutex
 	img    *Image
 	closed bool
 	// stepHook, if set (tests only), runs after each durable step of a
 	// Freeze; an error makes the Freeze fail there and roll back.
 	stepHook func(step string) error
+	// collapseHook, if set (tests only), runs after a Collapse has chosen
+	// what a window [off, off+n) of the top needs, before it copies any
+	// of it, with no lock held.
+	collapseHook func(top *Image, off, n int64)
+	// collapseBatch, if set (tests only), replaces the data a Collapse
+	// copies per step (collapseBatch), for more steps on a small disk.
+	collapseBatch int64
 }
 
 var _ Disk = (*Live)(nil)

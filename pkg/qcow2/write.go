@@ -170,19 +170,27 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 	if err != nil {
 		return err
 	}
+	return img.commitGrouped(&w, off/img.cs, (off+int64(len(p))-1)/img.cs)
+}
+
+// commitGrouped commits w, a batch of allocations of guest clusters
+// [first, last], as WriteAt does: called with mu held exclusively and none
+// of those clusters in flight, it marks them in flight and waits for the
+// data sync without mu when the mappings need one and the write journal
+// does not take them.
+func (img *Image) commitGrouped(w *writeBatch, first, last int64) error {
 	w.mayDefer = true
-	if !w.needSync || len(w.l2) == 0 || img.journalTakes(&w) {
+	if !w.needSync || len(w.l2) == 0 || img.journalTakes(w) {
 		// No sync to wait for, or the journal takes the mappings.
-		return img.commit(&w)
+		return img.commit(w)
 	}
-	if err := img.commitData(&w); err != nil {
+	if err := img.commitData(w); err != nil {
 		return err
 	}
-	first, last := off/img.cs, (off+int64(len(p))-1)/img.cs
 	ch := img.cowBegin(first, last)
 	defer img.cowEnd(first, last, ch)
 	img.mu.Unlock()
-	err = img.syncs.sync(img.f)
+	err := img.syncs.sync(img.f)
 	img.mu.Lock()
 	if err != nil {
 		return err
@@ -190,7 +198,7 @@ func (img *Image) writeGrouped(p []byte, off int64) error {
 	if err := img.writable(); err != nil {
 		return err
 	}
-	return img.commitMapping(&w, true)
+	return img.commitMapping(w, true)
 }
 
 // planBatch plans a write of p at off: the batch, its fresh clusters taken.
