@@ -82,7 +82,8 @@ func (s *freezeStore) open(t *testing.T) *qcow2.Live {
 func (s *freezeStore) readImage(t *testing.T, path string) []byte {
 	t.Helper()
 	opts := s.opts
-	opts.ReadOnly = true
+	// Force-share: the volume may be open in a live handle (qemu-img -U).
+	opts.ReadOnly, opts.ForceShare = true, true
 	img, err := qcow2.Open(path, opts)
 	if err != nil {
 		t.Fatal(err)
