@@ -59,7 +59,6 @@ var faultSiteScope = map[string]string{
 	"pread.go:103":                 "writeHost's pwrite of the descriptor: the fault file has none, so the same writes fail at pread.go's WriteAt",
 	"alloc.go:237":                 "gap: makeRunDurable's fallback sync, for a run whose refcount blocks the table does not list yet",
 	"snapshot.go:699":              "gap: clearCopiedL2, ApplySnapshot's rewrite of an L2 table the snapshot does not share",
-	"write.go:84":                  "gap: writeInPlace's single-cluster branch for a cluster the read mirror has not learnt",
 }
 
 // ioSites lists the engine's static I/O sites as "file.go:line", the

@@ -226,9 +226,13 @@ func (r *faultRun) workload() {
 	if r.live == nil {
 		return // the open failed
 	}
-	r.write(0, 0xa1)  // copy-on-write from the backing file: journaled
-	r.write(17, 0xa2) // another cluster
-	r.write(1, 0xa3)  // same cluster as block 0
+	r.write(0, 0xa1)           // copy-on-write from the backing file: journaled
+	r.write(17, 0xa2)          // another cluster
+	r.write(1, 0xa3)           // same cluster as block 0
+	for b := 24; b < 28; b++ { // a whole 16 KiB cluster with extended L2
+		r.write(b, 0xa4)
+	}
+	r.write(25, 0xa5) // in place: extended L2 has no read mirror
 	r.flush()         // checkpoint: the journaled data's first sync
 	r.zero(40, 4, false)
 	r.write(0, 0xb1) // in place
