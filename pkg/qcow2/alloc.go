@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"errors"
 	"slices"
 )
 
@@ -229,13 +228,13 @@ func (img *Image) releasePool() error {
 // file, and the file size that covers it, durable: the refcount bytes are
 // rewritten with RWF_DSYNC, and so is the run's last sector (zeros: the
 // run is fresh), which carries the new size with it.
+//
+// reserve calls it only when allocRunLive created no refcount block, so
+// every block the run needs is in the table already.
 func (img *Image) makeRunDurable(start, n int64) error {
 	err := img.refcountSpans(img.rt, start, n, func(s refcountSpan) error {
 		return writeDurable(img.f, s.bytes(), s.off+s.from)
 	})
-	if errors.Is(err, errTableFull) {
-		return img.f.Sync()
-	}
 	if err != nil {
 		return err
 	}
