@@ -75,13 +75,8 @@ func TestFullFilesystemRecovers(t *testing.T) {
 			if err := img.Flush(); err != nil {
 				t.Fatalf("Flush once space is free again: %v", err)
 			}
-			mustClose(t, img)
 
-			testtools.DropCache(t, path)
-			ro, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
-			if err != nil {
-				t.Fatal(err)
-			}
+			ro := closeAndReadBack(t, img, path)
 			defer ro.Close()
 			requireGuest(t, ro, cluster(0, 2), 0, "the overwrite")
 			for c := int64(1); c < acked+32; c++ {

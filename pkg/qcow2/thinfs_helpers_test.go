@@ -204,6 +204,13 @@ func parkedInFlush() bool {
 func openSpiedFlushed(t *testing.T, path string) (*qcow2.Image, *hostSpy) {
 	t.Helper()
 	spy, opts := spyOn(path, qcow2.Options{})
+	return openFlushed(t, path, opts), spy
+}
+
+// openFlushed opens the image at path with opts, with cluster 0 written
+// and flushed.
+func openFlushed(t *testing.T, path string, opts qcow2.Options) *qcow2.Image {
+	t.Helper()
 	img, err := qcow2.Open(path, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -214,5 +221,18 @@ func openSpiedFlushed(t *testing.T, path string) (*qcow2.Image, *hostSpy) {
 	if err := img.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return img, spy
+	return img
+}
+
+// closeAndReadBack closes img, drops the file's cached pages and opens it
+// read-only again: what the disk holds. The caller closes what it gets.
+func closeAndReadBack(t *testing.T, img *qcow2.Image, path string) *qcow2.Image {
+	t.Helper()
+	mustClose(t, img)
+	testtools.DropCache(t, path)
+	ro, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ro
 }

@@ -19,17 +19,8 @@ import (
 func TestThinReopenAfterFailedSync(t *testing.T) {
 	fs := testtools.MountThinFS(t, 64<<20)
 	path := thinImage(t, fs, 1<<30, 32<<20)
-	img, err := qcow2.Open(path, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Reserve clusters while there is space: their refcounts are durable.
-	if _, err := img.WriteAt(cluster(0, 1), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	img := openFlushed(t, path, qcow2.Options{})
 
 	fs.Fill()
 	const far = 600 << 20 // under a second L2 table, taken from the pool
@@ -40,7 +31,7 @@ func TestThinReopenAfterFailedSync(t *testing.T) {
 	requireSyncFailed(t, img.Close(), "precondition: Close after the failed Flush")
 
 	fs.Free()
-	img, err = qcow2.Open(path, qcow2.Options{})
+	img, err := qcow2.Open(path, qcow2.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,13 +42,8 @@ func TestThinReopenAfterFailedSync(t *testing.T) {
 	if err := img.Flush(); err != nil {
 		t.Fatalf("Flush after the reopen, with the storage back: %v", err)
 	}
-	mustClose(t, img)
 
-	testtools.DropCache(t, path)
-	ro, err := qcow2.Open(path, qcow2.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ro := closeAndReadBack(t, img, path)
 	defer ro.Close()
 	requireGuest(t, ro, after, far, "flushed after the reopen, read once the cache is dropped")
 	requireGuest(t, ro, cluster(0, 1), 0, "flushed before the storage ran out")
