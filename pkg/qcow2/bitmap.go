@@ -28,6 +28,10 @@ type bitmapState struct {
 	err     error            // why the directory could not be used (read-only opens)
 	mem     []*liveBitmap    // bitmaps held in memory, stored by Close
 	live    atomic.Pointer[liveSet]
+	// markPending: the bitmaps are tracked in memory but not yet marked in
+	// use on disk (an undone Freeze failed to): the next write marks them
+	// first (Image.writable).
+	markPending atomic.Bool
 }
 
 // Bitmap errors.
@@ -237,17 +241,25 @@ func (img *Image) loadEnabledBitmaps() error {
 // makes that durable. Only flag bits change, and each changes in one
 // byte, so a torn write leaves every entry either as it was or in use.
 func (img *Image) setInUse(bms []*liveBitmap) error {
-	changed := false
+	var set []*bitmapEntry
 	for _, b := range bms {
 		if e := img.bm.entry(b.name); e != nil && !e.inUse() {
 			e.flags |= bmeFlagInUse
-			changed = true
+			set = append(set, e)
 		}
 	}
-	if !changed {
+	if len(set) == 0 {
 		return nil
 	}
-	return img.writeDirInPlace()
+	if err := img.writeDirInPlace(); err != nil {
+		// The directory in memory says what the disk does: a retry
+		// must write the flags again.
+		for _, e := range set {
+			e.flags &^= bmeFlagInUse
+		}
+		return err
+	}
+	return nil
 }
 
 func (s *bitmapState) entry(name string) *bitmapEntry {

@@ -110,7 +110,7 @@ func (img *Image) CompressClusters(cl []CompressedCluster) (*CompressedBatch, er
 // leaves at worst leaked clusters, and an L2 entry never points at a
 // stream that is not durable.
 func (img *Image) WriteCompressedBatch(b *CompressedBatch) error {
-	if err := img.writable(); err != nil {
+	if err := img.prepareWrite(); err != nil {
 		return err
 	}
 	if b.img != img {

@@ -240,17 +240,37 @@ func (img *Image) settle() error {
 }
 
 // resumeBitmaps makes an image whose Freeze was undone track its
-// bitmaps again: in use on disk, durably, before the next guest write.
+// bitmaps again: in memory at once, and in use on disk, durably, before
+// the next guest write. Should marking them fail, writes stay refused
+// until a retry succeeds (markBitmapsInUse): a bitmap stored as
+// consistent must never miss a write.
 func (img *Image) resumeBitmaps() error {
 	img.lockQuiesced()
 	defer img.mu.Unlock()
 	if len(img.bm.mem) == 0 || img.bm.live.Load() != nil {
 		return nil
 	}
-	if err := img.setInUse(img.bm.mem); err != nil {
-		return err
-	}
 	img.publishLive()
+	img.bm.markPending.Store(true)
+	return img.markInUseLocked()
+}
+
+// markBitmapsInUse retries what resumeBitmaps could not do; writable
+// calls it while it is pending.
+func (img *Image) markBitmapsInUse() error {
+	img.lockQuiesced()
+	defer img.mu.Unlock()
+	return img.markInUseLocked()
+}
+
+func (img *Image) markInUseLocked() error {
+	if !img.bm.markPending.Load() {
+		return nil
+	}
+	if err := img.setInUse(img.bm.mem); err != nil {
+		return fmt.Errorf("marking the persistent bitmaps in use before a write: %w", err)
+	}
+	img.bm.markPending.Store(false)
 	return nil
 }
 

@@ -19,14 +19,32 @@ func (img *Image) writable() error {
 	if err := img.jr.err(); err != nil {
 		return err
 	}
-	return syncFailure(img.f)
+	if err := syncFailure(img.f); err != nil {
+		return err
+	}
+	if img.bm.markPending.Load() {
+		return errorf(ErrReadOnly, "the persistent bitmaps could not be marked in use (after an undone Freeze); a guest write retries")
+	}
+	return nil
+}
+
+// prepareWrite is writable for the guest write paths, called without the
+// lock: it first retries marking the bitmaps in use where an undone
+// Freeze could not.
+func (img *Image) prepareWrite() error {
+	if img.bm.markPending.Load() {
+		if err := img.markBitmapsInUse(); err != nil {
+			return err
+		}
+	}
+	return img.writable()
 }
 
 // WriteAt writes p at guest offset off. It returns once the data and every
 // metadata change that maps it have been written to the file (not yet
 // flushed: that is Flush).
 func (img *Image) WriteAt(p []byte, off int64) (int, error) {
-	if err := img.writable(); err != nil {
+	if err := img.prepareWrite(); err != nil {
 		return 0, err
 	}
 	img.mu.RLock()

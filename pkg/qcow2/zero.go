@@ -11,7 +11,7 @@ package qcow2
 // connection after 30 s). Requests that overlap the range may see it
 // partly zeroed meanwhile, as they may with any two overlapping requests.
 func (img *Image) WriteZeroes(off, n int64, unmap bool) error {
-	if err := img.writable(); err != nil {
+	if err := img.prepareWrite(); err != nil {
 		return err
 	}
 	if n <= 0 || off < 0 {
