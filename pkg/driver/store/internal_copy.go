@@ -1,0 +1,104 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+)
+
+// copyChunk is how much an internal restore reads and writes at a time.
+const copyChunk = 1 << 20
+
+// copyInternal fills the new top of r with what internal snapshot sn holds
+// in its own layer: the ranges that layer defines at the snapshot (data
+// and zero clusters), read through the snapshot. Everything else reads
+// through from the chain below, which r's top shares. So a restore costs
+// the data the snapshot holds, not the volume's size. (A reflink of the
+// whole file would cost nothing on XFS or btrfs but fail on ext4, and
+// would carry the file's other snapshots and the volume's later writes
+// along; a copy of what the snapshot holds is the same everywhere.)
+func (s *Store) copyInternal(ctx context.Context, sn *snapshotRecord, r *volumeRecord) error {
+	dst, err := qcow2.Open(s.lay.layerPath(r.Top), qcow2.Options{Backing: s.policy(r.Chain)})
+	if err != nil {
+		return fmt.Errorf("opening the new top: %w", err)
+	}
+	err = s.readInternal(sn, func(img *qcow2.Image) error {
+		ranges, err := img.AllocatedRanges(sn.Internal)
+		if err != nil {
+			return err
+		}
+		view, err := img.OpenSnapshot(sn.Internal)
+		if err != nil {
+			return err
+		}
+		return copyRanges(ctx, view, dst, ranges)
+	})
+	if err == nil {
+		err = dst.Flush()
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restoring internal snapshot %s: %w", sn.ID, err)
+	}
+	return nil
+}
+
+// readInternal runs fn on the image holding sn's internal snapshot: the
+// served volume's top through its live handle, or the file opened
+// read-only with exactly its chain below it.
+func (s *Store) readInternal(sn *snapshotRecord, fn func(img *qcow2.Image) error) error {
+	file := sn.Chain.Layers[len(sn.Chain.Layers)-1]
+	s.mu.Lock()
+	h := s.held[sn.Volume]
+	v := s.volumes[sn.Volume]
+	s.mu.Unlock()
+	if h != nil && v != nil && v.Top == file {
+		return h.live.WithImage(fn)
+	}
+	below := sn.Chain.clone()
+	below.Layers = below.Layers[:len(below.Layers)-1]
+	img, err := qcow2.Open(s.lay.layerPath(file), qcow2.Options{ReadOnly: true, Backing: s.policy(below)})
+	if err != nil {
+		return err
+	}
+	return errors.Join(fn(img), img.Close())
+}
+
+func copyRanges(ctx context.Context, src *qcow2.SnapshotView, dst *qcow2.Image, ranges []qcow2.Range) error {
+	buf := make([]byte, copyChunk)
+	for _, rg := range ranges {
+		for off := rg.Start; off < rg.End(); off += copyChunk {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p := buf[:min(copyChunk, rg.End()-off)]
+			if _, err := src.ReadAt(p, off); err != nil {
+				return err
+			}
+			if allZero(p) {
+				// Zero here must still hide what the chain below holds.
+				if err := dst.WriteZeroes(off, int64(len(p)), false); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := dst.WriteAt(p, off); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func allZero(p []byte) bool {
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
+}

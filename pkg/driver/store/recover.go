@@ -1,0 +1,84 @@
+package store
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+)
+
+// recover brings the records to a state where every object exists whole
+// or not at all: pending changes of tops are settled, volumes and
+// snapshots still being made are removed (their files go with the
+// collection that follows), and internal snapshots the CO never got are
+// dropped only where a ready record could not name them.
+func (s *Store) recover() error {
+	for _, id := range slices.Sorted(maps.Keys(s.volumes)) {
+		if err := s.settlePending(id); err != nil {
+			return err
+		}
+	}
+	for id, v := range s.volumes {
+		if v.State == stateReady {
+			continue
+		}
+		s.logf("volume %s (%q) was being made: removed", id, v.Name)
+		if err := s.dropVolume(id); err != nil {
+			return err
+		}
+	}
+	for id, sn := range s.snapshots {
+		if sn.State == stateReady {
+			continue
+		}
+		ready, err := s.internalExists(sn)
+		if err != nil {
+			return err
+		}
+		if ready {
+			s.logf("snapshot %s (%q) was taken before the crash: kept", id, sn.Name)
+			sn.State = stateReady
+			if err := s.saveSnapshot(sn); err != nil {
+				return err
+			}
+			continue
+		}
+		s.logf("snapshot %s (%q) was being taken: removed", id, sn.Name)
+		if err := s.dropSnapshot(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// internalExists reports whether the internal snapshot a record in
+// progress names is in its file; external snapshots in progress are
+// never kept (their layer, if made, stays in the volume's chain).
+func (s *Store) internalExists(sn *snapshotRecord) (bool, error) {
+	if sn.Type != TypeInternal || len(sn.Chain.Layers) == 0 {
+		return false, nil
+	}
+	// The file is the top of the volume (the snapshot's lock kept the
+	// volume's top in place): opened as the volume is, so that a journal
+	// the crash left is replayed first.
+	v := s.volumes[sn.Volume]
+	if v == nil {
+		return false, nil
+	}
+	img, err := qcow2.Open(s.lay.layerPath(sn.Chain.Layers[len(sn.Chain.Layers)-1]), s.topOptions(v))
+	if err != nil {
+		return false, fmt.Errorf("snapshot %s: %w", sn.ID, err)
+	}
+	defer img.Close()
+	list, err := img.Snapshots()
+	if err != nil {
+		return false, err
+	}
+	for _, in := range list {
+		if in.Name == sn.Internal {
+			return true, nil
+		}
+	}
+	return false, nil
+}

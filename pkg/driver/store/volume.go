@@ -1,0 +1,230 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+)
+
+// VolumeSpec is what CreateVolume makes. At most one of Image and Source
+// is set.
+type VolumeSpec struct {
+	Name     string
+	Capacity int64 // bytes, a multiple of 512; 0 takes the source's size
+	// Params are kept to tell a retry (same) from a clash (other).
+	Params map[string]string
+	Image  *ImageRef
+	Source *Source // a snapshot or a volume (a clone)
+}
+
+// ImageRef names a golden image.
+type ImageRef struct{ URL, SHA256 string }
+
+// Volume is a volume as the CO sees it.
+type Volume struct {
+	ID       string
+	Name     string
+	Capacity int64
+	Source   *Source
+	Image    string // sha256 of its golden image, if any
+	Depth    int    // files in its chain, top included
+	Created  time.Time
+}
+
+func (r *volumeRecord) public() Volume {
+	var src *Source
+	if r.Source != nil {
+		c := *r.Source
+		src = &c
+	}
+	return Volume{ID: r.ID, Name: r.Name, Capacity: r.Capacity, Source: src,
+		Image: r.Chain.Image, Depth: r.Chain.depth() + 1, Created: r.Created}
+}
+
+// CreateVolume makes the volume spec names, or returns it if a call with
+// the same spec made it before. A volume from an image, a snapshot or a
+// volume is a new empty top over the source's chain (a clone freezes the
+// source's top first, live if it is served); only a restore from an
+// internal snapshot copies, and then only the data the snapshot holds.
+func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error) {
+	if !s.Ready() {
+		return Volume{}, ErrNotReady
+	}
+	if spec.Capacity < 0 || spec.Capacity%512 != 0 {
+		return Volume{}, errorf(ErrInvalid, "capacity %d is not a multiple of 512 bytes", spec.Capacity)
+	}
+	id := s.VolumeID(spec.Name)
+	lockIDs := []string{id}
+	if spec.Source != nil {
+		lockIDs = append(lockIDs, spec.Source.ID)
+	}
+	unlock, err := s.locks.tryLock(lockIDs...)
+	if err != nil {
+		return Volume{}, err
+	}
+	defer unlock()
+	if v, done, err := s.existingVolume(id, spec); done {
+		return v, err
+	}
+	chain, size, internal, err := s.sourceChain(ctx, spec)
+	if err != nil {
+		return Volume{}, err
+	}
+	capacity := spec.Capacity
+	if capacity == 0 {
+		capacity = size
+	}
+	if capacity == 0 {
+		return Volume{}, errorf(ErrInvalid, "an empty volume needs a capacity")
+	}
+	if capacity < size {
+		return Volume{}, errorf(ErrRange, "capacity %d is smaller than the source's %d bytes", capacity, size)
+	}
+	r := &volumeRecord{ID: id, Name: spec.Name, State: stateCreating, Capacity: capacity,
+		Params: maps.Clone(spec.Params), Source: spec.Source, Chain: chain, Top: newLayerID(),
+		Created: time.Now().UTC()}
+	s.mu.Lock()
+	err = s.saveVolume(r)
+	s.mu.Unlock()
+	if err != nil {
+		return Volume{}, err
+	}
+	if err := s.makeTop(ctx, r, internal); err != nil {
+		return Volume{}, errors.Join(err, s.abandonVolume(id))
+	}
+	if err := s.updateVolume(id, func(r *volumeRecord) { r.State = stateReady }); err != nil {
+		return Volume{}, errors.Join(err, s.abandonVolume(id))
+	}
+	if spec.Source != nil && spec.Source.Kind == SourceVolume {
+		s.capDepth(ctx, spec.Source.ID)
+	}
+	return r.public(), nil
+}
+
+// existingVolume answers a CreateVolume whose name is taken: the same spec
+// gets the volume, another gets ErrExists. A leftover of a failed try is
+// removed so the call goes on (done false).
+func (s *Store) existingVolume(id string, spec VolumeSpec) (Volume, bool, error) {
+	s.mu.Lock()
+	r := s.volumes[id]
+	s.mu.Unlock()
+	if r == nil {
+		return Volume{}, false, nil
+	}
+	if r.State != stateReady {
+		return Volume{}, false, s.abandonVolume(id)
+	}
+	if !sameVolume(r, spec) {
+		return Volume{}, true, errorf(ErrExists, "volume %q exists with another size, source or parameters", spec.Name)
+	}
+	return r.public(), true, nil
+}
+
+func sameVolume(r *volumeRecord, spec VolumeSpec) bool {
+	if spec.Capacity != 0 && spec.Capacity != r.Capacity {
+		return false
+	}
+	if !maps.Equal(r.Params, spec.Params) && !(len(r.Params) == 0 && len(spec.Params) == 0) {
+		return false
+	}
+	switch {
+	case spec.Source != nil:
+		return r.Source != nil && *r.Source == *spec.Source
+	case spec.Image != nil:
+		return r.Source != nil && r.Source.Kind == "image" && r.Source.ID == spec.Image.SHA256
+	}
+	return r.Source == nil
+}
+
+// abandonVolume removes a volume record that never became ready; its
+// files go with the collection.
+func (s *Store) abandonVolume(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.dropVolume(id); err != nil {
+		return err
+	}
+	return s.collect()
+}
+
+// makeTop creates r's top: an empty overlay over r's chain, or, for a
+// restore from an internal snapshot, the data that snapshot holds over
+// the chain below it.
+func (s *Store) makeTop(ctx context.Context, r *volumeRecord, internal *snapshotRecord) error {
+	path := s.lay.layerPath(r.Top)
+	opts := qcow2.CreateOptions{Size: r.Capacity, LazyRefcounts: false}
+	if n := r.Chain.depth(); n > 0 {
+		opts.BackingFile = s.nameOf(r.Chain, n-1)
+		opts.BackingFormat = "qcow2"
+		opts.Backing = s.policy(r.Chain)
+	}
+	if err := qcow2.Create(path, opts); err != nil {
+		return fmt.Errorf("creating the top of volume %s: %w", r.ID, err)
+	}
+	if internal != nil {
+		if err := s.copyInternal(ctx, internal, r); err != nil {
+			return err
+		}
+	}
+	return syncDir(s.lay.dir(layersDir))
+}
+
+// DeleteVolume removes volume id. Its layer files go once nothing reads
+// them: its snapshots, and volumes restored from them, keep theirs.
+func (s *Store) DeleteVolume(id string) error {
+	if err := s.checkID(id, volumeKind); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil // never made here: nothing to delete
+		}
+		return err
+	}
+	unlock, err := s.locks.tryLock(id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := s.settlePending(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.volumes[id]; !ok {
+		return nil
+	}
+	if s.held[id] != nil {
+		return errorf(ErrInUse, "volume %s is attached", id)
+	}
+	if err := s.dropVolume(id); err != nil {
+		return err
+	}
+	return s.collect()
+}
+
+// GetVolume returns volume id.
+func (s *Store) GetVolume(id string) (Volume, error) {
+	if err := s.checkID(id, volumeKind); err != nil {
+		return Volume{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.volumes[id]
+	if !ok || r.State != stateReady {
+		return Volume{}, errorf(ErrNotFound, "volume %s", id)
+	}
+	return r.public(), nil
+}
+
+// ListVolumes returns the ready volumes, sorted by ID.
+func (s *Store) ListVolumes() []Volume {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Volume
+	for _, r := range s.sortedVolumes() {
+		out = append(out, r.public())
+	}
+	return out
+}
