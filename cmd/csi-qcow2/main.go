@@ -1,7 +1,8 @@
-// Command csi-qcow2 is the single binary of the csi-qcow2 project. Today it
-// has two subcommands: `img`, a qemu-img work-alike (create, info, check,
-// map, resize, convert) built on the pure-Go engine in pkg/qcow2, and
-// `version`. The CSI driver (`driver`) and the demo (`demo`) come later.
+// Command csi-qcow2 is the single binary of the csi-qcow2 project. Its
+// subcommands: `driver`, the CSI driver of one node (pkg/driver); `img`,
+// a qemu-img work-alike (create, info, check, map, resize, convert) built
+// on the pure-Go engine in pkg/qcow2; and `version`. The demo (`demo`)
+// comes with the node service.
 //
 // main stays thin: it builds the command tree, runs it, and turns the
 // returned error into an exit status (see exitError).

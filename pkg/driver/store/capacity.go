@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -14,6 +15,7 @@ type Usage struct {
 	AllocatedBytes int64 // bytes the store's layer and image files occupy
 	VirtualBytes   int64 // the sum of the volumes' sizes
 	Volumes        int
+	LayerFiles     int
 }
 
 // Usage measures the store.
@@ -31,6 +33,9 @@ func (s *Store) Usage() (Usage, error) {
 		for _, e := range ents {
 			if info, err := e.Info(); err == nil {
 				u.AllocatedBytes += allocatedBytes(info)
+			}
+			if dir == layersDir && layerOfFile(e.Name()) != "" && filepath.Ext(e.Name()) == ".qcow2" {
+				u.LayerFiles++
 			}
 		}
 	}

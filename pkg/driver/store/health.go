@@ -5,16 +5,26 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
 
-// Condition is a volume's health: Abnormal with a message that says why
-// (a corrupt bit, a failed check or open, a missing layer file).
+// Condition is a volume's health: Abnormal with a Reason and a message
+// that says why.
 type Condition struct {
 	Abnormal bool
+	Reason   string // one of the Reason constants when Abnormal
 	Message  string
 }
+
+// Why a volume is not well.
+const (
+	ReasonMissingLayer = "MissingLayer" // a file of its chain is gone
+	ReasonCorrupt      = "Corrupt"      // its top carries the corrupt bit
+	ReasonOpenFailed   = "OpenFailed"   // its top does not open
+	ReasonFailed       = "Failed"       // an operation failed on the image's account
+)
 
 // Health looks at volume id: every file of its chain is there, its top
 // is not marked corrupt, and nothing the store did with it failed on the
@@ -33,7 +43,7 @@ func (s *Store) Health(id string) (Condition, error) {
 	}
 	for _, f := range append(s.files(v.Chain), s.lay.layerPath(v.Top)) {
 		if _, err := os.Stat(f); errors.Is(err, fs.ErrNotExist) {
-			return Condition{Abnormal: true, Message: fmt.Sprintf("layer file %s is missing", f)}, nil
+			return Condition{Abnormal: true, Reason: ReasonMissingLayer, Message: fmt.Sprintf("layer file %s is missing", filepath.Base(f))}, nil
 		}
 	}
 	var corrupt bool
@@ -45,16 +55,16 @@ func (s *Store) Health(id string) (Condition, error) {
 			return Condition{Message: "ok (a write journal is replayed at the next open)"}, nil
 		}
 		if err != nil {
-			return Condition{Abnormal: true, Message: fmt.Sprintf("the top does not open: %v", err)}, nil
+			return Condition{Abnormal: true, Reason: ReasonOpenFailed, Message: fmt.Sprintf("the top does not open: %v", err)}, nil
 		}
 		corrupt = img.Info().Corrupt
 		img.Close()
 	}
 	switch {
 	case corrupt:
-		return Condition{Abnormal: true, Message: "the image is marked corrupt: run `csi-qcow2 img check -r all` on it"}, nil
+		return Condition{Abnormal: true, Reason: ReasonCorrupt, Message: "the image is marked corrupt: run `csi-qcow2 img check -r all` on it"}, nil
 	case fault != "":
-		return Condition{Abnormal: true, Message: fault}, nil
+		return Condition{Abnormal: true, Reason: ReasonFailed, Message: fault}, nil
 	}
 	return Condition{Message: "ok"}, nil
 }

@@ -32,7 +32,14 @@ type Volume struct {
 	Source   *Source
 	Image    string // sha256 of its golden image, if any
 	Depth    int    // files in its chain, top included
+	TopBytes int64  // what its writable top occupies on disk
 	Created  time.Time
+}
+
+func (s *Store) publicVolume(r *volumeRecord) Volume {
+	v := r.public()
+	v.TopBytes = s.layerBytes(s.lay.layerPath(r.Top))
+	return v
 }
 
 func (r *volumeRecord) public() Volume {
@@ -224,7 +231,7 @@ func (s *Store) ListVolumes() []Volume {
 	defer s.mu.Unlock()
 	var out []Volume
 	for _, r := range s.sortedVolumes() {
-		out = append(out, r.public())
+		out = append(out, s.publicVolume(r))
 	}
 	return out
 }

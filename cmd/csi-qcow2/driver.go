@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver"
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver/store"
+)
+
+func newDriverCmd() *cobra.Command {
+	cfg := driver.Config{Overcommit: 1, MaxChainDepth: store.DefaultMaxChainDepth}
+	cmd := &cobra.Command{
+		Use:   "driver",
+		Short: "Run the CSI driver for this node's volumes",
+		Long: `driver serves the CSI Identity and Controller services (` + driver.DriverName + `) for
+the volumes, snapshots and golden images on this node's disk, on a unix
+socket. Every node runs one; external-provisioner and csi-snapshotter run
+beside it with --node-deployment (docs/design.md).
+
+It stops cleanly on SIGTERM or SIGINT. The store under --state-dir is
+recovered at start: operations a crash interrupted are finished or undone
+before the services report ready (Probe).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.NodeID == "" {
+				cfg.NodeID = os.Getenv("NODE_NAME")
+			}
+			cfg.Version = version
+			d, err := driver.New(cfg)
+			if err == nil {
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+				defer stop()
+				err = d.Run(ctx)
+			}
+			if err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), "csi-qcow2 driver:", err)
+				return exitWith(1)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: a unix socket (unix:///path or /path)")
+	f.StringVar(&cfg.NodeID, "node-id", "", "this node's ID, the Kubernetes node name (default: $NODE_NAME)")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/csi-qcow2", "directory of the node-local store: images, layers, records")
+	f.IntVar(&cfg.MaxChainDepth, "max-chain-depth", cfg.MaxChainDepth, "most files in a volume's chain, top included; a snapshot past it merges frozen layers into the top, live")
+	f.Float64Var(&cfg.Overcommit, "overcommit", cfg.Overcommit, "virtual bytes GetCapacity promises per physical byte (1: never more than the disk holds)")
+	f.StringSliceVar(&cfg.ImageFileRoots, "image-file-root", nil, "directory that file: image URLs may name (repeatable; none: file: URLs are refused)")
+	f.Int64Var(&cfg.MaxImageBytes, "max-image-bytes", 0, "largest golden image download in bytes (0: the built-in bound)")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on this host:port at /metrics (empty: off)")
+	// klog's flags (-v, --logtostderr, ...) on the same command line.
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	f.AddGoFlagSet(fs)
+	return cmd
+}

@@ -1,0 +1,135 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	"k8s.io/mount-utils"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver/store"
+)
+
+// Driver is one node's CSI plugin.
+type Driver struct {
+	cfg     Config
+	st      atomic.Pointer[store.Store]
+	metrics *driverMetrics
+	mounter mount.Interface
+	// importImage fetches golden images into the store (golden.go).
+	importImage func(ctx context.Context, url, sha string) error
+}
+
+// New checks cfg and makes a driver; Run serves it.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Overcommit == 0 {
+		cfg.Overcommit = 1
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	d := &Driver{cfg: cfg, mounter: mount.New("")}
+	d.metrics = newMetrics(d)
+	return d, nil
+}
+
+// store is the opened store, or Unavailable while Run is still opening
+// and recovering it.
+func (d *Driver) store() (*store.Store, error) {
+	st := d.st.Load()
+	if st == nil {
+		return nil, status.Error(codes.Unavailable, "the store is still being opened and recovered")
+	}
+	return st, nil
+}
+
+func (d *Driver) ready() bool { return d.st.Load().Ready() }
+
+// Run listens on the endpoint at once (so that probes are answered while
+// the store recovers), opens the store, and serves until ctx ends.
+func (d *Driver) Run(ctx context.Context) error {
+	sock, err := socketPath(d.cfg.Endpoint)
+	if err != nil {
+		return err
+	}
+	lis, err := listenUnix(sock)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(grpc.UnaryInterceptor(d.intercept))
+	csi.RegisterIdentityServer(srv, identityServer{d: d})
+	csi.RegisterControllerServer(srv, controllerServer{d: d})
+	csi.RegisterNodeServer(srv, nodeServer{d: d})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	klog.InfoS("CSI driver listening", "driver", DriverName, "version", d.cfg.Version, "node", d.cfg.NodeID, "endpoint", sock)
+
+	var metricsSrv *http.Server
+	if d.cfg.MetricsAddress != "" {
+		metricsSrv = &http.Server{Addr: d.cfg.MetricsAddress, Handler: d.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := metricsSrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				klog.ErrorS(err, "metrics server stopped", "address", d.cfg.MetricsAddress)
+			}
+		}()
+	}
+	stop := func() {
+		srv.GracefulStop()
+		if metricsSrv != nil {
+			metricsSrv.Close()
+		}
+	}
+	start := time.Now()
+	st, err := store.Open(d.storeConfig())
+	if err != nil {
+		stop()
+		return fmt.Errorf("opening the store at %s: %w", d.cfg.StateDir, err)
+	}
+	d.st.Store(st)
+	vols := st.ListVolumes()
+	klog.InfoS("store ready", "stateDir", st.Root(), "volumes", len(vols), "snapshots", len(st.ListSnapshots()), "took", time.Since(start))
+	select {
+	case <-ctx.Done():
+		stop()
+		return nil
+	case err := <-served:
+		stop()
+		return err
+	}
+}
+
+func (d *Driver) storeConfig() store.Config {
+	return store.Config{
+		Root:          d.cfg.StateDir,
+		Node:          d.cfg.NodeID,
+		MaxChainDepth: d.cfg.MaxChainDepth,
+		ImportImage:   d.importImage,
+		Logf: func(format string, args ...any) {
+			klog.InfoS(fmt.Sprintf(format, args...), "component", "store")
+		},
+	}
+}
+
+// listenUnix listens on a unix socket, replacing a socket a previous run
+// left (never any other kind of file).
+func listenUnix(path string) (net.Listener, error) {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("endpoint %s exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	return net.Listen("unix", path)
+}

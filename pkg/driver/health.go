@@ -1,0 +1,71 @@
+package driver
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver/store"
+)
+
+// volumeHealth turns the store's view of a volume into CSI's: nothing
+// when it is well, else one entry that says why.
+func volumeHealth(id string, c store.Condition) *csi.VolumeHealth {
+	h := &csi.VolumeHealth{VolumeId: id}
+	if c.Abnormal {
+		h.HealthStatuses = append(h.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
+			Status:  healthStatus(c.Reason),
+			Reason:  c.Reason,
+			Message: c.Message,
+		})
+	}
+	return h
+}
+
+func healthStatus(reason string) csi.VolumeHealthErrorType {
+	switch reason {
+	case store.ReasonCorrupt, store.ReasonMissingLayer:
+		return csi.VolumeHealthErrorType_DATA_LOSS
+	}
+	return csi.VolumeHealthErrorType_INACCESSIBLE
+}
+
+func (c controllerServer) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
+	st, err := c.d.store()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkVolumeID(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	cond, err := st.Health(req.GetVolumeId())
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	c.d.metrics.health(req.GetVolumeId(), cond)
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: volumeHealth(req.GetVolumeId(), cond)}, nil
+}
+
+// ControllerListVolumeHealth lists the volumes that are not well.
+func (c controllerServer) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
+	st, err := c.d.store()
+	if err != nil {
+		return nil, err
+	}
+	var sick []*csi.VolumeHealth
+	for _, v := range st.ListVolumes() {
+		cond, err := st.Health(v.ID)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		c.d.metrics.health(v.ID, cond)
+		if cond.Abnormal {
+			sick = append(sick, volumeHealth(v.ID, cond))
+		}
+	}
+	start, end, next, err := page(len(sick), req.GetMaxEntries(), req.GetStartingToken())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.ControllerListVolumeHealthResponse{Entries: sick[start:end], NextToken: next}, nil
+}
