@@ -83,16 +83,24 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"checksum not hex", create(func(r *csi.CreateVolumeRequest) {
 			r.Parameters = map[string]string{"imageURL": "http://127.0.0.1/x", "imageSHA256": "../../etc/passwd"}
 		}), codes.InvalidArgument, "64 lowercase hex"},
-		{"checksum without image", create(func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"imageSHA256": strings.Repeat("a", 64)} }), codes.InvalidArgument, "imageURL"},
+		{"checksum without image", create(func(r *csi.CreateVolumeRequest) {
+			r.Parameters = map[string]string{"imageSHA256": strings.Repeat("a", 64)}
+		}), codes.InvalidArgument, "imageURL"},
 		{"negative size", create(func(r *csi.CreateVolumeRequest) { r.CapacityRange = &csi.CapacityRange{RequiredBytes: -1} }), codes.InvalidArgument, "negative"},
-		{"required over limit", create(func(r *csi.CreateVolumeRequest) { r.CapacityRange = &csi.CapacityRange{RequiredBytes: 2 << 20, LimitBytes: 1 << 20} }), codes.InvalidArgument, "more than limit_bytes"},
-		{"no sector fits", create(func(r *csi.CreateVolumeRequest) { r.CapacityRange = &csi.CapacityRange{RequiredBytes: 1000, LimitBytes: 1010} }), codes.OutOfRange, "512-byte"},
+		{"required over limit", create(func(r *csi.CreateVolumeRequest) {
+			r.CapacityRange = &csi.CapacityRange{RequiredBytes: 2 << 20, LimitBytes: 1 << 20}
+		}), codes.InvalidArgument, "more than limit_bytes"},
+		{"no sector fits", create(func(r *csi.CreateVolumeRequest) {
+			r.CapacityRange = &csi.CapacityRange{RequiredBytes: 1000, LimitBytes: 1010}
+		}), codes.OutOfRange, "512-byte"},
 		{"too large", create(func(r *csi.CreateVolumeRequest) { r.CapacityRange = &csi.CapacityRange{RequiredBytes: 1 << 62} }), codes.OutOfRange, "largest volume"},
 		{"no capabilities", create(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = nil }), codes.InvalidArgument, "volume_capabilities are missing"},
 		{"multi-node access", create(func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{mountCap("ext4", csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}
 		}), codes.InvalidArgument, "one node's disk"},
-		{"unsupported filesystem", create(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{mountCap("ntfs", swr)} }), codes.InvalidArgument, `"ntfs"`},
+		{"unsupported filesystem", create(func(r *csi.CreateVolumeRequest) {
+			r.VolumeCapabilities = []*csi.VolumeCapability{mountCap("ntfs", swr)}
+		}), codes.InvalidArgument, `"ntfs"`},
 		{"no access type", create(func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{{AccessMode: &csi.VolumeCapability_AccessMode{Mode: swr}}}
 		}), codes.InvalidArgument, "access type"},
