@@ -34,12 +34,14 @@ func writeRecord(path string, v any) error {
 		err = cerr
 	}
 	if err == nil {
+		step("record written")
 		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("writing record %s: %w", filepath.Base(path), err)
 	}
+	step("record renamed")
 	return syncDir(dir)
 }
 
@@ -63,6 +65,7 @@ func removeDurable(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	step("record removed")
 	return syncDir(filepath.Dir(path))
 }
 

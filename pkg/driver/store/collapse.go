@@ -26,6 +26,7 @@ func (s *Store) collapseTop(ctx context.Context, id string) error {
 		return err
 	}
 	_, cerr := s.collapseLive(ctx, v, files[keep-1])
+	step("collapsed")
 	if err := s.settlePending(id); err != nil {
 		return err
 	}
@@ -39,7 +40,8 @@ func (s *Store) collapseTop(ctx context.Context, id string) error {
 
 func (s *Store) collapseLive(ctx context.Context, v *volumeRecord, base string) (dropped []string, err error) {
 	err = s.withLive(v, func(l *qcow2.Live) error {
-		dropped, err = l.Collapse(ctx, qcow2.CollapseOptions{Base: base})
+		dropped, err = l.Collapse(ctx, qcow2.CollapseOptions{Base: base,
+			Progress: func(qcow2.CollapseProgress) { step("collapse copying") }})
 		return err
 	})
 	return dropped, err

@@ -29,6 +29,7 @@ func (s *Store) freezeTop(id string) (Chain, error) {
 		return Chain{}, err
 	}
 	ferr := s.withLive(v, func(l *qcow2.Live) error { return l.Freeze(s.lay.layerPath(layer)) })
+	step("frozen")
 	if err := s.settlePending(id); err != nil {
 		return Chain{}, errors.Join(ferr, err)
 	}

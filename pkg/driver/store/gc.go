@@ -50,6 +50,7 @@ func (s *Store) collect() error {
 			return err
 		}
 		removed++
+		step("layer file collected")
 	}
 	if removed == 0 {
 		return nil

@@ -75,6 +75,7 @@ func copyRanges(ctx context.Context, src *qcow2.SnapshotView, dst *qcow2.Image, 
 			if err := ctx.Err(); err != nil {
 				return err
 			}
+			step("restore copying")
 			p := buf[:min(copyChunk, rg.End()-off)]
 			if _, err := src.ReadAt(p, off); err != nil {
 				return err

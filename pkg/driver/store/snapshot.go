@@ -129,6 +129,7 @@ func (s *Store) createInternal(id string, spec SnapshotSpec, v *volumeRecord) (S
 			if _, err := img.CreateSnapshot(name); err != nil {
 				return err
 			}
+			step("internal snapshot made")
 			return img.Flush()
 		})
 	})

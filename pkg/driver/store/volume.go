@@ -172,6 +172,7 @@ func (s *Store) makeTop(ctx context.Context, r *volumeRecord, internal *snapshot
 	if err := qcow2.Create(path, opts); err != nil {
 		return fmt.Errorf("creating the top of volume %s: %w", r.ID, err)
 	}
+	step("top created")
 	if internal != nil {
 		if err := s.copyInternal(ctx, internal, r); err != nil {
 			return err

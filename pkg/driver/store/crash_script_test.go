@@ -1,0 +1,130 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"strings"
+)
+
+// call is one step of the kill -9 test's workload: a store operation
+// and, for volumes, the write that gives them their content. Replaying a
+// call after a crash must complete it.
+type call struct {
+	Op   string // create, snapshot, clone, restore, write-freeze, delete-volume, delete-snapshot
+	Name string
+	Src  string // a volume or snapshot name
+	Type string // snapshot type
+	Off  int64  // write-freeze: where the write goes
+}
+
+const (
+	crashVolSize = 8 << 20
+	patternLen   = 64 << 10
+)
+
+// pattern is the content the volume called root is given at offset 0:
+// everything made from it reads the same there.
+func pattern(root string) []byte {
+	sum := sha256.Sum256([]byte(root))
+	return bytes.Repeat(sum[:], patternLen/len(sum))
+}
+
+// rootOf names the volume whose content an object carries: names are
+// <kind>-<root>[-...], roots are vol<run>.
+func rootOf(name string) string {
+	for _, part := range strings.Split(name, "-") {
+		if strings.HasPrefix(part, "vol") {
+			return part
+		}
+	}
+	return ""
+}
+
+// script is run r's workload: it makes a volume with content, snapshots
+// of both types, a clone, restores from both snapshots, enough frozen
+// layers to pass the chain cap (a merge), and deletes every object of
+// runs before r-1 that s still holds (earlier runs may have been killed
+// before their deletes).
+func script(r int, s *Store) []call {
+	vol := fmt.Sprintf("vol%d", r)
+	calls := []call{
+		{Op: "create", Name: vol},
+		{Op: "snapshot", Name: "se-" + vol, Src: vol, Type: TypeExternal},
+		{Op: "snapshot", Name: "si-" + vol, Src: vol, Type: TypeInternal},
+		{Op: "clone", Name: "cl-" + vol, Src: vol},
+		{Op: "restore", Name: "re-" + vol, Src: "se-" + vol},
+		{Op: "restore", Name: "ri-" + vol, Src: "si-" + vol},
+	}
+	for k := range 3 {
+		calls = append(calls, call{Op: "write-freeze", Name: fmt.Sprintf("sx%d-%s", k, vol), Src: vol, Off: int64(1+k) << 20})
+	}
+	old := func(name string) bool {
+		var k int
+		_, err := fmt.Sscanf(rootOf(name), "vol%d", &k)
+		return err == nil && k <= r-2
+	}
+	// Volumes first (source volumes before their restores), so that
+	// snapshots outlive their volumes for a while.
+	for _, v := range s.ListVolumes() {
+		if old(v.Name) {
+			calls = append(calls, call{Op: "delete-volume", Name: v.Name})
+		}
+	}
+	for _, sn := range s.ListSnapshots() {
+		if old(sn.Name) {
+			calls = append(calls, call{Op: "delete-snapshot", Name: sn.Name})
+		}
+	}
+	return calls
+}
+
+// do runs c against s; err is nil when c is done.
+func (c call) do(s *Store) error {
+	ctx := context.Background()
+	switch c.Op {
+	case "create":
+		v, err := s.CreateVolume(ctx, VolumeSpec{Name: c.Name, Capacity: crashVolSize})
+		if err != nil {
+			return err
+		}
+		return writeThrough(s, v.ID, pattern(rootOf(c.Name)), 0)
+	case "snapshot":
+		_, err := s.CreateSnapshot(ctx, SnapshotSpec{Name: c.Name, Volume: s.VolumeID(c.Src), Type: c.Type})
+		return err
+	case "clone":
+		_, err := s.CreateVolume(ctx, VolumeSpec{Name: c.Name, Source: &Source{Kind: SourceVolume, ID: s.VolumeID(c.Src)}})
+		return err
+	case "restore":
+		_, err := s.CreateVolume(ctx, VolumeSpec{Name: c.Name, Source: &Source{Kind: SourceSnapshot, ID: s.SnapshotID(c.Src)}})
+		return err
+	case "write-freeze":
+		if err := writeThrough(s, s.VolumeID(c.Src), bytes.Repeat([]byte{0xa5}, 256<<10), c.Off); err != nil {
+			return err
+		}
+		_, err := s.CreateSnapshot(ctx, SnapshotSpec{Name: c.Name, Volume: s.VolumeID(c.Src)})
+		return err
+	case "delete-volume":
+		return s.DeleteVolume(s.VolumeID(c.Name))
+	case "delete-snapshot":
+		return s.DeleteSnapshot(s.SnapshotID(c.Name))
+	}
+	return fmt.Errorf("unknown call %q", c.Op)
+}
+
+// writeThrough writes p at off through a served handle and flushes it.
+func writeThrough(s *Store, id string, p []byte, off int64) error {
+	l, release, err := s.Hold(id)
+	if err != nil {
+		return err
+	}
+	_, err = l.WriteAt(p, off)
+	if err == nil {
+		err = l.Flush()
+	}
+	if rerr := release(); err == nil {
+		err = rerr
+	}
+	return err
+}
