@@ -35,7 +35,8 @@ func (c controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolum
 	if err != nil {
 		return nil, err
 	}
-	spec := store.VolumeSpec{Name: req.GetName(), Capacity: size, Params: params, Image: image}
+	spec := store.VolumeSpec{Name: req.GetName(), Capacity: size, Params: params, Image: image,
+		Limit: req.GetCapacityRange().GetLimitBytes()}
 	if src := req.GetVolumeContentSource(); src != nil {
 		if image != nil {
 			return nil, invalid("a volume from a snapshot or a clone cannot also name a golden image (%s)", paramImageURL)
@@ -43,18 +44,13 @@ func (c controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolum
 		if spec.Source, err = contentSource(src); err != nil {
 			return nil, err
 		}
-		if size == defaultVolumeSize && req.GetCapacityRange() == nil {
-			spec.Capacity = 0 // the source's size
-		}
-	} else if image != nil && req.GetCapacityRange() == nil {
-		spec.Capacity = 0 // the image's size
+	}
+	if (spec.Source != nil || image != nil) && req.GetCapacityRange().GetRequiredBytes() == 0 {
+		spec.Capacity = 0 // the source's size, within the limit
 	}
 	v, err := st.CreateVolume(ctx, spec)
 	if err != nil {
 		return nil, grpcError(err)
-	}
-	if limit := req.GetCapacityRange().GetLimitBytes(); limit > 0 && v.Capacity > limit {
-		return nil, status.Errorf(codes.OutOfRange, "the source is %d bytes, more than limit_bytes %d", v.Capacity, limit)
 	}
 	return &csi.CreateVolumeResponse{Volume: c.d.csiVolume(v, req.GetVolumeContentSource())}, nil
 }

@@ -3,11 +3,25 @@ package driver
 import (
 	"context"
 
+	"path/filepath"
+	"strings"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/mount-utils"
 )
+
+// inStateDir reports whether path names the state directory or
+// something under it.
+func (d *Driver) inStateDir(path string) bool {
+	root, err := filepath.Abs(d.cfg.StateDir)
+	if err != nil {
+		return true
+	}
+	rel, err := filepath.Rel(root, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
 
 // nodeServer answers what the controller side needs of a node (its ID
 // and topology: csi-sanity and the provisioner ask them) and unpublish.
@@ -41,8 +55,16 @@ func (n nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpubl
 	if err := checkVolumeID(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if req.GetTargetPath() == "" {
+	target := req.GetTargetPath()
+	switch {
+	case target == "":
 		return nil, invalid("target_path is missing")
+	case !filepath.IsAbs(target) || filepath.Clean(target) != target:
+		return nil, invalid("target_path %q is not an absolute, clean path", target)
+	case n.d.inStateDir(target):
+		// The path is removed when nothing is mounted there: never one
+		// of the store's own files.
+		return nil, invalid("target_path %q lies in the driver's state directory", target)
 	}
 	if _, err := st.GetVolume(req.GetVolumeId()); err != nil {
 		return nil, grpcError(err)

@@ -69,6 +69,20 @@ func removeDurable(path string) error {
 	return syncDir(filepath.Dir(path))
 }
 
+// emptyDir removes everything in dir (scratch left by a crash).
+func emptyDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {

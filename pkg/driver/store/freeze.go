@@ -24,6 +24,12 @@ func (s *Store) freezeTop(id string) (Chain, error) {
 	if !ok || v.State != stateReady {
 		return Chain{}, errorf(ErrNotFound, "volume %s", id)
 	}
+	// A merge that failed before is tried again first, so that the chain
+	// never grows to the engine's own bound.
+	s.capDepth(context.Background(), id)
+	s.mu.Lock()
+	v = s.volumes[id]
+	s.mu.Unlock()
 	layer := newLayerID()
 	if err := s.updateVolume(id, func(r *volumeRecord) { r.Pending = &pending{Op: opFreeze, Layer: layer} }); err != nil {
 		return Chain{}, err
@@ -44,8 +50,11 @@ func (s *Store) freezeTop(id string) (Chain, error) {
 
 // capDepth merges volume id's chain when it is past the cap. A failed
 // merge is logged, not returned: what asked for the freeze stands, and a
-// later freeze merges. The caller holds id's lock.
+// later freeze merges. The merge is not cancelled with the RPC that
+// started it: a CO's deadline would otherwise stop every merge of a large
+// chain, each later snapshot adding a file. The caller holds id's lock.
 func (s *Store) capDepth(ctx context.Context, id string) {
+	ctx = context.WithoutCancel(ctx)
 	s.mu.Lock()
 	v := s.volumes[id]
 	s.mu.Unlock()

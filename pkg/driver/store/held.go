@@ -33,6 +33,11 @@ func (s *Store) Hold(id string) (live *qcow2.Live, release func() error, err err
 		return nil, nil, err
 	}
 	defer unlock()
+	// A freeze or merge whose record could not be settled leaves a top
+	// that names a layer its recorded chain lacks (or the other way).
+	if err := s.settlePending(id); err != nil {
+		return nil, nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v, ok := s.volumes[id]
@@ -46,6 +51,7 @@ func (s *Store) Hold(id string) (live *qcow2.Live, release func() error, err err
 			s.noteFault(id, err)
 			return nil, nil, fmt.Errorf("opening volume %s: %w", id, err)
 		}
+		delete(s.faults, id) // it opens again
 		h = &heldVolume{live: l}
 		s.held[id] = h
 	}
@@ -53,15 +59,19 @@ func (s *Store) Hold(id string) (live *qcow2.Live, release func() error, err err
 	released := false
 	return h.live, func() error {
 		s.mu.Lock()
-		defer s.mu.Unlock()
 		if released {
+			s.mu.Unlock()
 			return nil
 		}
 		released = true
 		if h.refs--; h.refs > 0 {
+			s.mu.Unlock()
 			return nil
 		}
 		delete(s.held, id)
+		s.mu.Unlock()
+		// Close waits for what runs on the handle (a restore's copy):
+		// not under s.mu, which every call of the store takes.
 		return h.live.Close()
 	}, nil
 }
@@ -83,6 +93,9 @@ func (s *Store) withLive(v *volumeRecord, fn func(l *qcow2.Live) error) error {
 		s.mu.Unlock()
 		return fmt.Errorf("opening volume %s: %w", v.ID, err)
 	}
+	s.mu.Lock()
+	delete(s.faults, v.ID)
+	s.mu.Unlock()
 	err = fn(l)
 	return errors.Join(err, l.Close())
 }

@@ -20,7 +20,9 @@ const copyChunk = 1 << 20
 // would carry the file's other snapshots and the volume's later writes
 // along; a copy of what the snapshot holds is the same everywhere.)
 func (s *Store) copyInternal(ctx context.Context, sn *snapshotRecord, r *volumeRecord) error {
-	dst, err := qcow2.Open(s.lay.layerPath(r.Top), qcow2.Options{Backing: s.policy(r.Chain)})
+	// With the journal, a write into the new top waits for no fdatasync
+	// before its mapping; the Flush below makes the whole copy durable.
+	dst, err := qcow2.Open(s.lay.layerPath(r.Top), qcow2.Options{Backing: s.policy(r.Chain), Journal: true})
 	if err != nil {
 		return fmt.Errorf("opening the new top: %w", err)
 	}

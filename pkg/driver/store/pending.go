@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -61,9 +62,10 @@ func (s *Store) moveInternalSnapshots(from, to string) error {
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
-		if err := s.updateSnapshot(id, func(r *snapshotRecord) {
+		err := s.updateSnapshot(id, func(r *snapshotRecord) {
 			r.Chain.Layers[len(r.Chain.Layers)-1] = to
-		}); err != nil {
+		})
+		if err != nil && !errors.Is(err, ErrNotFound) { // deleted meanwhile
 			return err
 		}
 	}

@@ -60,7 +60,8 @@ func loadDir(dir string, fn func(id, path string) error) error {
 	return nil
 }
 
-// saveVolume writes r and makes it the record in memory; s.mu held.
+// saveVolume writes r and makes it the record in memory; s.mu held. A
+// record that was only in memory (being made) is written whole here.
 func (s *Store) saveVolume(r *volumeRecord) error {
 	if err := writeRecord(s.lay.volumeRecord(r.ID), r); err != nil {
 		return err

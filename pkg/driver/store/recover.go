@@ -12,11 +12,15 @@ import (
 // or not at all: pending changes of tops are settled, volumes and
 // snapshots still being made are removed (their files go with the
 // collection that follows), and internal snapshots the CO never got are
-// dropped only where a ready record could not name them.
+// dropped only where a ready record could not name them. What cannot be
+// settled for one volume (its top does not open, say) is left as it is,
+// files included, and reported in its health: the node's other volumes
+// are served.
 func (s *Store) recover() error {
 	for _, id := range slices.Sorted(maps.Keys(s.volumes)) {
 		if err := s.settlePending(id); err != nil {
-			return err
+			s.logf("volume %s: %v", id, err)
+			s.faults[id] = "recovery after a crash: " + err.Error()
 		}
 	}
 	for id, v := range s.volumes {
@@ -34,7 +38,10 @@ func (s *Store) recover() error {
 		}
 		ready, err := s.internalExists(sn)
 		if err != nil {
-			return err
+			// Kept as it is (not listed); a retry of the call replaces it.
+			s.logf("snapshot %s (%q): %v", id, sn.Name, err)
+			s.faults[sn.Volume] = "recovery after a crash: " + err.Error()
+			continue
 		}
 		if ready {
 			s.logf("snapshot %s (%q) was taken before the crash: kept", id, sn.Name)

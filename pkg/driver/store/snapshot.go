@@ -3,10 +3,15 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
+
+// internalPrefix starts the names of the internal snapshots the store
+// makes; others (an operator's) are never touched.
+const internalPrefix = "csi-"
 
 // SnapshotSpec is what CreateSnapshot makes.
 type SnapshotSpec struct {
@@ -89,14 +94,12 @@ func (s *Store) CreateSnapshot(ctx context.Context, spec SnapshotSpec) (Snapshot
 func (s *Store) createExternal(ctx context.Context, id string, spec SnapshotSpec, v *volumeRecord) (Snapshot, error) {
 	r := &snapshotRecord{ID: id, Name: spec.Name, State: stateCreating, Type: TypeExternal,
 		Volume: v.ID, Size: v.Capacity, Created: time.Now().UTC()}
-	// The record names no layer until the freeze made it: an abandoned
-	// record must not keep a layer the volume does not read.
+	// In memory only until the freeze is done: the volume's record holds
+	// the freeze's intent, and a layer a crash leaves in the volume's
+	// chain is harmless.
 	s.mu.Lock()
-	err := s.saveSnapshot(r)
+	s.snapshots[id] = r
 	s.mu.Unlock()
-	if err != nil {
-		return Snapshot{}, err
-	}
 	chain, err := s.freezeTop(v.ID)
 	if err != nil {
 		return Snapshot{}, errors.Join(err, s.abandonSnapshot(id))
@@ -113,7 +116,7 @@ func (s *Store) createExternal(ctx context.Context, id string, spec SnapshotSpec
 }
 
 func (s *Store) createInternal(id string, spec SnapshotSpec, v *volumeRecord) (Snapshot, error) {
-	name := "csi-" + newLayerID()[2:]
+	name := internalPrefix + newLayerID()[2:]
 	chain := v.Chain.clone()
 	chain.Layers = append(chain.Layers, v.Top)
 	r := &snapshotRecord{ID: id, Name: spec.Name, State: stateCreating, Type: TypeInternal,
@@ -124,8 +127,10 @@ func (s *Store) createInternal(id string, spec SnapshotSpec, v *volumeRecord) (S
 	if err != nil {
 		return Snapshot{}, err
 	}
+	named := s.internalNames()
 	err = s.withLive(v, func(l *qcow2.Live) error {
 		return l.WithImage(func(img *qcow2.Image) error {
+			dropOrphanInternals(img, named, s.logf)
 			if _, err := img.CreateSnapshot(name); err != nil {
 				return err
 			}
@@ -142,6 +147,38 @@ func (s *Store) createInternal(id string, spec SnapshotSpec, v *volumeRecord) (S
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.publicSnapshot(s.snapshots[id]), nil
+}
+
+// internalNames are the internal snapshots records name.
+func (s *Store) internalNames() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]bool{}
+	for _, sn := range s.snapshots {
+		if sn.Internal != "" {
+			out[sn.Internal] = true
+		}
+	}
+	return out
+}
+
+// dropOrphanInternals deletes the internal snapshots this store made in
+// img that no record names any more: a delete that could not reach the
+// image, or a crash between the record and the image. Failures only
+// leave them for the next time.
+func dropOrphanInternals(img *qcow2.Image, named map[string]bool, logf func(string, ...any)) {
+	list, err := img.Snapshots()
+	if err != nil {
+		return
+	}
+	for _, in := range list {
+		if strings.HasPrefix(in.Name, internalPrefix) && !named[in.Name] {
+			if err := img.DeleteSnapshot(in.Name); err != nil {
+				logf("freeing orphaned internal snapshot %s: %v", in.Name, err)
+				return
+			}
+		}
+	}
 }
 
 // abandonSnapshot removes a snapshot record that never became ready.

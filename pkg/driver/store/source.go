@@ -14,44 +14,63 @@ const (
 	SourceVolume   = "volume"
 )
 
-// sourceChain resolves what a new volume stands on: the chain its top
-// will name, the source's size, and, for a restore from an internal
-// snapshot, that snapshot (its data is copied into the top). The caller
-// holds the source's lock.
-func (s *Store) sourceChain(ctx context.Context, spec VolumeSpec) (Chain, int64, *snapshotRecord, error) {
+// sourceSize checks a new volume's source and returns its size (0 for an
+// empty volume), changing nothing but the image cache: a golden image is
+// imported here. The caller holds the source's lock.
+func (s *Store) sourceSize(ctx context.Context, spec VolumeSpec) (int64, error) {
 	switch {
 	case spec.Image != nil && spec.Source != nil:
-		return Chain{}, 0, nil, errorf(ErrInvalid, "a volume has one source: an image or a snapshot or a volume")
+		return 0, errorf(ErrInvalid, "a volume has one source: an image or a snapshot or a volume")
 	case spec.Image != nil:
-		size, err := s.importImage(ctx, *spec.Image)
-		return Chain{Image: spec.Image.SHA256}, size, nil, err
+		return s.importImage(ctx, *spec.Image)
 	case spec.Source == nil:
-		return Chain{}, 0, nil, nil
+		return 0, nil
 	case spec.Source.Kind == SourceSnapshot:
 		sn, err := s.readySnapshot(spec.Source.ID)
 		if err != nil {
-			return Chain{}, 0, nil, err
+			return 0, err
+		}
+		return sn.Size, nil
+	case spec.Source.Kind == SourceVolume:
+		if err := s.checkID(spec.Source.ID, volumeKind); err != nil {
+			return 0, err
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		v := s.volumes[spec.Source.ID]
+		if v == nil || v.State != stateReady {
+			return 0, errorf(ErrNotFound, "volume %s", spec.Source.ID)
+		}
+		return v.Capacity, nil
+	}
+	return 0, errorf(ErrInvalid, "unknown source kind %q", spec.Source.Kind)
+}
+
+// sourceChain resolves what a new volume stands on, once sourceSize has
+// accepted the source: the chain its top will name and, for a restore
+// from an internal snapshot, that snapshot (its data is copied into the
+// top). A clone freezes its source here. The caller holds the source's
+// lock.
+func (s *Store) sourceChain(spec VolumeSpec) (Chain, *snapshotRecord, error) {
+	switch {
+	case spec.Image != nil:
+		return Chain{Image: spec.Image.SHA256}, nil, nil
+	case spec.Source == nil:
+		return Chain{}, nil, nil
+	case spec.Source.Kind == SourceSnapshot:
+		sn, err := s.readySnapshot(spec.Source.ID)
+		if err != nil {
+			return Chain{}, nil, err
 		}
 		if sn.Type == TypeInternal {
 			c := sn.Chain.clone()
 			c.Layers = c.Layers[:len(c.Layers)-1]
-			return c, sn.Size, sn, nil
+			return c, sn, nil
 		}
-		return sn.Chain.clone(), sn.Size, nil, nil
-	case spec.Source.Kind == SourceVolume:
-		if err := s.checkID(spec.Source.ID, volumeKind); err != nil {
-			return Chain{}, 0, nil, err
-		}
-		chain, err := s.freezeTop(spec.Source.ID)
-		if err != nil {
-			return Chain{}, 0, nil, err
-		}
-		s.mu.Lock()
-		size := s.volumes[spec.Source.ID].Capacity
-		s.mu.Unlock()
-		return chain, size, nil, nil
+		return sn.Chain.clone(), nil, nil
 	}
-	return Chain{}, 0, nil, errorf(ErrInvalid, "unknown source kind %q", spec.Source.Kind)
+	chain, err := s.freezeTop(spec.Source.ID)
+	return chain, nil, err
 }
 
 // importImage makes sure the golden image is in the store and returns
@@ -68,10 +87,19 @@ func (s *Store) importImage(ctx context.Context, ref ImageRef) (int64, error) {
 	if err := s.cfg.ImportImage(ctx, ref.URL, ref.SHA256); err != nil {
 		return 0, err
 	}
+	s.mu.Lock()
+	size, ok := s.imageSize[ref.SHA256]
+	s.mu.Unlock()
+	if ok {
+		return size, nil // images never change
+	}
 	img, err := qcow2.Open(s.lay.imagePath(ref.SHA256), qcow2.Options{ReadOnly: true, Backing: qcow2.BackingPolicy{Standalone: true}})
 	if err != nil {
 		return 0, fmt.Errorf("golden image %s: %w", ref.SHA256, err)
 	}
 	defer img.Close()
+	s.mu.Lock()
+	s.imageSize[ref.SHA256] = img.Size()
+	s.mu.Unlock()
 	return img.Size(), nil
 }

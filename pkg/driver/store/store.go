@@ -48,6 +48,7 @@ type Store struct {
 	snapshots map[string]*snapshotRecord
 	held      map[string]*heldVolume
 	faults    map[string]string // volume ID -> why it is unhealthy
+	imageSize map[string]int64  // golden image sha256 -> virtual size
 }
 
 // Open opens (making it if needed) the store at cfg.Root, finishes or
@@ -75,8 +76,12 @@ func Open(cfg Config) (*Store, error) {
 		snapshots: map[string]*snapshotRecord{},
 		held:      map[string]*heldVolume{},
 		faults:    map[string]string{},
+		imageSize: map[string]int64{},
 	}
 	if err := s.lay.make(); err != nil {
+		return nil, err
+	}
+	if err := emptyDir(s.lay.dir(tmpDir)); err != nil {
 		return nil, err
 	}
 	if err := s.load(); err != nil {

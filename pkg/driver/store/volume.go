@@ -15,6 +15,7 @@ import (
 type VolumeSpec struct {
 	Name     string
 	Capacity int64 // bytes, a multiple of 512; 0 takes the source's size
+	Limit    int64 // if not 0, the most bytes the volume may have
 	// Params are kept to tell a retry (same) from a clash (other).
 	Params map[string]string
 	Image  *ImageRef
@@ -68,6 +69,13 @@ func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, erro
 	lockIDs := []string{id}
 	if spec.Source != nil {
 		lockIDs = append(lockIDs, spec.Source.ID)
+		if v := s.internalSnapshotVolume(spec.Source); v != "" {
+			// The copy reads the volume's top, through its live handle
+			// when it is served: no freeze or merge may switch that top
+			// meanwhile (it would also wait for the copy, holding back
+			// the guest's I/O).
+			lockIDs = append(lockIDs, v)
+		}
 	}
 	unlock, err := s.locks.tryLock(lockIDs...)
 	if err != nil {
@@ -77,39 +85,83 @@ func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, erro
 	if v, done, err := s.existingVolume(id, spec); done {
 		return v, err
 	}
-	chain, size, internal, err := s.sourceChain(ctx, spec)
+	// The size is settled before anything changes: a clone that cannot be
+	// made must not freeze its source.
+	size, err := s.sourceSize(ctx, spec)
 	if err != nil {
 		return Volume{}, err
 	}
-	capacity := spec.Capacity
-	if capacity == 0 {
-		capacity = size
+	capacity, err := fitCapacity(spec, size)
+	if err != nil {
+		return Volume{}, err
 	}
-	if capacity == 0 {
-		return Volume{}, errorf(ErrInvalid, "an empty volume needs a capacity")
+	chain, internal, err := s.sourceChain(spec)
+	if spec.Source != nil && spec.Source.Kind == SourceVolume {
+		// A merge must not be missed whatever happens after the freeze;
+		// it outlives the RPC's deadline (capDepth).
+		defer s.capDepth(ctx, spec.Source.ID)
 	}
-	if capacity < size {
-		return Volume{}, errorf(ErrRange, "capacity %d is smaller than the source's %d bytes", capacity, size)
+	if err != nil {
+		return Volume{}, err
+	}
+	source := spec.Source
+	if spec.Image != nil {
+		source = &Source{Kind: SourceImage, ID: spec.Image.SHA256}
 	}
 	r := &volumeRecord{ID: id, Name: spec.Name, State: stateCreating, Capacity: capacity,
-		Params: maps.Clone(spec.Params), Source: spec.Source, Chain: chain, Top: newLayerID(),
+		Params: maps.Clone(spec.Params), Source: source, Chain: chain, Top: newLayerID(),
 		Created: time.Now().UTC()}
+	// The record in memory keeps the collection off the new top while it
+	// is made; on disk nothing is needed before the ready record: a top
+	// a crash leaves unnamed is collected at the next Open.
 	s.mu.Lock()
-	err = s.saveVolume(r)
+	s.volumes[id] = r
 	s.mu.Unlock()
-	if err != nil {
-		return Volume{}, err
-	}
 	if err := s.makeTop(ctx, r, internal); err != nil {
 		return Volume{}, errors.Join(err, s.abandonVolume(id))
 	}
 	if err := s.updateVolume(id, func(r *volumeRecord) { r.State = stateReady }); err != nil {
 		return Volume{}, errors.Join(err, s.abandonVolume(id))
 	}
-	if spec.Source != nil && spec.Source.Kind == SourceVolume {
-		s.capDepth(ctx, spec.Source.ID)
+	// A volume over a snapshot of a restore (of a restore...) is one file
+	// deeper each generation: past the cap, its own top takes the layers
+	// over (the snapshots keep theirs).
+	s.capDepth(ctx, id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.publicVolume(s.volumes[id]), nil
+}
+
+// fitCapacity picks a new volume's size: the one asked for, or the
+// source's; never less than the source's nor more than the limit.
+func fitCapacity(spec VolumeSpec, size int64) (int64, error) {
+	capacity := spec.Capacity
+	if capacity == 0 {
+		capacity = size
 	}
-	return r.public(), nil
+	switch {
+	case capacity == 0:
+		return 0, errorf(ErrInvalid, "an empty volume needs a capacity")
+	case capacity < size:
+		return 0, errorf(ErrRange, "capacity %d is smaller than the source's %d bytes", capacity, size)
+	case spec.Limit > 0 && capacity > spec.Limit:
+		return 0, errorf(ErrRange, "the source's %d bytes are more than the limit of %d", capacity, spec.Limit)
+	}
+	return capacity, nil
+}
+
+// internalSnapshotVolume names the volume a restore from an internal
+// snapshot reads from, or "".
+func (s *Store) internalSnapshotVolume(src *Source) string {
+	if src.Kind != SourceSnapshot {
+		return ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sn := s.snapshots[src.ID]; sn != nil && sn.Type == TypeInternal {
+		return sn.Volume
+	}
+	return ""
 }
 
 // existingVolume answers a CreateVolume whose name is taken: the same spec
@@ -142,7 +194,7 @@ func sameVolume(r *volumeRecord, spec VolumeSpec) bool {
 	case spec.Source != nil:
 		return r.Source != nil && *r.Source == *spec.Source
 	case spec.Image != nil:
-		return r.Source != nil && r.Source.Kind == "image" && r.Source.ID == spec.Image.SHA256
+		return r.Source != nil && *r.Source == Source{Kind: SourceImage, ID: spec.Image.SHA256}
 	}
 	return r.Source == nil
 }
