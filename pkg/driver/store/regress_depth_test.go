@@ -67,4 +67,3 @@ func TestMergeOutlivesTheRPCDeadline(t *testing.T) {
 		}
 	}
 }
-
