@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2/convert"
 	"github.com/spf13/cobra"
 )
 
@@ -186,7 +187,7 @@ func firstDiffSector(a, b []byte) int64 {
 	for i := 0; i < len(a); i += 512 {
 		j := min(i+512, len(a))
 		if b == nil {
-			if !isZero(a[i:j]) {
+			if !convert.IsZero(a[i:j]) {
 				return int64(i)
 			}
 		} else if !bytes.Equal(a[i:j], b[i:j]) {

@@ -1,19 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2/convert"
 	"github.com/spf13/cobra"
 )
-
-// maxSparseSize is qemu-img's bound on -S (MAX_BUF_SECTORS * 512).
-const maxSparseSize = 16 << 20
-
-// maxWorkers is qemu-img's bound on -m (MAX_COROUTINES).
-const maxWorkers = 16
 
 func newImgConvertCmd() *cobra.Command {
 	var c convertCmd
@@ -86,7 +82,7 @@ writer's, as every image is (docs/engine.md, "Image locks").
 	f.BoolVarP(&c.noCreate, "no-create", "n", false, "write into an existing output; do not create it")
 	f.StringVarP(&c.snapshot, "snapshot-param", "l", "", "convert this internal snapshot: snapshot.id=ID,snapshot.name=NAME or ID_OR_NAME")
 	f.StringVarP(&c.snapshotS, "snapshot", "s", "", "convert this internal snapshot (ID_OR_NAME)")
-	f.IntVarP(&c.workers, "workers", "m", 8, "parallel requests (1..16)")
+	f.IntVarP(&c.workers, "workers", "m", convert.DefaultWorkers, fmt.Sprintf("parallel requests (1..%d)", convert.MaxWorkers))
 	f.BoolVarP(&c.outOfOrder, "out-of-order", "W", false, "allow out-of-order writes")
 	f.StringVarP(&c.cache, "cache", "t", "writeback", "output cache mode (only writeback: flush once at the end)")
 	addForceShareFlag(f, &c.share)
@@ -106,13 +102,9 @@ type convertCmd struct {
 	cache                  string
 }
 
-// writeTarget is the open output image.
-type writeTarget interface {
-	io.WriterAt
-	Flush() error
-	Close() error
-}
-
+// run checks the flags the way qemu-img does (with its messages), opens
+// the source and creates (or, with -n, opens) the output, and leaves the
+// copy itself to package convert.
 func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	if err := checkFormat(c.srcFmt); err != nil {
 		return err
@@ -128,8 +120,8 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 		return nil
 	}
 	sparse, _, err := parseSize(c.sparse)
-	if err != nil || sparse%512 != 0 || sparse > maxSparseSize {
-		return failf("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to %d. Select 0 to disable sparse detection (fully allocates output).", maxSparseSize)
+	if err != nil || sparse%512 != 0 || sparse > convert.MaxSparseSize {
+		return failf("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to %d. Select 0 to disable sparse detection (fully allocates output).", convert.MaxSparseSize)
 	}
 	o, err := parseCreateOpts(c.dstFmt, c.opts)
 	if err != nil {
@@ -150,8 +142,8 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	if c.compress && o.prealloc != qcow2.PreallocOff {
 		return failf("Compression and preallocation not supported at the same time")
 	}
-	if c.workers < 1 || c.workers > maxWorkers {
-		return failf("Invalid number of coroutines. Allowed number of coroutines is between 1 and %d", maxWorkers)
+	if c.workers < 1 || c.workers > convert.MaxWorkers {
+		return failf("Invalid number of coroutines. Allowed number of coroutines is between 1 and %d", convert.MaxWorkers)
 	}
 	if c.cache != "writeback" {
 		return failf("Invalid cache option: %s (only writeback is supported: the output is flushed once at the end)", c.cache)
@@ -169,74 +161,60 @@ func (c *convertCmd) run(cmd *cobra.Command, src, dst string) error {
 	if same(src, dst) {
 		return failf("%s: the output would overwrite the source", dst)
 	}
-	var in convertSource = disk
-	if snap.isSet() {
-		if in, err = openSnapshotSource(disk, snap); err != nil {
-			return err
+	var in convert.Source = disk
+	if snap.IsSet() {
+		if in, err = convert.Snapshot(disk, snap); errors.Is(err, convert.ErrNoSnapshot) {
+			return failf("Failed to load snapshot: Can't find snapshot")
+		} else if err != nil {
+			return failf("Failed to load snapshot: %v", err)
 		}
 	}
-	size := in.Size()
-	exts, err := in.Map(0, size)
-	if err != nil {
-		return failf("%s: %v", src, err)
-	}
-
-	var out writeTarget
-	var qout *qcow2.Image
-	if c.noCreate {
-		d, err := qcow2.OpenDisk(dst, c.dstFmt, openOptions(false, false))
-		if err != nil {
-			return failf("Could not open '%s': %v", dst, err)
-		}
-		out = d
-		qout, _ = d.(*qcow2.Image)
-	} else {
-		if err := removeExisting(dst); err != nil {
-			return failf("%s: %v", dst, err)
-		}
-		if c.dstFmt == "raw" {
-			if err = createRaw(dst, size, o.prealloc); err == nil {
-				out, err = qcow2.OpenRaw(dst, false)
-			}
-		} else if err = qcow2.Create(dst, o.qcow2Options(size, false)); err == nil {
-			// With -B the output is opened over its backing file, which
-			// copyDiff compares against.
-			qout, err = qcow2.Open(dst, openOptions(false, o.backingFile == ""))
-			out = qout
-		}
-	}
-	if err != nil {
+	out, err := c.openOutput(dst, o, in.Size())
+	if err != nil && c.noCreate {
+		return failf("Could not open '%s': %v", dst, err)
+	} else if err != nil {
 		return failf("%s: %v", dst, err)
 	}
-
-	bar := newProgress(cmd.OutOrStdout(), c.progress && !c.quiet, size)
-	cx := copyCtx{pl: pipeline{workers: c.workers, outOfOrder: c.outOfOrder}, bar: bar, ra: newReadAhead(exts)}
-	defer cx.ra.close()
-	if !c.compress { // compressed writes sync each batch themselves
-		cx.wb = newWriteBehind(dst)
-	}
-	switch {
-	case c.compress:
-		err = copyCompressed(in, qout, exts, cx)
-	case c.noCreate:
-		err = copyAll(in, out, exts, cx)
-	case o.backingFile != "":
-		err = copyDiff(in, qout, exts, cx)
-	default:
-		err = copyExtents(in, out, exts, sparse, cx)
-	}
-	cx.wb.close()
-	if err == nil {
-		err = out.Flush()
-	}
+	bar := newProgress(cmd.OutOrStdout(), c.progress && !c.quiet, in.Size())
+	err = convert.Run(context.Background(), in, out, convert.Options{
+		SparseSize: sparse, // 0 (the default's) goes with WriteAll
+		WriteAll:   sparse == 0,
+		Existing:   c.noCreate,
+		Compress:   c.compress,
+		Workers:    c.workers,
+		OutOfOrder: c.outOfOrder,
+		Progress:   func(done, _ int64) { bar.set(done) },
+	})
 	if cerr := out.Close(); err == nil && cerr != nil {
-		err = failf("%s: %v", dst, cerr)
+		return failf("%s: %v", dst, cerr)
 	}
 	if err != nil {
-		return err
+		return failf("%v", err)
 	}
 	bar.finish()
 	return nil
+}
+
+// openOutput opens the existing output (-n) or creates it at size bytes,
+// replacing a file in the way. With -B the qcow2 output is opened over its
+// backing file, which the copy compares against.
+func (c *convertCmd) openOutput(dst string, o *createOpts, size int64) (qcow2.Disk, error) {
+	if c.noCreate {
+		return qcow2.OpenDisk(dst, c.dstFmt, openOptions(false, false))
+	}
+	if err := removeExisting(dst); err != nil {
+		return nil, err
+	}
+	if c.dstFmt == "raw" {
+		if err := createRaw(dst, size, o.prealloc); err != nil {
+			return nil, err
+		}
+		return qcow2.OpenRaw(dst, false)
+	}
+	if err := qcow2.Create(dst, o.qcow2Options(size, false)); err != nil {
+		return nil, err
+	}
+	return qcow2.Open(dst, openOptions(false, o.backingFile == ""))
 }
 
 // same reports whether two paths name the same existing file.
@@ -247,14 +225,14 @@ func same(a, b string) bool {
 }
 
 // snapshotRef returns the snapshot -l or -s names (none if neither).
-func (c *convertCmd) snapshotRef() (snapshotRef, error) {
+func (c *convertCmd) snapshotRef() (convert.SnapshotRef, error) {
 	switch {
 	case c.snapshot != "" && c.snapshotS != "":
-		return snapshotRef{}, failf("-l and -s name the snapshot twice; use one of them")
+		return convert.SnapshotRef{}, failf("-l and -s name the snapshot twice; use one of them")
 	case c.snapshotS != "":
-		return snapshotRef{idOrName: c.snapshotS}, nil
+		return convert.SnapshotRef{IDOrName: c.snapshotS}, nil
 	case c.snapshot != "":
 		return parseSnapshotParam(c.snapshot)
 	}
-	return snapshotRef{}, nil
+	return convert.SnapshotRef{}, nil
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2/convert"
 )
 
 // mixedSource writes a 6 MiB raw file of random, text-like and zero
@@ -35,7 +37,7 @@ func mixedSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	for off := 0; off < size; off += 64 << 10 {
-		if blk := buf[off : off+64<<10]; !isZero(blk) {
+		if blk := buf[off : off+64<<10]; !convert.IsZero(blk) {
 			if _, err := f.WriteAt(blk, int64(off)); err != nil {
 				t.Fatal(err)
 			}

@@ -2,25 +2,9 @@ package main
 
 import (
 	"encoding/json"
-	"slices"
 	"strings"
 	"testing"
 )
-
-func TestNonZeroRuns(t *testing.T) {
-	p := make([]byte, 20480)
-	p[5000] = 1  // block 1 (4k blocks, aligned to the absolute offset)
-	p[9000] = 1  // block 2: merged with block 1 into one run
-	p[17000] = 1 // block 4; block 3 is all zeros
-	got := nonZeroRuns(p, 1<<20, 4096)
-	want := []byteRun{{1<<20 + 4096, 1<<20 + 12288}, {1<<20 + 16384, 1<<20 + 20480}}
-	if !slices.Equal(got, want) {
-		t.Fatalf("runs %v, want %v", got, want)
-	}
-	if got := nonZeroRuns(p, 512, 0); !slices.Equal(got, []byteRun{{512, 512 + 20480}}) {
-		t.Fatalf("sparse 0: runs %v", got)
-	}
-}
 
 // allocatedData sums the lengths qemu-img map reports as data.
 func allocatedData(t *testing.T, file string) int64 {

@@ -141,3 +141,5 @@ func (c *measureCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	return nil
 }
+
+func ceilDiv64(a, b int64) int64 { return (a + b - 1) / b }

@@ -14,7 +14,7 @@ import (
 // percent. It draws nothing unless its output is a terminal, so logs and
 // pipes stay clean.
 type progress struct {
-	mu      sync.Mutex // add is called by convert's workers
+	mu      sync.Mutex // set is called by convert's workers
 	w       io.Writer
 	enabled bool
 	total   int64
@@ -40,11 +40,11 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-// add records n more bytes done.
-func (p *progress) add(n int64) {
+// set records that done bytes are done.
+func (p *progress) set(done int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.done += n
+	p.done = done
 	pct := 100.0
 	if p.total > 0 {
 		pct = float64(p.done) * 100 / float64(p.total)

@@ -1,4 +1,4 @@
-package main
+package convert
 
 import (
 	"os"
@@ -8,14 +8,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// writeBehindBytes is how much convert writes between two kicks of the
-// output's writeback.
+// writeBehindBytes is how much a copy writes between two kicks of the
+// target's writeback.
 const writeBehindBytes = 32 << 20
 
-// writeBehind starts the kernel's writeback of the output file while
-// convert is still copying (sync_file_range SYNC_FILE_RANGE_WRITE, which
+// writeBehind starts the kernel's writeback of the target file while the
+// copy is still going (sync_file_range SYNC_FILE_RANGE_WRITE, which
 // neither waits for the disk nor promises durability), so that reading the
-// source and writing the output overlap and the final fdatasync has little
+// source and writing the target overlap and the final fdatasync has little
 // left to do. It is only a hint: durability still comes from that final
 // flush, and a failure here changes nothing but speed.
 type writeBehind struct {
@@ -27,6 +27,9 @@ type writeBehind struct {
 
 // newWriteBehind opens path for the hints; nil (no hints) if it cannot.
 func newWriteBehind(path string) *writeBehind {
+	if path == "" {
+		return nil
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil

@@ -1,4 +1,4 @@
-package main
+package convert
 
 import (
 	"os"
@@ -15,9 +15,9 @@ const readAheadSpans = 16
 
 // readAhead tells the kernel which host ranges of the source files the
 // next requests will read (posix_fadvise WILLNEED), so that the disk has
-// more reads queued than the -m workers issue themselves: with a cold
-// page cache, convert is bound by how many reads are in flight. The host
-// ranges come from the source's map (each data extent names its file and
+// more reads queued than the workers issue themselves: with a cold page
+// cache, a copy is bound by how many reads are in flight. The host ranges
+// come from the source's map (each data extent names its file and
 // offset); compressed clusters and unmapped ranges are not announced. It
 // is only a hint: failures change nothing but speed.
 type readAhead struct {

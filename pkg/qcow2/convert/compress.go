@@ -1,7 +1,8 @@
-package main
+package convert
 
 import (
 	"bytes"
+	"fmt"
 	"sync"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
@@ -15,9 +16,9 @@ const compressBatchBytes = 32 << 20
 // as a compressed cluster. The pipeline's workers read and compress in
 // parallel; their batches are gathered and written by whichever worker
 // commits. Ranges the source maps as zero are not read.
-func copyCompressed(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx copyCtx) error {
+func copyCompressed(in Source, out *qcow2.Image, exts []qcow2.Extent, cx copyCtx) error {
 	cs := out.ClusterSize()
-	spans := chunkSpans(exts, in.Size(), ceilDiv64(copyChunk, cs)*cs)
+	spans := chunkSpans(exts, in.Size(), clusterChunk(cs))
 	var (
 		mu      sync.Mutex // pending is shared by out-of-order commits
 		pending *qcow2.CompressedBatch
@@ -29,7 +30,7 @@ func copyCompressed(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx 
 		b := pending
 		pending = nil
 		if err := out.WriteCompressedBatch(b); err != nil {
-			return failf("error while writing compressed clusters: %v", err)
+			return fmt.Errorf("error while writing compressed clusters: %w", err)
 		}
 		return nil
 	}
@@ -37,7 +38,7 @@ func copyCompressed(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx 
 		cx.ra.prepared(spans, i)
 		s := spans[i]
 		if s.zero {
-			return func() error { cx.bar.add(s.n); return nil }, nil
+			return func() error { cx.prog.add(s.n); return nil }, nil
 		}
 		p := scratchBuf(scratch, s.n)
 		if err := readExtents(in, exts, p, s.off); err != nil {
@@ -46,13 +47,13 @@ func copyCompressed(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx 
 		var cl []qcow2.CompressedCluster
 		for j := int64(0); j < s.n; j += cs {
 			c := p[j:min(j+cs, s.n)]
-			if !isZero(c) {
+			if !IsZero(c) {
 				cl = append(cl, qcow2.CompressedCluster{Off: s.off + j, Data: bytes.Clone(c)})
 			}
 		}
 		b, err := out.CompressClusters(cl)
 		if err != nil {
-			return nil, failf("error while compressing clusters at byte %d: %v", s.off, err)
+			return nil, fmt.Errorf("error while compressing clusters at byte %d: %w", s.off, err)
 		}
 		return func() error {
 			mu.Lock()
@@ -60,9 +61,9 @@ func copyCompressed(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx 
 			if pending == nil {
 				pending = b
 			} else if err := pending.Append(b); err != nil {
-				return failf("%v", err)
+				return err
 			}
-			cx.bar.add(s.n)
+			cx.prog.add(s.n)
 			if pending.Len() >= compressBatchBytes {
 				return write()
 			}
@@ -74,5 +75,3 @@ func copyCompressed(in convertSource, out *qcow2.Image, exts []qcow2.Extent, cx 
 	}
 	return write()
 }
-
-func ceilDiv64(a, b int64) int64 { return (a + b - 1) / b }

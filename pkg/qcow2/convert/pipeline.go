@@ -1,13 +1,17 @@
-package main
+package convert
 
-import "sync"
+import (
+	"context"
+	"sync"
+)
 
-// pipeline runs convert's requests on several workers, like qemu-img
+// pipeline runs a copy's requests on several workers, like qemu-img
 // convert's coroutines (-m): each request is prepared (read, zero-tested,
 // compressed) concurrently, then committed (written). Commits run in
-// request order unless outOfOrder (-W), so that a qcow2 output allocates
+// request order unless outOfOrder (-W), so that a qcow2 target allocates
 // its clusters in guest order.
 type pipeline struct {
+	ctx        context.Context // nil: never cancelled
 	workers    int
 	outOfOrder bool
 }
@@ -17,8 +21,19 @@ type pipeline struct {
 // the scratch space: the worker starts its next request only after it.
 type stage func(i int, scratch *[]byte) (commit func() error, err error)
 
+// cancelled returns the context's error once it is done.
+func (p pipeline) cancelled() error {
+	if p.ctx == nil {
+		return nil
+	}
+	return p.ctx.Err()
+}
+
 // run processes requests 0..n-1 and returns the first error; after an
-// error no new request starts and no further commit runs.
+// error no new request starts and no further commit runs. A cancelled
+// context is such an error, seen before each request and each commit: a
+// cancelled run stops once the commits already running end (at most one
+// per worker), and returns the context's error.
 func (p pipeline) run(n int, prepare stage) error {
 	var (
 		mu      sync.Mutex
@@ -37,6 +52,9 @@ func (p pipeline) run(n int, prepare stage) error {
 		var scratch []byte
 		for {
 			mu.Lock()
+			if err := p.cancelled(); err != nil {
+				fail(err)
+			}
 			if failErr != nil || next >= n {
 				mu.Unlock()
 				return
@@ -56,6 +74,9 @@ func (p pipeline) run(n int, prepare stage) error {
 				for done != i && failErr == nil {
 					turn.Wait()
 				}
+			}
+			if err := p.cancelled(); err != nil {
+				fail(err)
 			}
 			if failErr != nil {
 				mu.Unlock()
