@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/mount-utils"
 
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver/golden"
 	"github.com/csi-qcow2/csi-qcow2/pkg/driver/store"
 )
 
@@ -26,8 +27,7 @@ type Driver struct {
 	st      atomic.Pointer[store.Store]
 	metrics *driverMetrics
 	mounter mount.Interface
-	// importImage fetches golden images into the store (golden.go).
-	importImage func(ctx context.Context, url, sha string) error
+	images  *golden.Importer
 }
 
 // New checks cfg and makes a driver; Run serves it.
@@ -40,6 +40,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	d := &Driver{cfg: cfg, mounter: mount.New("")}
 	d.metrics = newMetrics(d)
+	d.images = d.newImporter()
 	return d, nil
 }
 
@@ -95,6 +96,10 @@ func (d *Driver) Run(ctx context.Context) error {
 		stop()
 		return fmt.Errorf("opening the store at %s: %w", d.cfg.StateDir, err)
 	}
+	if _, err := d.images.Collect(); err != nil {
+		stop()
+		return fmt.Errorf("collecting interrupted image imports: %w", err)
+	}
 	d.st.Store(st)
 	vols := st.ListVolumes()
 	klog.InfoS("store ready", "stateDir", st.Root(), "volumes", len(vols), "snapshots", len(st.ListSnapshots()), "took", time.Since(start))
@@ -113,7 +118,7 @@ func (d *Driver) storeConfig() store.Config {
 		Root:          d.cfg.StateDir,
 		Node:          d.cfg.NodeID,
 		MaxChainDepth: d.cfg.MaxChainDepth,
-		ImportImage:   d.importImage,
+		ImportImage:   d.importImage(d.images),
 		Logf: func(format string, args ...any) {
 			klog.InfoS(fmt.Sprintf(format, args...), "component", "store")
 		},

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver/golden"
 	"github.com/csi-qcow2/csi-qcow2/pkg/driver/store"
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
@@ -33,7 +34,7 @@ func grpcError(err error) error {
 		code = codes.AlreadyExists
 	case errors.Is(err, store.ErrBusy), errors.Is(err, qcow2.ErrLocked):
 		code = codes.Aborted
-	case errors.Is(err, store.ErrInvalid):
+	case errors.Is(err, store.ErrInvalid), errors.Is(err, golden.ErrInvalid):
 		code = codes.InvalidArgument
 	case errors.Is(err, store.ErrInUse):
 		code = codes.FailedPrecondition
