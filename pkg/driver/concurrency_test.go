@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/csi-qcow2/csi-qcow2/internal/qemutest"
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
 
@@ -117,10 +118,14 @@ func randomCall(ctx context.Context, c controllerServer, rng *rand.Rand) (string
 	return what, err
 }
 
-// checkStoreLayers runs the engine's check on every layer file.
+// checkStoreLayers runs the engine's check on every layer file and
+// qemu-img check on a sample.
 func checkStoreLayers(t *testing.T, root string) {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(root, "layers", "*.qcow2"))
+	for i := 0; i < len(files); i += max(1, len(files)/8) {
+		qemutest.Run(t, "qemu-img", "check", "-U", files[i])
+	}
 	for _, f := range files {
 		if _, err := os.Stat(f); err != nil {
 			continue
