@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 30m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test test-repeat test-vm crash-deep bench bench-convert bench-nbd vet fmt clean
+.PHONY: all build test test-repeat test-vm crash-deep bench bench-convert bench-nbd bench-driver vet fmt clean
 
 all: build
 
@@ -47,6 +47,11 @@ bench-convert:
 # fio's nbd engine against img serve and qemu-nbd, qcow2 overlay and raw.
 bench-nbd:
 	GO=$(GO) scripts/bench-nbd.sh
+
+# The driver's operations (create from an image, snapshots, restores, clone)
+# at 1 GiB and 1 TiB beside a host-path-style copy; docs/benchmarks.md.
+bench-driver:
+	$(GO) test -run '^$$' -bench '^BenchmarkDriverOps$$' -benchtime 20x -count 3 -timeout 60m ./pkg/driver/store/
 
 vet:
 	$(GO) vet ./...
