@@ -16,11 +16,11 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/klauspost/compress/zstd"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/csi-qcow2/csi-qcow2/internal/qemutest"
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // imageServer serves byte strings on loopback by path.
@@ -121,7 +121,7 @@ func TestGoldenImageVolumes(t *testing.T) {
 		{"json backing file", srv.put("/json.qcow2", qcow2Image("json.qcow2", "-u", "-b", `json:{"file":{"driver":"file","filename":"/etc/shadow"}}`, "-F", "raw")), "backing file"},
 		{"external data file", srv.put("/data.qcow2", qcow2Image("data.qcow2", "-o", "data_file="+filepath.Join(dir, "data.raw"))), "external data file"},
 		{"huge L1 table", srv.put("/huge.qcow2", hugeL1), "cannot be imported"},
-		{"decompression bomb", srv.put("/bomb.zst", zstdOf(t, 0x01, 256<<20)), "decompression bomb"},
+		{"decompression bomb", srv.put("/bomb.zst", testtools.ZstdRepeat(t, 0x01, 256<<20)), "decompression bomb"},
 	}
 	before := storeState(t, st.Root())
 	for _, tc := range cases {
@@ -135,21 +135,4 @@ func TestGoldenImageVolumes(t *testing.T) {
 			}
 		})
 	}
-}
-
-// zstdOf compresses n bytes of b.
-func zstdOf(t *testing.T, b byte, n int) []byte {
-	var out bytes.Buffer
-	w, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := bytes.Repeat([]byte{b}, 1<<20)
-	for range n / len(chunk) {
-		w.Write(chunk)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return out.Bytes()
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/csi-qcow2/csi-qcow2/internal/qemutest"
-	"github.com/klauspost/compress/zstd"
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // TestImportRefusesRequest: bad checksums and URLs are refused before
@@ -145,29 +145,10 @@ func TestImportRefusesBombs(t *testing.T) {
 	srv := newServer(t)
 	im := newImporter(t)
 	// Data: 256 MiB of one non-zero byte, over 1000x.
-	wantInvalid(t, im, srv.put("/data.zst", zstdRepeat(t, 0x01, 256<<20)), "decompression bomb")
+	wantInvalid(t, im, srv.put("/data.zst", testtools.ZstdRepeat(t, 0x01, 256<<20)), "decompression bomb")
 	// Zeros: 2 GiB, far over 4096x.
-	wantInvalid(t, im, srv.put("/zeros.zst", zstdRepeat(t, 0, 2<<30)), "decompression bomb")
+	wantInvalid(t, im, srv.put("/zeros.zst", testtools.ZstdRepeat(t, 0, 2<<30)), "decompression bomb")
 	// Zeros past MaxVirtualSize, gzip.
 	im.MaxVirtualSize = 8 << 20
 	wantInvalid(t, im, srv.put("/zeros.gz", gzipped(t, make([]byte, 32<<20))), "decompresses to more than")
-}
-
-// zstdRepeat compresses n bytes of b, streaming.
-func zstdRepeat(t *testing.T, b byte, n int) []byte {
-	var out bytes.Buffer
-	w, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := bytes.Repeat([]byte{b}, 1<<20)
-	for range n / len(chunk) {
-		if _, err := w.Write(chunk); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return out.Bytes()
 }
