@@ -103,6 +103,10 @@ func (d *Driver) Run(ctx context.Context) error {
 	d.st.Store(st)
 	vols := st.ListVolumes()
 	klog.InfoS("store ready", "stateDir", st.Root(), "volumes", len(vols), "snapshots", len(st.ListSnapshots()), "took", time.Since(start))
+	scrubCtx, cancelScrub := context.WithCancel(ctx)
+	scrubbed := make(chan struct{})
+	go func() { defer close(scrubbed); d.scrub(scrubCtx, st) }()
+	defer func() { cancelScrub(); <-scrubbed }()
 	select {
 	case <-ctx.Done():
 		stop()

@@ -51,7 +51,7 @@ func (s *Store) Hold(id string) (live *qcow2.Live, release func() error, err err
 			s.noteFault(id, err)
 			return nil, nil, fmt.Errorf("opening volume %s: %w", id, err)
 		}
-		delete(s.faults, id) // it opens again
+		s.clearOpenFault(id)
 		h = &heldVolume{live: l}
 		s.held[id] = h
 	}
@@ -94,16 +94,24 @@ func (s *Store) withLive(v *volumeRecord, fn func(l *qcow2.Live) error) error {
 		return fmt.Errorf("opening volume %s: %w", v.ID, err)
 	}
 	s.mu.Lock()
-	delete(s.faults, v.ID)
+	s.clearOpenFault(v.ID)
 	s.mu.Unlock()
 	err = fn(l)
 	return errors.Join(err, l.Close())
+}
+
+// clearOpenFault forgets a failure to open volume id once it opens; a
+// check's finding stays. s.mu held.
+func (s *Store) clearOpenFault(id string) {
+	if s.faults[id].Reason == ReasonFailed {
+		delete(s.faults, id)
+	}
 }
 
 // noteFault remembers why volume id could not be used, for its health;
 // s.mu held.
 func (s *Store) noteFault(id string, err error) {
 	if errors.Is(err, qcow2.ErrCorrupt) || errors.Is(err, qcow2.ErrInvalid) || errors.Is(err, qcow2.ErrPolicy) {
-		s.faults[id] = err.Error()
+		s.faults[id] = Condition{Abnormal: true, Reason: ReasonFailed, Message: err.Error()}
 	}
 }

@@ -20,7 +20,7 @@ func (s *Store) recover() error {
 	for _, id := range slices.Sorted(maps.Keys(s.volumes)) {
 		if err := s.settlePending(id); err != nil {
 			s.logf("volume %s: %v", id, err)
-			s.faults[id] = "recovery after a crash: " + err.Error()
+			s.faults[id] = Condition{Abnormal: true, Reason: ReasonFailed, Message: "recovery after a crash: " + err.Error()}
 		}
 	}
 	for id, v := range s.volumes {
@@ -40,7 +40,7 @@ func (s *Store) recover() error {
 		if err != nil {
 			// Kept as it is (not listed); a retry of the call replaces it.
 			s.logf("snapshot %s (%q): %v", id, sn.Name, err)
-			s.faults[sn.Volume] = "recovery after a crash: " + err.Error()
+			s.faults[sn.Volume] = Condition{Abnormal: true, Reason: ReasonFailed, Message: "recovery after a crash: " + err.Error()}
 			continue
 		}
 		if ready {

@@ -47,7 +47,7 @@ type Store struct {
 	volumes   map[string]*volumeRecord
 	snapshots map[string]*snapshotRecord
 	held      map[string]*heldVolume
-	faults    map[string]string // volume ID -> why it is unhealthy
+	faults    map[string]Condition // volume ID -> why it is unhealthy
 	imageSize map[string]int64  // golden image sha256 -> virtual size
 }
 
@@ -75,7 +75,7 @@ func Open(cfg Config) (*Store, error) {
 		volumes:   map[string]*volumeRecord{},
 		snapshots: map[string]*snapshotRecord{},
 		held:      map[string]*heldVolume{},
-		faults:    map[string]string{},
+		faults:    map[string]Condition{},
 		imageSize: map[string]int64{},
 	}
 	if err := s.lay.make(); err != nil {
