@@ -48,7 +48,7 @@ type Store struct {
 	snapshots map[string]*snapshotRecord
 	held      map[string]*heldVolume
 	faults    map[string]Condition // volume ID -> why it is unhealthy
-	imageSize map[string]int64  // golden image sha256 -> virtual size
+	imageSize map[string]int64     // golden image sha256 -> virtual size
 }
 
 // Open opens (making it if needed) the store at cfg.Root, finishes or
