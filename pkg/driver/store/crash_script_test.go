@@ -12,11 +12,12 @@ import (
 // and, for volumes, the write that gives them their content. Replaying a
 // call after a crash must complete it.
 type call struct {
-	Op   string // create, snapshot, clone, restore, write-freeze, delete-volume, delete-snapshot
+	Op   string // create, snapshot, clone, restore, write-snapshot, delete-volume, delete-snapshot
 	Name string
 	Src  string // a volume or snapshot name
 	Type string // snapshot type
-	Off  int64  // write-freeze: where the write goes
+	Off  int64  // write-snapshot: where the write goes
+	Len  int64  // write-snapshot: how much it writes
 }
 
 const (
@@ -42,31 +43,21 @@ func rootOf(name string) string {
 	return ""
 }
 
-// script is run r's workload: it makes a volume with content, snapshots
-// of both types, a clone, restores from both snapshots, enough frozen
-// layers to pass the chain cap (a merge), and deletes every object of
-// runs before r-1 that s still holds (earlier runs may have been killed
-// before their deletes).
+// script is run r's workload: it deletes every object of runs before r-1
+// that s still holds (earlier runs may have been killed before their
+// deletes), then makes a volume with content, snapshots of both types, a
+// clone, restores from both snapshots, and enough frozen layers to pass
+// the chain cap (a merge).
 func script(r int, s *Store) []call {
-	vol := fmt.Sprintf("vol%d", r)
-	calls := []call{
-		{Op: "create", Name: vol},
-		{Op: "snapshot", Name: "se-" + vol, Src: vol, Type: TypeExternal},
-		{Op: "snapshot", Name: "si-" + vol, Src: vol, Type: TypeInternal},
-		{Op: "clone", Name: "cl-" + vol, Src: vol},
-		{Op: "restore", Name: "re-" + vol, Src: "se-" + vol},
-		{Op: "restore", Name: "ri-" + vol, Src: "si-" + vol},
-	}
-	for k := range 3 {
-		calls = append(calls, call{Op: "write-freeze", Name: fmt.Sprintf("sx%d-%s", k, vol), Src: vol, Off: int64(1+k) << 20})
-	}
 	old := func(name string) bool {
 		var k int
 		_, err := fmt.Sscanf(rootOf(name), "vol%d", &k)
 		return err == nil && k <= r-2
 	}
-	// Volumes first (source volumes before their restores), so that
-	// snapshots outlive their volumes for a while.
+	// Deletes first, so that most runs reach them before their kill.
+	// Volumes before snapshots, so that snapshots outlive their volumes
+	// for a while.
+	var calls []call
 	for _, v := range s.ListVolumes() {
 		if old(v.Name) {
 			calls = append(calls, call{Op: "delete-volume", Name: v.Name})
@@ -76,6 +67,20 @@ func script(r int, s *Store) []call {
 		if old(sn.Name) {
 			calls = append(calls, call{Op: "delete-snapshot", Name: sn.Name})
 		}
+	}
+	vol := fmt.Sprintf("vol%d", r)
+	calls = append(calls,
+		call{Op: "create", Name: vol},
+		call{Op: "snapshot", Name: "se-" + vol, Src: vol, Type: TypeExternal},
+		// The internal snapshot holds data of its own (the external one
+		// took the rest away), so that its restore copies.
+		call{Op: "write-snapshot", Name: "si-" + vol, Src: vol, Type: TypeInternal, Off: 5 << 20, Len: 2 << 20},
+		call{Op: "clone", Name: "cl-" + vol, Src: vol},
+		call{Op: "restore", Name: "re-" + vol, Src: "se-" + vol},
+		call{Op: "restore", Name: "ri-" + vol, Src: "si-" + vol},
+	)
+	for k := range 3 {
+		calls = append(calls, call{Op: "write-snapshot", Name: fmt.Sprintf("sx%d-%s", k, vol), Src: vol, Type: TypeExternal, Off: int64(1+k) << 20, Len: 256 << 10})
 	}
 	return calls
 }
@@ -99,11 +104,11 @@ func (c call) do(s *Store) error {
 	case "restore":
 		_, err := s.CreateVolume(ctx, VolumeSpec{Name: c.Name, Source: &Source{Kind: SourceSnapshot, ID: s.SnapshotID(c.Src)}})
 		return err
-	case "write-freeze":
-		if err := writeThrough(s, s.VolumeID(c.Src), bytes.Repeat([]byte{0xa5}, 256<<10), c.Off); err != nil {
+	case "write-snapshot":
+		if err := writeThrough(s, s.VolumeID(c.Src), bytes.Repeat([]byte{0xa5}, int(c.Len)), c.Off); err != nil {
 			return err
 		}
-		_, err := s.CreateSnapshot(ctx, SnapshotSpec{Name: c.Name, Volume: s.VolumeID(c.Src)})
+		_, err := s.CreateSnapshot(ctx, SnapshotSpec{Name: c.Name, Volume: s.VolumeID(c.Src), Type: c.Type})
 		return err
 	case "delete-volume":
 		return s.DeleteVolume(s.VolumeID(c.Name))

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,11 +28,14 @@ import (
 const crashChildEnv = "CSI_QCOW2_STORE_CRASH_CHILD"
 
 type crashPlan struct {
-	Root    string
-	Run     int
-	KillAt  int   // die at this crash point (counted from 1); 0: never
-	DelayUS int64 // die after this long; 0: never
-	Log     string
+	Root string
+	Run  int
+	// Die at the KillNth time (from 1) the step KillStep is passed;
+	// "": never.
+	KillStep string
+	KillNth  int
+	DelayUS  int64 // die after this long; 0: never
+	Log      string
 }
 
 func TestCrashChild(t *testing.T) {
@@ -44,18 +48,21 @@ func TestCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	die := func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
-	points := 0
-	crashPoint = func(string) {
-		if points++; points == p.KillAt {
+	log, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	seen := map[string]int{}
+	crashPoint = func(step string) {
+		steps = append(steps, step)
+		if seen[step]++; step == p.KillStep && seen[step] == p.KillNth {
+			fmt.Fprintf(log, "killed at %s\n", step)
 			die()
 		}
 	}
 	if p.DelayUS > 0 {
 		time.AfterFunc(time.Duration(p.DelayUS)*time.Microsecond, die)
-	}
-	log, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
 	}
 	s, err := Open(Config{Root: p.Root, Node: "node-1", MaxChainDepth: 3})
 	if err != nil {
@@ -69,7 +76,7 @@ func TestCrashChild(t *testing.T) {
 		}
 		fmt.Fprintf(log, "done\n")
 	}
-	fmt.Fprintf(log, "points %d\n", points)
+	fmt.Fprintf(log, "steps %s\n", strings.Join(steps, "|"))
 }
 
 // Kill -9 of a process running the store at hundreds of points inside
@@ -93,17 +100,26 @@ func TestKillDuringOperations(t *testing.T) {
 	}
 	t.Logf("seed %d (CSI_QCOW2_STORE_SEED repeats the run)", seed)
 	rng = rand.New(rand.NewPCG(seed, 7))
-	points, spanUS := 0, int64(0) // from the last clean run
+	// The crash points of the last clean run, as (step, nth time), and
+	// the ones left to kill at, each once before any twice, shuffled: a
+	// point a run does not reach kills nothing and comes round again.
+	var points, order []killPoint
+	spanUS := int64(0)
+	steps := map[string]int{} // kills by the step they hit
 	killed, run := 0, 0
 	for ; killed < kills; run++ {
 		p := crashPlan{Root: root, Run: run, Log: filepath.Join(t.TempDir(), "log")}
 		switch {
-		case points == 0:
-			// Learn how many points and how long a run takes.
-		case rng.IntN(4) == 0:
+		case len(points) == 0 || run%5 == 0:
+			// Learn the points and how long a run takes now.
+		case rng.IntN(8) == 0:
 			p.DelayUS = 1 + rng.Int64N(spanUS)
 		default:
-			p.KillAt = 1 + rng.IntN(points)
+			if len(order) == 0 {
+				order = slices.Clone(points)
+				rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+			}
+			p.KillStep, p.KillNth, order = order[0].step, order[0].nth, order[1:]
 		}
 		start := time.Now()
 		out, err := runCrashChild(p)
@@ -112,11 +128,12 @@ func TestKillDuringOperations(t *testing.T) {
 		var exit *exec.ExitError
 		switch {
 		case err == nil:
-			if log.points > 0 {
+			if len(log.points) > 0 {
 				points, spanUS = log.points, took.Microseconds()
 			}
 		case errors.As(err, &exit) && exit.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL:
 			killed++
+			steps[log.killedAt]++
 		default:
 			t.Fatalf("run %d: child failed: %v\n%s", run, err, out)
 		}
@@ -137,7 +154,13 @@ func TestKillDuringOperations(t *testing.T) {
 			t.Fatalf("run %d: seed %d", run, seed)
 		}
 	}
-	t.Logf("%d kills in %d runs (%d crash points a run)", killed, run, points)
+	t.Logf("%d kills in %d runs (%d crash points a run); kills by step: %v", killed, run, len(points), steps)
+	for _, want := range []string{"record written", "record renamed", "record removed", "top created", "frozen",
+		"internal snapshot made", "restore copying", "collapse copying", "collapsed", "layer file collected"} {
+		if steps[want] == 0 {
+			t.Errorf("no kill at %q: the workload or the choice of points misses it", want)
+		}
+	}
 	checkLayersClean(t, root, true)
 }
 
@@ -149,8 +172,15 @@ func runCrashChild(p crashPlan) ([]byte, error) {
 }
 
 type crashLog struct {
-	pending *call
-	points  int
+	pending  *call
+	points   []killPoint // of a run that ended
+	killedAt string      // the step a kill at a crash point hit ("" for a timed one)
+}
+
+// killPoint is the nth time a run passes a step.
+type killPoint struct {
+	step string
+	nth  int
 }
 
 func readCrashLog(t *testing.T, path string) crashLog {
@@ -171,8 +201,14 @@ func readCrashLog(t *testing.T, path string) crashLog {
 			l.pending = &c
 		case line == "done":
 			l.pending = nil
-		case strings.HasPrefix(line, "points "):
-			l.points, _ = strconv.Atoi(line[7:])
+		case strings.HasPrefix(line, "killed at "):
+			l.killedAt = line[len("killed at "):]
+		case strings.HasPrefix(line, "steps "):
+			seen := map[string]int{}
+			for _, st := range strings.Split(line[len("steps "):], "|") {
+				seen[st]++
+				l.points = append(l.points, killPoint{st, seen[st]})
+			}
 		}
 	}
 	return l
