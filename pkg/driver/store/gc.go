@@ -26,6 +26,12 @@ func (s *Store) referenced() map[string]bool {
 		for _, l := range sn.Chain.Layers {
 			ref[l] = true
 		}
+		if sn.Layer != "" {
+			ref[sn.Layer] = true
+		}
+	}
+	for l := range s.making {
+		ref[l] = true
 	}
 	return ref
 }

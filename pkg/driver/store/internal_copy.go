@@ -11,20 +11,57 @@ import (
 // copyChunk is how much an internal restore reads and writes at a time.
 const copyChunk = 1 << 20
 
-// copyInternal fills the new top of r with what internal snapshot sn holds
-// in its own layer: the ranges that layer defines at the snapshot (data
-// and zero clusters), read through the snapshot. Everything else reads
-// through from the chain below, which r's top shares. So a restore costs
-// the data the snapshot holds, not the volume's size. (A reflink of the
+// materialize returns the chain a restore from internal snapshot sn
+// stands on: the snapshot's chain below its file, and a frozen layer
+// that holds what the snapshot holds in that file (its data and zero
+// clusters, read through the snapshot). The first restore makes the
+// layer and records it in the snapshot's record; later restores are
+// overlays on it, O(1) like every other restore. So the first costs the
+// data the snapshot holds, once, not the volume's size. (A reflink of the
 // whole file would cost nothing on XFS or btrfs but fail on ext4, and
 // would carry the file's other snapshots and the volume's later writes
-// along; a copy of what the snapshot holds is the same everywhere.)
-func (s *Store) copyInternal(ctx context.Context, sn *snapshotRecord, r *volumeRecord) error {
-	// With the journal, a write into the new top waits for no fdatasync
-	// before its mapping; the Flush below makes the whole copy durable.
-	dst, err := qcow2.Open(s.lay.layerPath(r.Top), qcow2.Options{Backing: s.policy(r.Chain), Journal: true})
+// along; a copy of what the snapshot holds is the same everywhere.) The
+// caller holds sn's lock and its volume's.
+func (s *Store) materialize(ctx context.Context, sn *snapshotRecord) (Chain, error) {
+	below := sn.Chain.clone()
+	below.Layers = below.Layers[:len(below.Layers)-1]
+	if sn.Layer != "" {
+		below.Layers = append(below.Layers, sn.Layer)
+		return below, nil
+	}
+	id := newLayerID()
+	s.mu.Lock()
+	s.making[id] = true
+	s.mu.Unlock()
+	err := s.copyInternal(ctx, sn, id, below)
+	if err == nil {
+		err = s.updateSnapshot(sn.ID, func(r *snapshotRecord) { r.Layer = id })
+	}
+	s.mu.Lock()
+	delete(s.making, id)
 	if err != nil {
-		return fmt.Errorf("opening the new top: %w", err)
+		err = errors.Join(fmt.Errorf("restoring internal snapshot %s: %w", sn.ID, err), s.collect())
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return Chain{}, err
+	}
+	below.Layers = append(below.Layers, id)
+	return below, nil
+}
+
+// copyInternal makes layer id over chain below and fills it with what
+// internal snapshot sn holds in its own file, durably.
+func (s *Store) copyInternal(ctx context.Context, sn *snapshotRecord, id string, below Chain) error {
+	if err := s.createLayer(id, below, sn.Size); err != nil {
+		return err
+	}
+	step("layer created")
+	// With the journal, a write into the new layer waits for no
+	// fdatasync before its mapping; the Flush below makes it all durable.
+	dst, err := qcow2.Open(s.lay.layerPath(id), qcow2.Options{Backing: s.policy(below), Journal: true})
+	if err != nil {
+		return err
 	}
 	err = s.readInternal(sn, func(img *qcow2.Image) error {
 		ranges, err := img.AllocatedRanges(sn.Internal)
@@ -44,9 +81,9 @@ func (s *Store) copyInternal(ctx context.Context, sn *snapshotRecord, r *volumeR
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("restoring internal snapshot %s: %w", sn.ID, err)
+		return err
 	}
-	return nil
+	return syncDir(s.lay.dir(layersDir))
 }
 
 // readInternal runs fn on the image holding sn's internal snapshot: the

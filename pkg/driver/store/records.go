@@ -78,13 +78,17 @@ const (
 // file that holds the internal snapshot (named Internal), and the rest
 // of the chain is that file's backing.
 type snapshotRecord struct {
-	ID       string    `json:"id"`
-	Name     string    `json:"name"`
-	State    string    `json:"state"`
-	Type     string    `json:"type"`
-	Volume   string    `json:"volume"` // source volume ID
-	Size     int64     `json:"size"`   // virtual size at snapshot time
-	Chain    Chain     `json:"chain"`
-	Internal string    `json:"internal,omitempty"`
-	Created  time.Time `json:"created"`
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	Type     string `json:"type"`
+	Volume   string `json:"volume"` // source volume ID
+	Size     int64  `json:"size"`   // virtual size at snapshot time
+	Chain    Chain  `json:"chain"`
+	Internal string `json:"internal,omitempty"`
+	// Layer, for an internal snapshot, is the frozen layer its first
+	// restore made: what the snapshot holds in its own file, over the
+	// rest of its chain. Later restores are overlays on it.
+	Layer   string    `json:"layer,omitempty"`
+	Created time.Time `json:"created"`
 }

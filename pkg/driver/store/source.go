@@ -46,31 +46,27 @@ func (s *Store) sourceSize(ctx context.Context, spec VolumeSpec) (int64, error) 
 	return 0, errorf(ErrInvalid, "unknown source kind %q", spec.Source.Kind)
 }
 
-// sourceChain resolves what a new volume stands on, once sourceSize has
-// accepted the source: the chain its top will name and, for a restore
-// from an internal snapshot, that snapshot (its data is copied into the
-// top). A clone freezes its source here. The caller holds the source's
-// lock.
-func (s *Store) sourceChain(spec VolumeSpec) (Chain, *snapshotRecord, error) {
+// sourceChain resolves the chain a new volume's top will name, once
+// sourceSize has accepted the source. A clone freezes its source here;
+// the first restore from an internal snapshot makes the snapshot's layer
+// (materialize). The caller holds the source's lock.
+func (s *Store) sourceChain(ctx context.Context, spec VolumeSpec) (Chain, error) {
 	switch {
 	case spec.Image != nil:
-		return Chain{Image: spec.Image.SHA256}, nil, nil
+		return Chain{Image: spec.Image.SHA256}, nil
 	case spec.Source == nil:
-		return Chain{}, nil, nil
+		return Chain{}, nil
 	case spec.Source.Kind == SourceSnapshot:
 		sn, err := s.readySnapshot(spec.Source.ID)
 		if err != nil {
-			return Chain{}, nil, err
+			return Chain{}, err
 		}
 		if sn.Type == TypeInternal {
-			c := sn.Chain.clone()
-			c.Layers = c.Layers[:len(c.Layers)-1]
-			return c, sn, nil
+			return s.materialize(ctx, sn)
 		}
-		return sn.Chain.clone(), nil, nil
+		return sn.Chain.clone(), nil
 	}
-	chain, err := s.freezeTop(spec.Source.ID)
-	return chain, nil, err
+	return s.freezeTop(spec.Source.ID)
 }
 
 // importImage makes sure the golden image is in the store and returns

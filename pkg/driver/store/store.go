@@ -49,6 +49,7 @@ type Store struct {
 	held      map[string]*heldVolume
 	faults    map[string]Condition // volume ID -> why it is unhealthy
 	imageSize map[string]int64     // golden image sha256 -> virtual size
+	making    map[string]bool      // layers being made that no record names yet
 }
 
 // Open opens (making it if needed) the store at cfg.Root, finishes or
@@ -77,6 +78,7 @@ func Open(cfg Config) (*Store, error) {
 		held:      map[string]*heldVolume{},
 		faults:    map[string]Condition{},
 		imageSize: map[string]int64{},
+		making:    map[string]bool{},
 	}
 	if err := s.lay.make(); err != nil {
 		return nil, err

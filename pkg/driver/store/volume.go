@@ -57,7 +57,8 @@ func (r *volumeRecord) public() Volume {
 // the same spec made it before. A volume from an image, a snapshot or a
 // volume is a new empty top over the source's chain (a clone freezes the
 // source's top first, live if it is served); only a restore from an
-// internal snapshot copies, and then only the data the snapshot holds.
+// internal snapshot copies, the first time, the data the snapshot holds
+// (materialize).
 func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error) {
 	if !s.Ready() {
 		return Volume{}, ErrNotReady
@@ -95,7 +96,7 @@ func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, erro
 	if err != nil {
 		return Volume{}, err
 	}
-	chain, internal, err := s.sourceChain(spec)
+	chain, err := s.sourceChain(ctx, spec)
 	if spec.Source != nil && spec.Source.Kind == SourceVolume {
 		// A merge must not be missed whatever happens after the freeze;
 		// it outlives the RPC's deadline (capDepth).
@@ -117,7 +118,7 @@ func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, erro
 	s.mu.Lock()
 	s.volumes[id] = r
 	s.mu.Unlock()
-	if err := s.makeTop(ctx, r, internal); err != nil {
+	if err := s.makeTop(r); err != nil {
 		return Volume{}, errors.Join(err, s.abandonVolume(id))
 	}
 	if err := s.updateVolume(id, func(r *volumeRecord) { r.State = stateReady }); err != nil {
@@ -210,27 +211,24 @@ func (s *Store) abandonVolume(id string) error {
 	return s.collect()
 }
 
-// makeTop creates r's top: an empty overlay over r's chain, or, for a
-// restore from an internal snapshot, the data that snapshot holds over
-// the chain below it.
-func (s *Store) makeTop(ctx context.Context, r *volumeRecord, internal *snapshotRecord) error {
-	path := s.lay.layerPath(r.Top)
-	opts := qcow2.CreateOptions{Size: r.Capacity, LazyRefcounts: false}
-	if n := r.Chain.depth(); n > 0 {
-		opts.BackingFile = s.nameOf(r.Chain, n-1)
-		opts.BackingFormat = "qcow2"
-		opts.Backing = s.policy(r.Chain)
-	}
-	if err := qcow2.Create(path, opts); err != nil {
+// makeTop creates r's top: an empty overlay over r's chain.
+func (s *Store) makeTop(r *volumeRecord) error {
+	if err := s.createLayer(r.Top, r.Chain, r.Capacity); err != nil {
 		return fmt.Errorf("creating the top of volume %s: %w", r.ID, err)
 	}
 	step("top created")
-	if internal != nil {
-		if err := s.copyInternal(ctx, internal, r); err != nil {
-			return err
-		}
-	}
 	return syncDir(s.lay.dir(layersDir))
+}
+
+// createLayer makes layer id, empty, of size bytes, over chain c.
+func (s *Store) createLayer(id string, c Chain, size int64) error {
+	opts := qcow2.CreateOptions{Size: size}
+	if n := c.depth(); n > 0 {
+		opts.BackingFile = s.nameOf(c, n-1)
+		opts.BackingFormat = "qcow2"
+		opts.Backing = s.policy(c)
+	}
+	return qcow2.Create(s.lay.layerPath(id), opts)
 }
 
 // DeleteVolume removes volume id. Its layer files go once nothing reads
