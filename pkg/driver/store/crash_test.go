@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -100,10 +101,12 @@ func TestKillDuringOperations(t *testing.T) {
 	}
 	t.Logf("seed %d (CSI_QCOW2_STORE_SEED repeats the run)", seed)
 	rng = rand.New(rand.NewPCG(seed, 7))
-	// The crash points of the last clean run, as (step, nth time), and
-	// the ones left to kill at, each once before any twice, shuffled: a
-	// point a run does not reach kills nothing and comes round again.
-	var points, order []killPoint
+	// How often the last clean run passed each step, and the steps left
+	// to kill at in this round, shuffled: every kind of step gets its
+	// share of the kills however rare it is, at a random one of its
+	// passes. A pass a run does not reach kills nothing.
+	var points []killPoint
+	var order []string
 	spanUS := int64(0)
 	steps := map[string]int{} // kills by the step they hit
 	killed, run := 0, 0
@@ -115,11 +118,16 @@ func TestKillDuringOperations(t *testing.T) {
 		case rng.IntN(8) == 0:
 			p.DelayUS = 1 + rng.Int64N(spanUS)
 		default:
+			passes := map[string]int{}
+			for _, pt := range points {
+				passes[pt.step] = max(passes[pt.step], pt.nth)
+			}
 			if len(order) == 0 {
-				order = slices.Clone(points)
+				order = slices.Sorted(maps.Keys(passes))
 				rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 			}
-			p.KillStep, p.KillNth, order = order[0].step, order[0].nth, order[1:]
+			p.KillStep, order = order[0], order[1:]
+			p.KillNth = 1 + rng.IntN(max(1, passes[p.KillStep]))
 		}
 		start := time.Now()
 		out, err := runCrashChild(p)
@@ -156,7 +164,7 @@ func TestKillDuringOperations(t *testing.T) {
 	}
 	t.Logf("%d kills in %d runs (%d crash points a run); kills by step: %v", killed, run, len(points), steps)
 	for _, want := range []string{"record written", "record renamed", "record removed", "top created", "frozen",
-		"internal snapshot made", "restore copying", "collapse copying", "collapsed", "layer file collected"} {
+		"internal snapshot made", "layer created", "restore copying", "collapse copying", "collapsed", "layer file collected"} {
 		if steps[want] == 0 {
 			t.Errorf("no kill at %q: the workload or the choice of points misses it", want)
 		}
