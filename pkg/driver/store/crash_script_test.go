@@ -12,12 +12,12 @@ import (
 // and, for volumes, the write that gives them their content. Replaying a
 // call after a crash must complete it.
 type call struct {
-	Op   string // create, snapshot, clone, restore, write-snapshot, delete-volume, delete-snapshot
+	Op   string // create, snapshot, clone, restore, write-snapshot, expand, delete-volume, delete-snapshot
 	Name string
 	Src  string // a volume or snapshot name
 	Type string // snapshot type
 	Off  int64  // write-snapshot: where the write goes
-	Len  int64  // write-snapshot: how much it writes
+	Len  int64  // write-snapshot: how much it writes; expand: the new size
 }
 
 const (
@@ -82,7 +82,7 @@ func script(r int, s *Store) []call {
 	for k := range 3 {
 		calls = append(calls, call{Op: "write-snapshot", Name: fmt.Sprintf("sx%d-%s", k, vol), Src: vol, Type: TypeExternal, Off: int64(1+k) << 20, Len: 256 << 10})
 	}
-	return calls
+	return append(calls, call{Op: "expand", Name: vol, Len: 2 * crashVolSize})
 }
 
 // do runs c against s; err is nil when c is done.
@@ -109,6 +109,9 @@ func (c call) do(s *Store) error {
 			return err
 		}
 		_, err := s.CreateSnapshot(ctx, SnapshotSpec{Name: c.Name, Volume: s.VolumeID(c.Src), Type: c.Type})
+		return err
+	case "expand":
+		_, err := s.ExpandVolume(s.VolumeID(c.Name), c.Len)
 		return err
 	case "delete-volume":
 		return s.DeleteVolume(s.VolumeID(c.Name))

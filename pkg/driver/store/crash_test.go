@@ -164,7 +164,7 @@ func TestKillDuringOperations(t *testing.T) {
 	}
 	t.Logf("%d kills in %d runs (%d crash points a run); kills by step: %v", killed, run, len(points), steps)
 	for _, want := range []string{"record written", "record renamed", "record removed", "top created", "frozen",
-		"internal snapshot made", "layer created", "restore copying", "collapse copying", "collapsed", "layer file collected"} {
+		"internal snapshot made", "layer created", "restore copying", "collapse copying", "collapsed", "expanded", "layer file collected"} {
 		if steps[want] == 0 {
 			t.Errorf("no kill at %q: the workload or the choice of points misses it", want)
 		}
@@ -246,7 +246,10 @@ func checkStore(t *testing.T, s *Store, when string, content bool) {
 			t.Errorf("%s: volume %s is %s, pending %v", when, v.Name, v.State, v.Pending)
 			continue
 		}
-		got, err := s.readVolumeAt(v, patternLen)
+		got, size, err := s.readVolumeAt(v, patternLen)
+		if err == nil && size != v.Capacity {
+			t.Errorf("%s: volume %s records %d bytes, its top holds %d", when, v.Name, v.Capacity, size)
+		}
 		if err != nil {
 			t.Errorf("%s: volume %s: %v", when, v.Name, err)
 		} else if content && !bytes.Equal(got, pattern(rootOf(v.Name))) {
@@ -268,16 +271,16 @@ func checkStore(t *testing.T, s *Store, when string, content bool) {
 }
 
 // readVolumeAt reads the first n bytes of volume v, opened read-only with
-// its chain; s.mu held.
-func (s *Store) readVolumeAt(v *volumeRecord, n int) ([]byte, error) {
+// its chain, and its size; s.mu held.
+func (s *Store) readVolumeAt(v *volumeRecord, n int) ([]byte, int64, error) {
 	img, err := qcow2.Open(s.lay.layerPath(v.Top), qcow2.Options{ReadOnly: true, Backing: s.policy(v.Chain)})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer img.Close()
 	p := make([]byte, n)
 	_, err = img.ReadAt(p, 0)
-	return p, err
+	return p, img.Size(), err
 }
 
 func (s *Store) readSnapshotAt(sn *snapshotRecord, n int) ([]byte, error) {

@@ -26,6 +26,8 @@ func (s *Store) settlePending(id string) error {
 		return s.settleFreeze(v)
 	case opCollapse:
 		return s.settleCollapse(v)
+	case opExpand:
+		return s.settleExpand(v)
 	}
 	return fmt.Errorf("volume %s: unknown pending operation %q", id, v.Pending.Op)
 }
@@ -75,7 +77,8 @@ func (s *Store) moveInternalSnapshots(from, to string) error {
 func (s *Store) settleCollapse(v *volumeRecord) error {
 	keep := v.Pending.Keep
 	files := s.files(v.Chain)
-	backing, err := s.topBacking(v)
+	hdr, err := s.topHeader(v)
+	backing := hdr.BackingFile
 	if err != nil {
 		return fmt.Errorf("volume %s: settling a collapse: %w", v.ID, err)
 	}
@@ -114,18 +117,19 @@ func truncateChain(c Chain, keep int) Chain {
 	return out
 }
 
-// topBacking reads the backing file name stored in v's top.
-func (s *Store) topBacking(v *volumeRecord) (string, error) {
+// topHeader reads the header of v's top: through the served handle, or
+// the file alone (no backing chain, no lock in anyone's way).
+func (s *Store) topHeader(v *volumeRecord) (qcow2.Header, error) {
 	s.mu.Lock()
 	h := s.held[v.ID]
 	s.mu.Unlock()
 	if h != nil {
-		return h.live.Header().BackingFile, nil
+		return h.live.Header(), nil
 	}
 	img, err := qcow2.Open(s.lay.layerPath(v.Top), qcow2.Options{ReadOnly: true, NoBacking: true, ForceShare: true})
 	if err != nil {
-		return "", err
+		return qcow2.Header{}, err
 	}
 	defer img.Close()
-	return img.Header().BackingFile, nil
+	return img.Header(), nil
 }

@@ -57,6 +57,7 @@ type volumeRecord struct {
 const (
 	opFreeze   = "freeze"   // the top is being frozen into Layer
 	opCollapse = "collapse" // layers above Keep are being merged into the top
+	opExpand   = "expand"   // the top is being grown to Size
 )
 
 type pending struct {
@@ -65,6 +66,8 @@ type pending struct {
 	Layer string `json:"layer,omitempty"`
 	// Keep: opCollapse keeps this many layers of the chain.
 	Keep int `json:"keep,omitempty"`
+	// Size: opExpand's new size.
+	Size int64 `json:"size,omitempty"`
 }
 
 // Snapshot types.
