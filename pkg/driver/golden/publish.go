@@ -6,6 +6,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/csi-qcow2/csi-qcow2/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,16 +32,6 @@ func syncFile(path string) error {
 	return f.Sync()
 }
 
-// syncDir makes the entries of dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // publish moves the finished image tmp to final without replacing a file
 // already there, and makes the move durable. existed reports that final
 // was there already (another import of the same content won): tmp is then
@@ -62,7 +53,7 @@ func publish(tmp, final, dir string) (existed bool, err error) {
 	case err != nil:
 		return false, fmt.Errorf("publishing %s: %w", final, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return false, fmt.Errorf("publishing %s: %w", final, err)
 	}
 	return false, nil

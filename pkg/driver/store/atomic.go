@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/durable"
 )
 
 // writeRecord replaces the record at path with v, atomically and durably:
@@ -42,7 +44,7 @@ func writeRecord(path string, v any) error {
 		return fmt.Errorf("writing record %s: %w", filepath.Base(path), err)
 	}
 	step("record renamed")
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // readRecord decodes the record at path into v, refusing unknown fields:
@@ -66,7 +68,7 @@ func removeDurable(path string) error {
 		return err
 	}
 	step("record removed")
-	return syncDir(filepath.Dir(path))
+	return durable.SyncDir(filepath.Dir(path))
 }
 
 // emptyDir removes everything in dir (scratch left by a crash).
@@ -81,16 +83,4 @@ func emptyDir(dir string) error {
 		}
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/durable"
 )
 
 // referenced is every layer some record names: tops, chains, and the
@@ -62,7 +64,7 @@ func (s *Store) collect() error {
 		return nil
 	}
 	s.logf("collected %d unreferenced layer files", removed)
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // layerOfFile names the layer a file in layers/ belongs to: the layer

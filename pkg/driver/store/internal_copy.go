@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/csi-qcow2/csi-qcow2/internal/durable"
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
 
@@ -83,7 +84,7 @@ func (s *Store) copyInternal(ctx context.Context, sn *snapshotRecord, id string,
 	if err != nil {
 		return err
 	}
-	return syncDir(s.lay.dir(layersDir))
+	return durable.SyncDir(s.lay.dir(layersDir))
 }
 
 // readInternal runs fn on the image holding sn's internal snapshot: the

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/durable"
 )
 
 // The directories of a store root. Layer files are named by layer IDs the
@@ -51,5 +53,5 @@ func (l layout) make() error {
 			return fmt.Errorf("store directory: %w", err)
 		}
 	}
-	return syncDir(l.root)
+	return durable.SyncDir(l.root)
 }

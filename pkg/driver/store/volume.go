@@ -7,6 +7,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/csi-qcow2/csi-qcow2/internal/durable"
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
 
@@ -217,7 +218,7 @@ func (s *Store) makeTop(r *volumeRecord) error {
 		return fmt.Errorf("creating the top of volume %s: %w", r.ID, err)
 	}
 	step("top created")
-	return syncDir(s.lay.dir(layersDir))
+	return durable.SyncDir(s.lay.dir(layersDir))
 }
 
 // createLayer makes layer id, empty, of size bytes, over chain c.
