@@ -86,6 +86,7 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 	stop := func() {
 		srv.GracefulStop()
+		d.images.Shutdown()
 		if metricsSrv != nil {
 			metricsSrv.Close()
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2/convert"
@@ -70,6 +71,22 @@ func (im *Importer) openFormat(ctx context.Context, path, format string) (qcow2.
 // fetchedDisk is the fetched image as the copy reads it: its read and map
 // errors say that they are the image's (ErrInvalid) unless the host
 // failed.
+// boundedTarget is the conversion's target: it refuses writes past the
+// expansion bound of the bytes fetched.
+type boundedTarget struct {
+	qcow2.Disk
+	fetched int64
+	written atomic.Int64
+}
+
+func (t *boundedTarget) WriteAt(p []byte, off int64) (int, error) {
+	data := t.written.Add(int64(len(p)))
+	if in := max(t.fetched, 1); data > dataFloor && data/in >= maxDataRatio {
+		return 0, invalidf("the image expands %d bytes fetched into more than %d bytes of data (over %dx): clusters named by many L2 entries, an expansion bomb", in, data, maxDataRatio)
+	}
+	return t.Disk.WriteAt(p, off)
+}
+
 type fetchedDisk struct{ qcow2.Disk }
 
 func (d fetchedDisk) ReadAt(p []byte, off int64) (int, error) {
@@ -90,7 +107,7 @@ func (d fetchedDisk) Map(off, n int64) ([]qcow2.Extent, error) {
 
 // build writes src into a new standalone qcow2 image at out, closes it and
 // checks it clean. The copy's progress goes to rep.
-func build(ctx context.Context, src qcow2.Disk, out string, rep *reporter) error {
+func build(ctx context.Context, src qcow2.Disk, out string, fetched int64, rep *reporter) error {
 	size := (src.Size() + 511) / 512 * 512
 	if err := qcow2.Create(out, qcow2.CreateOptions{Size: size, ClusterSize: outputClusterSize, Compat: outputCompat}); err != nil {
 		return fmt.Errorf("creating %s: %w", out, err)
@@ -100,7 +117,10 @@ func build(ctx context.Context, src qcow2.Disk, out string, rep *reporter) error
 		return fmt.Errorf("opening %s: %w", out, err)
 	}
 	rep.phase(PhaseConvert, src.Size())
-	err = convert.Run(ctx, fetchedDisk{src}, dst, convert.Options{
+	// A qcow2 source expands like a compressed stream: many L2 entries
+	// may name one cluster. What the copy writes is bounded as a stream's
+	// data is (bombGuard), against the bytes fetched.
+	err = convert.Run(ctx, fetchedDisk{src}, &boundedTarget{Disk: dst, fetched: fetched}, convert.Options{
 		Progress: func(done, _ int64) { rep.update(done) },
 	})
 	if cerr := dst.Close(); err == nil && cerr != nil {

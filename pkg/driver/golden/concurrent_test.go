@@ -12,11 +12,11 @@ import (
 	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
-// waiters is how many callers wait for the import of sha.
-func (im *Importer) waiters(sha string) int {
+// waiters is how many callers wait for the import of src.
+func (im *Importer) waiters(src Source) int {
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	if f := im.flights[sha]; f != nil {
+	if f := im.flights[src.SHA256+"\x00"+src.URL]; f != nil {
 		return f.waiters
 	}
 	return 0
@@ -38,17 +38,15 @@ func importAsync(ctx context.Context, im *Importer, src Source) <-chan result {
 	return ch
 }
 
-// TestImportConcurrentOnce: concurrent imports of one image, by two
-// URLs, share one download; a caller that gives up does not stop it for
-// the others.
+// TestImportConcurrentOnce: concurrent imports of one image from one URL
+// share one download; a caller that gives up does not stop it for the
+// others.
 func TestImportConcurrentOnce(t *testing.T) {
 	srv := newServer(t)
 	im := newImporter(t)
 	var started atomic.Int64
 	im.Metrics.Started = func() { started.Add(1) }
-	img := rawImage(4<<20, 7)
-	src := srv.put("/a.img", img)
-	other := srv.put("/b.img", img)
+	src := srv.put("/a.img", rawImage(4<<20, 7))
 	release := srv.holdHalf("/a.img")
 	defer release()
 
@@ -57,15 +55,11 @@ func TestImportConcurrentOnce(t *testing.T) {
 	chans = append(chans, importAsync(context.Background(), im, src))
 	testtools.Within(t, "the first half of the download", srv.sentHalf)
 	for i := 1; i < n-1; i++ {
-		s := src
-		if i%2 == 0 {
-			s = other
-		}
-		chans = append(chans, importAsync(context.Background(), im, s))
+		chans = append(chans, importAsync(context.Background(), im, src))
 	}
 	quitter, quit := context.WithCancel(context.Background())
 	gaveUp := importAsync(quitter, im, src)
-	testtools.WaitFor(t, "every caller waiting for the import", func() bool { return im.waiters(src.SHA256) == n })
+	testtools.WaitFor(t, "every caller waiting for the import", func() bool { return im.waiters(src) == n })
 	quit()
 	if r := testtools.Within(t, "the caller that gave up", gaveUp); !errors.Is(r.err, context.Canceled) {
 		t.Errorf("the caller that gave up: %v", r.err)
@@ -77,23 +71,51 @@ func TestImportConcurrentOnce(t *testing.T) {
 			t.Errorf("caller %d: %s, %v", i, r.path, r.err)
 		}
 	}
-	if a, b := srv.count("/a.img"), srv.count("/b.img"); a != 1 || b != 0 {
-		t.Errorf("%d and %d requests, want one in all", a, b)
+	if a := srv.count("/a.img"); a != 1 {
+		t.Errorf("%d requests, want one", a)
 	}
 	if started.Load() != 1 {
 		t.Errorf("%d imports started", started.Load())
 	}
 }
 
-// TestImportCancelled: an import whose every caller gives up, while it
-// downloads or at any later step, stops and leaves nothing behind; a
-// later import starts afresh.
-func TestImportCancelled(t *testing.T) {
+// TestImportOtherURLRunsApart: an import of the same image from another
+// URL does not wait for (nor share the failure of) a stalled or broken
+// mirror: it lands on its own, and the slow one then finds it there.
+func TestImportOtherURLRunsApart(t *testing.T) {
+	srv := newServer(t)
+	im := newImporter(t)
+	img := rawImage(4<<20, 3)
+	slow := srv.put("/slow.img", img)
+	good := srv.put("/good.img", img)
+	release := srv.holdHalf("/slow.img")
+	defer release()
+	slowDone := importAsync(context.Background(), im, slow)
+	testtools.Within(t, "the first half of the slow download", srv.sentHalf)
+	if _, _, err := im.Import(context.Background(), good); err != nil {
+		t.Fatalf("the other URL: %v", err)
+	}
+	release()
+	if r := testtools.Within(t, "the slow import", slowDone); r.err != nil || r.path != im.Path(slow.SHA256) {
+		t.Errorf("the slow import: %s, %v", r.path, r.err)
+	}
+	stale := srv.put("/stale.img", rawImage(4<<20, 4))
+	stale.SHA256 = slow.SHA256 // a mirror whose bytes are not the image
+	if _, _, err := newImporter(t).Import(context.Background(), stale); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a stale mirror: %v, want ErrInvalid", err)
+	}
+}
+
+// TestImportOutlivesItsCallers: a caller that gives up (a CO's deadline)
+// gets its context's error at once while the import goes on; a retry
+// finds it done, without a second download. Shutdown, at any step, stops
+// an import and leaves nothing behind.
+func TestImportOutlivesItsCallers(t *testing.T) {
 	srv := newServer(t)
 	img := rawImage(4<<20, 8)
 	src := srv.put("/a.img", img)
 
-	t.Run("download", func(t *testing.T) {
+	t.Run("caller gives up", func(t *testing.T) {
 		im := newImporter(t)
 		release := srv.holdHalf("/a.img")
 		defer release()
@@ -101,33 +123,43 @@ func TestImportCancelled(t *testing.T) {
 		ch := importAsync(ctx, im, src)
 		testtools.Within(t, "the first half of the download", srv.sentHalf)
 		cancel()
-		if r := testtools.Within(t, "the cancelled import", ch); !errors.Is(r.err, context.Canceled) {
+		if r := testtools.Within(t, "the caller that gave up", ch); !errors.Is(r.err, context.Canceled) {
 			t.Errorf("Import: %v", r.err)
 		}
-		assertNothingLeft(t, im, src.SHA256)
+		before := srv.count("/a.img")
+		retry := importAsync(context.Background(), im, src)
+		release()
+		if r := testtools.Within(t, "the retry", retry); r.err != nil {
+			t.Errorf("the retry: %v", r.err)
+		}
+		if n := srv.count("/a.img") - before; n != 0 {
+			t.Errorf("the retry downloaded again (%d requests)", n)
+		}
+		im.Shutdown()
 	})
 	srv.mu.Lock()
 	delete(srv.hold, "/a.img")
 	srv.mu.Unlock()
 	for _, step := range []string{"fetched", "built", "synced"} {
-		t.Run(step, func(t *testing.T) {
+		t.Run("shutdown at "+step, func(t *testing.T) {
 			im := newImporter(t)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
 			im.hook = func(ictx context.Context, s string) {
 				if s == step {
-					cancel()
-					// The import goes on until its caller's cancel
-					// reaches it.
-					testtools.Within(t, "the cancel to reach the import", ictx.Done())
+					go im.Shutdown()
+					testtools.Within(t, "the shutdown to reach the import", ictx.Done())
 				}
 			}
-			if _, _, err := im.Import(ctx, src); !errors.Is(err, context.Canceled) {
+			if _, _, err := im.Import(context.Background(), src); !errors.Is(err, context.Canceled) {
 				t.Errorf("Import: %v", err)
 			}
+			im.Shutdown()
 			assertNothingLeft(t, im, src.SHA256)
-			im.hook = nil
-			if _, _, err := im.Import(context.Background(), src); err != nil {
+			if _, _, err := im.Import(context.Background(), src); !errors.Is(err, errShutdown) {
+				t.Errorf("an import after Shutdown: %v", err)
+			}
+			fresh := newImporter(t)
+			fresh.Dir, fresh.TmpDir = im.Dir, im.TmpDir
+			if _, _, err := fresh.Import(context.Background(), src); err != nil {
 				t.Errorf("the import after: %v", err)
 			}
 		})

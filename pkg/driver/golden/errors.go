@@ -17,6 +17,9 @@ import (
 // bounds of the engine); too big; a decompression bomb. Retrying the same
 // request cannot succeed. Other errors (network, disk, cancellation) are
 // transient.
+// errShutdown: the Importer was shut down.
+var errShutdown = errors.New("golden: the importer is shut down")
+
 var ErrInvalid = errors.New("invalid golden image")
 
 // errTooBig is ErrInvalid for a source past MaxDownloadBytes: what

@@ -24,7 +24,7 @@ const (
 // defaultClient is the client of an Importer without one: the default
 // transport's proxy and HTTP/2 settings with bounded dial, handshake and
 // header waits.
-var defaultClient = &http.Client{Transport: &http.Transport{
+var defaultClient = &http.Client{CheckRedirect: checkRedirect, Transport: &http.Transport{
 	Proxy:                 http.ProxyFromEnvironment,
 	DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
 	ForceAttemptHTTP2:     true,
@@ -34,6 +34,30 @@ var defaultClient = &http.Client{Transport: &http.Transport{
 	IdleConnTimeout:       90 * time.Second,
 	MaxIdleConns:          16,
 }}
+
+// maxRedirects bounds a chain of redirects.
+const maxRedirects = 10
+
+// errRedirect marks a redirect the importer does not follow: to another
+// scheme than http or https, from https down to http, or past
+// maxRedirects. The URL is the request's mistake (ErrInvalid), not a
+// failure a retry could mend.
+var errRedirect = errors.New("redirect refused")
+
+// checkRedirect follows http and https redirects, but never from https
+// to http (the checksum guards the bytes, not who learns what is
+// fetched) nor to any other scheme.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	switch {
+	case len(via) >= maxRedirects:
+		return fmt.Errorf("%w: more than %d redirects", errRedirect, maxRedirects)
+	case req.URL.Scheme != "http" && req.URL.Scheme != "https":
+		return fmt.Errorf("%w: to a %s: URL", errRedirect, req.URL.Scheme)
+	case via[len(via)-1].URL.Scheme == "https" && req.URL.Scheme == "http":
+		return fmt.Errorf("%w: from https down to http", errRedirect)
+	}
+	return nil
+}
 
 // errStalled is why a download was given up on: no byte for stallTimeout.
 var errStalled = errors.New("the server sent nothing")
@@ -55,10 +79,19 @@ func (im *Importer) openHTTP(ctx context.Context, l location) (io.ReadCloser, in
 	req.Header.Set("Accept-Encoding", "identity")
 	req.Header.Set("User-Agent", "csi-qcow2-golden-import")
 	client := im.Client
-	if client == nil {
+	switch {
+	case client == nil:
 		client = defaultClient
+	case client.CheckRedirect == nil:
+		c := *client
+		c.CheckRedirect = checkRedirect
+		client = &c
 	}
 	resp, err := client.Do(req)
+	if errors.Is(err, errRedirect) {
+		b.Close()
+		return nil, 0, invalidf("GET %s: %v", l.redacted(), err)
+	}
 	if err != nil {
 		b.Close()
 		return nil, 0, b.readErr(fmt.Errorf("GET %s: %w", l.redacted(), err))

@@ -55,10 +55,17 @@ type Importer struct {
 	Progress func(Progress)
 	// Metrics, if set, counts imports.
 	Metrics Metrics
+	// MaxImportTime bounds one import (0: DefaultMaxImportTime). An
+	// import outlives the callers that wait for it (flight.go).
+	MaxImportTime time.Duration
 
 	mu      sync.Mutex
-	flights map[string]*flight // imports running, by sha256
+	flights map[string]*flight // imports running, by sha256 and URL
 	active  map[string]bool    // scratch files in use (Collect spares them)
+	base    context.Context    // what imports run under (flight.go)
+	stop    context.CancelFunc // cancels base: Shutdown
+	closed  bool               // Shutdown was called
+	running sync.WaitGroup     // imports not yet cleaned up
 
 	// Test seams: hook is called as an import reaches each step, with
 	// the import's context; now and stall replace time.Now and

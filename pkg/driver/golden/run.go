@@ -49,7 +49,7 @@ func (im *Importer) run(ctx context.Context, src Source, loc location) (path str
 	info.SourceFormat, info.VirtualSize = format, disk.Size()
 	out := im.tmpName(src.SHA256, outputSuffix)
 	defer im.removeTmp(out) // after a publish, there is nothing left to remove
-	err = build(ctx, disk, out, rep)
+	err = build(ctx, disk, out, fetched.n, rep)
 	disk.Close()
 	if err != nil {
 		return "", info, err

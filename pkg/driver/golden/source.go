@@ -38,7 +38,15 @@ type location struct {
 }
 
 // redacted is the URL for messages and logs: without a password.
-func (l location) redacted() string { return l.url.Redacted() }
+func (l location) redacted() string {
+	// A query may carry a signature (an S3 presigned URL, say): logs and
+	// the CO's events must not.
+	u := *l.url
+	if u.RawQuery != "" {
+		u.RawQuery = "..."
+	}
+	return u.Redacted()
+}
 
 // parseSource checks src and where its URL points, without touching the
 // network or the file system.

@@ -18,7 +18,7 @@ const compressBatchBytes = 32 << 20
 // commits. Ranges the source maps as zero are not read.
 func copyCompressed(in Source, out *qcow2.Image, exts []qcow2.Extent, cx copyCtx) error {
 	cs := out.ClusterSize()
-	spans := chunkSpans(exts, in.Size(), clusterChunk(cs))
+	spans := chunkSpans(exts, cx.lo, cx.hi, clusterChunk(cs))
 	var (
 		mu      sync.Mutex // pending is shared by out-of-order commits
 		pending *qcow2.CompressedBatch

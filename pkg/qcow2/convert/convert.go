@@ -86,6 +86,38 @@ func (o Options) normalize() (Options, error) {
 }
 
 // mode is which copy loop Run uses.
+// mapWindow is how much of the source one Map call covers: at one extent
+// per 64 KiB cluster, about 3 MiB of extents. A multiple of every copy
+// chunk. (A variable for tests, which copy in several windows.)
+var mapWindow int64 = 4 << 30
+
+// copyWindow copies [off, off+n) of src as mode m says.
+func copyWindow(src Source, dst qcow2.Disk, m mode, o Options, cx copyCtx, off, n int64) error {
+	if err := cx.pl.ctx.Err(); err != nil {
+		return err
+	}
+	exts, err := src.Map(off, n)
+	if err != nil {
+		return fmt.Errorf("error while mapping the source: %w", err)
+	}
+	cx.lo, cx.hi = off, off+n
+	cx.ra = newReadAhead(exts)
+	defer cx.ra.close()
+	switch m {
+	case modeCompressed:
+		return copyCompressed(src, dst.(*qcow2.Image), exts, cx)
+	case modeExisting:
+		return copyAll(src, dst, exts, cx)
+	case modeDiff:
+		return copyDiff(src, dst.(*qcow2.Image), exts, cx)
+	}
+	sparse := o.SparseSize
+	if o.WriteAll {
+		sparse = 0
+	}
+	return copyExtents(src, dst, exts, sparse, cx)
+}
+
 type mode int
 
 const (
@@ -141,32 +173,18 @@ func Run(ctx context.Context, src Source, dst qcow2.Disk, opts Options) error {
 		return err
 	}
 	size := src.Size()
-	exts, err := src.Map(0, size)
-	if err != nil {
-		return fmt.Errorf("error while mapping the source: %w", err)
-	}
 	cx := copyCtx{
 		pl:   pipeline{ctx: ctx, workers: o.Workers, outOfOrder: o.OutOfOrder},
 		prog: newProgress(o.Progress, size),
-		ra:   newReadAhead(exts),
 	}
-	defer cx.ra.close()
 	if m != modeCompressed { // compressed writes sync each batch themselves
 		cx.wb = newWriteBehind(dst.Info().Filename)
 	}
-	switch m {
-	case modeCompressed:
-		err = copyCompressed(src, dst.(*qcow2.Image), exts, cx)
-	case modeExisting:
-		err = copyAll(src, dst, exts, cx)
-	case modeDiff:
-		err = copyDiff(src, dst.(*qcow2.Image), exts, cx)
-	default:
-		sparse := o.SparseSize
-		if o.WriteAll {
-			sparse = 0
-		}
-		err = copyExtents(src, dst, exts, sparse, cx)
+	// The source is mapped a window at a time: a hostile image can make
+	// its map one extent per cluster (a tiny file of a huge size), and
+	// the whole map of a large disk would not fit in memory.
+	for off := int64(0); off < size && err == nil; off += mapWindow {
+		err = copyWindow(src, dst, m, o, cx, off, min(mapWindow, size-off))
 	}
 	cx.wb.close()
 	if err != nil {

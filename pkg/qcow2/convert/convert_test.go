@@ -83,6 +83,13 @@ func (p *lastProgress) report(done, total int64) {
 // TestRunModes: every kind of copy reads back byte for byte as the
 // source, and its progress ends at total.
 func TestRunModes(t *testing.T) {
+	t.Run("one-window", testRunModes)
+	// The same copies, the source mapped 2 MiB at a time.
+	defer convert.SetMapWindow(2 << 20)()
+	t.Run("windows", testRunModes)
+}
+
+func testRunModes(t *testing.T) {
 	dir := t.TempDir()
 	src, want := sourceImage(t, dir)
 	backing := newImage(t, filepath.Join(dir, "backing.qcow2"), qcow2.CreateOptions{Size: testSize})

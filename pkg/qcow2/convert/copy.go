@@ -15,6 +15,8 @@ type copyCtx struct {
 	prog *progress
 	ra   *readAhead
 	wb   *writeBehind
+	// lo, hi: the window of the source being copied (mapWindow).
+	lo, hi int64
 }
 
 // copyExtents copies every extent that may hold data from in to out on

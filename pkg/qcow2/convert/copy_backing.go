@@ -13,7 +13,7 @@ import (
 // reads the same as the source whatever its backing file holds.
 func copyDiff(in Source, out *qcow2.Image, exts []qcow2.Extent, cx copyCtx) error {
 	cs := out.ClusterSize()
-	spans := chunkSpans(exts, in.Size(), clusterChunk(cs))
+	spans := chunkSpans(exts, cx.lo, cx.hi, clusterChunk(cs))
 	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
 		cx.ra.prepared(spans, i)
 		s := spans[i]

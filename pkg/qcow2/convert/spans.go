@@ -35,14 +35,14 @@ func extentSpans(exts []qcow2.Extent, chunk int64, keepZero bool) (out []span, s
 	return out, skipped
 }
 
-// chunkSpans cuts [0, size) into chunk-aligned requests (chunk is a
-// multiple of the cluster size, so clusters stay whole); a span is zero
-// when only zero extents cover it.
-func chunkSpans(exts []qcow2.Extent, size, chunk int64) []span {
+// chunkSpans cuts [start, end) into chunk-aligned requests (chunk is a
+// multiple of the cluster size, so clusters stay whole; start is a
+// multiple of chunk); a span is zero when only zero extents cover it.
+func chunkSpans(exts []qcow2.Extent, start, end, chunk int64) []span {
 	var out []span
 	ei := 0
-	for off := int64(0); off < size; off += chunk {
-		n := min(chunk, size-off)
+	for off := start; off < end; off += chunk {
+		n := min(chunk, end-off)
 		for ei < len(exts) && exts[ei].Start+exts[ei].Length <= off {
 			ei++
 		}
