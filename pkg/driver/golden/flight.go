@@ -14,8 +14,8 @@ type flight struct {
 	done    chan struct{} // closed when the import has ended and cleaned up
 	waiters int           // callers waiting now (im.mu)
 	path    string
-	info Info
-	err  error
+	info    Info
+	err     error
 }
 
 // join waits for the import of src, starting it unless one of the same
