@@ -1,0 +1,72 @@
+package fuseloop
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
+)
+
+// Detach leaves no mount and no loop binding: while the device is open
+// elsewhere it refuses (ErrBusy) and keeps serving, and once let go a
+// second Detach takes everything down, also after backend errors.
+func TestDetachLeavesNothing(t *testing.T) {
+	testtools.NeedRoot(t)
+	b := newBackend(t, 8<<20)
+	a, err := Attach(b, Options{Dir: filepath.Join(t.TempDir(), "mnt"), Name: "disk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !mounted(t, a.dir) || !loopBoundTo(a.Device(), a.File()) {
+		t.Fatalf("Attach left no mount or no loop binding")
+	}
+	holder, err := os.OpenFile(a.Device(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A failing write before detaching: the error path must not leave
+	// anything behind either.
+	b.failWrites(syscall.EIO)
+	if _, err := holder.WriteAt(make([]byte, 4096), 0); err == nil {
+		if err := holder.Sync(); err == nil {
+			t.Errorf("write to a failing backend succeeded")
+		}
+	}
+	if err := a.Detach(); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Detach with the device open = %v, want ErrBusy", err)
+	}
+	if !mounted(t, a.dir) {
+		t.Fatalf("a refused Detach unmounted the file system under a user")
+	}
+	holder.Close()
+	if err := a.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, a)
+	if err := a.Detach(); err != nil {
+		t.Fatalf("Detach after Detach: %v", err)
+	}
+}
+
+// Attach fails cleanly (nothing left) when the options are wrong.
+func TestAttachRefusesBadOptions(t *testing.T) {
+	testtools.NeedRoot(t)
+	b := newBackend(t, 8<<20+512)
+	dir := filepath.Join(t.TempDir(), "mnt")
+	for _, o := range []Options{
+		{Dir: dir, Name: "disk", BlockSize: 4096}, // size not a multiple
+		{Dir: dir, Name: "disk", BlockSize: 1024},
+		{Dir: dir, Name: "a/b"},
+	} {
+		if a, err := Attach(b, o); err == nil {
+			a.Detach()
+			t.Errorf("Attach(%+v) succeeded", o)
+		}
+		if mounted(t, dir) {
+			t.Fatalf("a failed Attach left %s mounted", dir)
+		}
+	}
+}
