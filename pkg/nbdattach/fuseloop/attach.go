@@ -23,6 +23,8 @@ type Options struct {
 	// BlockSize is the loop device's logical block size: 512 or 4096
 	// (0 means 512). The backend's size must be a multiple of it.
 	BlockSize int
+	// Logf receives warnings; nil discards them.
+	Logf func(format string, args ...any)
 }
 
 // Attachment is one backend exported as a loop device. Its methods may be
@@ -61,13 +63,18 @@ func Attach(b nbdattach.Backend, opts Options) (*Attachment, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	// This process now serves a block device: reclaim must not make it
+	// wait for writeback to that device, which only it can complete.
+	if err := nbdattach.SetIOFlusher(); err != nil && opts.Logf != nil {
+		opts.Logf("warning: %v", err)
+	}
 	srv, _, err := mount(b, dir, opts.Name)
 	if err != nil {
 		return nil, err
 	}
 	a := &Attachment{b: b, dir: dir, path: filepath.Join(dir, opts.Name),
 		blockSize: opts.BlockSize, srv: srv}
-	a.dev, a.loop, err = bindLoop(a.path, opts.BlockSize)
+	a.dev, a.loop, err = bindLoop(a.path, opts.BlockSize, b.Caps().ReadOnly)
 	if err != nil {
 		return nil, errors.Join(err, a.Detach())
 	}

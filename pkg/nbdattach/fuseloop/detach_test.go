@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
+	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
+	"golang.org/x/sys/unix"
 )
 
 // Detach leaves no mount and no loop binding: while the device is open
@@ -68,5 +70,46 @@ func TestAttachRefusesBadOptions(t *testing.T) {
 		if mounted(t, dir) {
 			t.Fatalf("a failed Attach left %s mounted", dir)
 		}
+	}
+}
+
+// A read-only backend gives a read-only device: writes fail, reads work.
+func TestReadOnlyBackend(t *testing.T) {
+	testtools.NeedRoot(t)
+	rw := newBackend(t, 8<<20)
+	fb, err := nbdattach.OpenFileBackend(rw.path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	a, err := Attach(fb, Options{Dir: filepath.Join(t.TempDir(), "mnt"), Name: "disk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := a.Detach(); err != nil {
+			t.Error(err)
+		}
+		assertGone(t, a)
+	}()
+	if ro, _ := os.ReadFile("/sys/block/" + filepath.Base(a.Device()) + "/ro"); string(ro) != "1\n" {
+		t.Errorf("%s ro = %q, want 1", a.Device(), ro)
+	}
+	// The kernel may refuse the open or the write; either way nothing
+	// is written.
+	if f, err := os.OpenFile(a.Device(), os.O_RDWR|unix.O_DIRECT, 0); err == nil {
+		_, err := f.WriteAt(alignedBuf(4096), 0)
+		f.Close()
+		if err == nil {
+			t.Errorf("a write to a read-only device succeeded")
+		}
+	}
+	f, err := os.Open(a.Device())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -36,6 +36,9 @@ var (
 // parallel direct writes, which the kernel otherwise serializes on the
 // inode lock.
 func (f *file) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY && f.b.Caps().ReadOnly {
+		return nil, 0, syscall.EROFS
+	}
 	return nil, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
 }
 
@@ -46,6 +49,9 @@ func (f *file) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 
 func (f *file) fill(a *fuse.Attr) {
 	a.Mode = syscall.S_IFREG | 0o600
+	if f.b.Caps().ReadOnly {
+		a.Mode = syscall.S_IFREG | 0o400
+	}
 	a.Nlink = 1
 	a.Size = uint64(f.b.Size())
 	a.Blocks = (a.Size + 511) / 512
@@ -119,6 +125,9 @@ func (f *file) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 // Trim). Allocating modes are refused: the backend thin-provisions, and
 // claiming space was reserved when it was not would be a lie.
 func (f *file) Allocate(ctx context.Context, fh fs.FileHandle, off, n uint64, mode uint32) syscall.Errno {
+	if !f.b.Caps().WriteZeroes {
+		return syscall.EOPNOTSUPP
+	}
 	size := uint64(f.b.Size())
 	if off > size || n > size-off {
 		return syscall.EINVAL

@@ -11,14 +11,18 @@ import (
 )
 
 // bindLoop binds a free loop device to the file at path with direct I/O
-// and the given logical block size, and returns the device's path and an
+// and the given logical block size, read-only if asked, and returns the device's path and an
 // open descriptor of it. The binding has LO_FLAGS_AUTOCLEAR: it goes away
 // when the device's last opener lets go, so holding the descriptor keeps
 // it, and closing it after LOOP_CLR_FD frees it even if a user of the
 // device still had it open at that moment (the kernel then clears it on
 // that user's close).
-func bindLoop(path string, blockSize int) (string, *os.File, error) {
-	backing, err := os.OpenFile(path, os.O_RDWR, 0)
+func bindLoop(path string, blockSize int, readOnly bool) (string, *os.File, error) {
+	mode, flags := os.O_RDWR, uint32(unix.LO_FLAGS_AUTOCLEAR|unix.LO_FLAGS_DIRECT_IO)
+	if readOnly {
+		mode, flags = os.O_RDONLY, flags|unix.LO_FLAGS_READ_ONLY
+	}
+	backing, err := os.OpenFile(path, mode, 0)
 	if err != nil {
 		return "", nil, err
 	}
@@ -41,7 +45,7 @@ func bindLoop(path string, blockSize int) (string, *os.File, error) {
 			return "", nil, err
 		}
 		cfg := unix.LoopConfig{Fd: uint32(backing.Fd()), Size: uint32(blockSize)}
-		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR | unix.LO_FLAGS_DIRECT_IO
+		cfg.Info.Flags = flags
 		copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], path)
 		err = unix.IoctlLoopConfigure(int(f.Fd()), &cfg)
 		if err == nil {
