@@ -33,6 +33,7 @@ var debianPackage = map[string]string{
 	"blockdev":           "util-linux",
 	"mount":              "mount",
 	"umount":             "mount",
+	"losetup":            "mount",
 	"dd":                 "coreutils",
 	"sync":               "coreutils",
 }
