@@ -10,6 +10,7 @@ import (
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // Options say where and how a backend is exported.
@@ -63,6 +64,11 @@ func Attach(b nbdattach.Backend, opts Options) (*Attachment, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	// A second mount on top of a live one would hide it, and its
+	// Detach would then take down the wrong one.
+	if mountPoint(dir) {
+		return nil, fmt.Errorf("fuseloop: %s is already a mount point", dir)
+	}
 	// This process now serves a block device: reclaim must not make it
 	// wait for writeback to that device, which only it can complete.
 	if err := nbdattach.SetIOFlusher(); err != nil && opts.Logf != nil {
@@ -79,6 +85,16 @@ func Attach(b nbdattach.Backend, opts Options) (*Attachment, error) {
 		return nil, errors.Join(err, a.Detach())
 	}
 	return a, nil
+}
+
+// mountPoint reports whether dir is the root of a mount other than its
+// parent's (a bind mount of the same file system goes unnoticed).
+func mountPoint(dir string) bool {
+	var d, p unix.Stat_t
+	if unix.Stat(dir, &d) != nil || unix.Stat(filepath.Dir(dir), &p) != nil {
+		return false
+	}
+	return d.Dev != p.Dev
 }
 
 func checkSize(size int64, blockSize int) error {

@@ -71,6 +71,17 @@ func TestAttachRefusesBadOptions(t *testing.T) {
 			t.Fatalf("a failed Attach left %s mounted", dir)
 		}
 	}
+	// A directory in use by another attachment is refused, and the
+	// refusal leaves that attachment working.
+	ok := newBackend(t, 8<<20)
+	a := attach(t, ok, 512)
+	if a2, err := Attach(ok, Options{Dir: a.dir, Name: "other"}); err == nil {
+		a2.Detach()
+		t.Errorf("Attach on a mounted directory succeeded")
+	}
+	if _, err := os.Stat(a.File()); err != nil {
+		t.Errorf("the first attachment's file after the refused Attach: %v", err)
+	}
 }
 
 // A read-only backend gives a read-only device: writes fail, reads work.
