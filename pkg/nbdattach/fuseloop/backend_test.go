@@ -16,7 +16,7 @@ type countingBackend struct {
 	path                     string
 	flushes, trims, zeroes   atomic.Int64
 	holeZeroes, noHoleZeroes atomic.Int64
-	writeErr                 atomic.Pointer[error]
+	writeErr, flushErr       atomic.Pointer[error]
 }
 
 func newBackend(t *testing.T, size int64) *countingBackend {
@@ -45,6 +45,9 @@ func (b *countingBackend) WriteAt(p []byte, off int64) (int, error) {
 
 func (b *countingBackend) Flush() error {
 	b.flushes.Add(1)
+	if e := b.flushErr.Load(); e != nil {
+		return *e
+	}
 	return b.FileBackend.Flush()
 }
 

@@ -2,6 +2,7 @@ package fuseloop
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -37,4 +38,25 @@ func TestBackendWriteErrorsReachWriter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A Flush the backend fails reaches fsync of the device as EIO: a
+// barrier that did not make data durable must not look as if it had.
+func TestBackendFlushErrorReachesFsync(t *testing.T) {
+	b := newBackend(t, 8<<20)
+	a := attach(t, b, 4096)
+	dev, err := os.OpenFile(a.Device(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if err := dev.Sync(); err != nil {
+		t.Fatalf("fsync with a healthy backend: %v", err)
+	}
+	broke := error(errors.New("backend cannot sync"))
+	b.flushErr.Store(&broke)
+	if err := dev.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("fsync with a failing backend Flush = %v, want EIO", err)
+	}
+	b.flushErr.Store(nil)
 }
