@@ -11,7 +11,8 @@ import (
 )
 
 // BLKZEROOUT (write-zeroes that keep the space) arrives as ZERO_RANGE,
-// BLKDISCARD as PUNCH_HOLE; both leave zeros in the backend. Other
+// BLKDISCARD and write-zeroes that may unmap as PUNCH_HOLE; all leave
+// zeros in the backend. Other
 // fallocate modes on the file are refused.
 func TestZeroingReachesBackend(t *testing.T) {
 	const size = 8 << 20
@@ -54,6 +55,23 @@ func TestZeroingReachesBackend(t *testing.T) {
 		if !bytes.Equal(got, make([]byte, 1<<20)) {
 			t.Errorf("%s left data in the backend", c.name)
 		}
+	}
+	// fallocate(PUNCH_HOLE) on the device is REQ_OP_WRITE_ZEROES without
+	// NOUNMAP (not a discard), which the loop driver also sends as
+	// PUNCH_HOLE: the reason PUNCH_HOLE must zero, and cannot be Trim.
+	before := b.holeZeroes.Load()
+	if err := unix.Fallocate(int(dev.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 6<<20, 1<<20); err != nil {
+		t.Fatalf("fallocate PUNCH_HOLE on the device: %v", err)
+	}
+	if b.holeZeroes.Load() == before {
+		t.Errorf("write-zeroes did not arrive as a deallocating WriteZeroes")
+	}
+	got := make([]byte, 1<<20)
+	if _, err := b.ReadAt(got, 6<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, 1<<20)) {
+		t.Errorf("write-zeroes left data in the backend")
 	}
 	if b.trims.Load() != 0 {
 		t.Errorf("Trim was called %d times; nothing the loop device sends may become Trim", b.trims.Load())
