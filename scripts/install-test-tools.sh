@@ -17,6 +17,12 @@ need xz xz-utils
 need mke2fs e2fsprogs # also mkfs.ext4, for testtools.MountThinFS
 need mkfs.xfs xfsprogs
 need blkdiscard util-linux
+# pkg/nbdattach/fuseloop: a file system on the FUSE+loop device, and its
+# benchmark's plain loop devices.
+need fstrim util-linux
+need blockdev util-linux
+need mount mount
+need losetup mount
 # NBD interop (internal/qcow2nbd), the NBD benchmark, and reading
 # persistent bitmaps through qemu-nbd -B (nbdinfo --map=qemu:dirty-bitmap:NAME).
 need nbdinfo libnbd-bin

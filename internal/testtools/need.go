@@ -29,6 +29,13 @@ var debianPackage = map[string]string{
 	"e2fsck":             "e2fsprogs",
 	"mkfs.xfs":           "xfsprogs",
 	"blkdiscard":         "util-linux",
+	"fstrim":             "util-linux",
+	"blockdev":           "util-linux",
+	"mount":              "mount",
+	"umount":             "mount",
+	"losetup":            "mount",
+	"dd":                 "coreutils",
+	"sync":               "coreutils",
 }
 
 // InCI reports whether the tests run under CI (CI=true).

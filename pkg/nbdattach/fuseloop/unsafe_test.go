@@ -1,0 +1,5 @@
+package fuseloop
+
+import "unsafe"
+
+func uintptrOf(p []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(p))) }
