@@ -3,7 +3,7 @@
 // and mounts filesystems that run out of space on demand (ThinFS).
 // Locally a missing tool skips the test with the install command to run; in
 // CI (CI=true) it fails the test, so a green run never hides a skipped layer.
-// It must not import any package of this module.
+// It imports no package of this module but the leaf internal/loopdev.
 package testtools
 
 import (

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/csi-qcow2/csi-qcow2/internal/loopdev"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,7 +19,7 @@ func TestRandomWritesReachBackend(t *testing.T) {
 			const size = 32 << 20
 			b := newBackend(t, size)
 			a := attach(t, b, bs)
-			if got := loopSysfs(a.Device(), "dio"); got != "1" {
+			if got := loopdev.Sysfs(a.Device(), "dio"); got != "1" {
 				t.Errorf("loop direct I/O = %q, want 1", got)
 			}
 			dev, err := os.OpenFile(a.Device(), os.O_RDWR|unix.O_DIRECT, 0)
