@@ -97,7 +97,7 @@ func (l *Live) Freeze(snapshotPath string) error {
 // planFreeze validates a Freeze before anything is changed.
 func planFreeze(old *Image, snapshotPath string) (freezePlan, error) {
 	var p freezePlan
-	if err := old.writable(); err != nil {
+	if err := old.prepareWrite(); err != nil {
 		return p, err
 	}
 	of, ok := hostFile(old.f)

@@ -110,7 +110,7 @@ type collapsePlan struct {
 // switch will need: the new backing file name opens the base under the
 // top's policy and fits the header.
 func planCollapse(top *Image, base string) (*collapsePlan, error) {
-	if err := top.writable(); err != nil {
+	if err := top.prepareWrite(); err != nil {
 		return nil, err
 	}
 	if base == "" {

@@ -6,7 +6,7 @@ import "fmt"
 // data beyond the old size); shrinking is refused unless everything past
 // the new size is unallocated in this image.
 func (img *Image) Resize(newSize int64) error {
-	if err := img.writable(); err != nil {
+	if err := img.prepareWrite(); err != nil {
 		return err
 	}
 	img.lockQuiesced()

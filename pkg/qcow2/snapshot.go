@@ -104,6 +104,14 @@ func (img *Image) snapshotOpStart() (*snapshotTable, error) {
 	if img.closed {
 		return nil, ErrClosed
 	}
+	if err := img.writableBase(); err != nil {
+		return nil, err
+	}
+	// An undone Freeze may have left the bitmaps to mark in use: a
+	// snapshot operation retries it as a write does (prepareWrite).
+	if err := img.markInUseLocked(); err != nil {
+		return nil, err
+	}
 	if err := img.writable(); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,17 @@ var errNotInPlace = errors.New("needs allocation")
 
 // writable reports why the image cannot be written, if it cannot.
 func (img *Image) writable() error {
+	if err := img.writableBase(); err != nil {
+		return err
+	}
+	if img.bm.markPending.Load() {
+		return errorf(ErrReadOnly, "the persistent bitmaps could not be marked in use (after an undone Freeze); a retry of the write or operation tries again")
+	}
+	return nil
+}
+
+// writableBase is writable but for the bitmaps' pending mark.
+func (img *Image) writableBase() error {
 	if img.readOnly {
 		return ErrReadOnly
 	}
@@ -19,19 +30,17 @@ func (img *Image) writable() error {
 	if err := img.jr.err(); err != nil {
 		return err
 	}
-	if err := syncFailure(img.f); err != nil {
-		return err
-	}
-	if img.bm.markPending.Load() {
-		return errorf(ErrReadOnly, "the persistent bitmaps could not be marked in use (after an undone Freeze); a guest write retries")
-	}
-	return nil
+	return syncFailure(img.f)
 }
 
-// prepareWrite is writable for the guest write paths, called without the
-// lock: it first retries marking the bitmaps in use where an undone
-// Freeze could not.
+// prepareWrite is writable for the write paths and the operations that
+// change the image, called without img.mu: once nothing else refuses the
+// write, it retries marking the bitmaps in use where an undone Freeze
+// could not (so a corrupt or failed image is not written to for it).
 func (img *Image) prepareWrite() error {
+	if err := img.writableBase(); err != nil {
+		return err
+	}
 	if img.bm.markPending.Load() {
 		if err := img.markBitmapsInUse(); err != nil {
 			return err
