@@ -1,0 +1,230 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/loopdev"
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
+)
+
+// nodeFixture is a driver with its controller and node services, and a
+// directory for staging and target paths.
+type nodeFixture struct {
+	t   *testing.T
+	d   *Driver
+	c   controllerServer
+	n   nodeServer
+	dir string
+}
+
+func newNodeFixture(t *testing.T) *nodeFixture {
+	testtools.NeedRoot(t)
+	testtools.Need(t, "mkfs.ext4", "mount", "umount", "blkid")
+	d, _ := startDriver(t, Config{})
+	f := &nodeFixture{t: t, d: d, c: controllerServer{d: d}, n: nodeServer{d: d}, dir: t.TempDir()}
+	// Registered after startDriver's cleanup, so it runs first: whatever
+	// a failing test left staged is taken down before the driver stops.
+	t.Cleanup(f.noLeftovers)
+	return f
+}
+
+func (f *nodeFixture) create(name string, c *csi.VolumeCapability) string {
+	f.t.Helper()
+	v, err := f.c.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name,
+		CapacityRange:      &csi.CapacityRange{RequiredBytes: 64 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{c}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return v.Volume.VolumeId
+}
+
+func (f *nodeFixture) stage(id, path string, c *csi.VolumeCapability) error {
+	_, err := f.n.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: path, VolumeCapability: c})
+	return err
+}
+
+func (f *nodeFixture) publish(id, staging, target string, c *csi.VolumeCapability, ro bool) error {
+	_, err := f.n.NodePublishVolume(context.Background(), &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c, Readonly: ro})
+	return err
+}
+
+func (f *nodeFixture) unpublish(id, target string) {
+	f.t.Helper()
+	if _, err := f.n.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *nodeFixture) unstage(id, path string) {
+	f.t.Helper()
+	if _, err := f.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: path}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// noLeftovers takes down what the test left staged, then checks that no
+// mount and no loop binding of the driver's remain.
+func (f *nodeFixture) noLeftovers() {
+	t := f.t
+	for id, s := range f.d.node.staged {
+		for target := range s.targets {
+			f.n.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+		}
+		f.n.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: s.path})
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(mi)) {
+		if strings.Contains(line, f.dir) || strings.Contains(line, f.d.cfg.StateDir) {
+			t.Errorf("left mounted: %s", line)
+		}
+	}
+	devs, _ := filepath.Glob("/sys/block/loop*")
+	for _, dev := range devs {
+		if b := loopdev.Backing("/dev/" + filepath.Base(dev)); b != "" && strings.Contains(b, f.d.cfg.StateDir) {
+			t.Errorf("%s still bound to %s", filepath.Base(dev), b)
+		}
+	}
+}
+
+// A file written through a published mount survives unpublish, unstage
+// and a second stage; staging is idempotent at one path and refused at
+// another.
+func TestNodeMountRoundTrip(t *testing.T) {
+	f := newNodeFixture(t)
+	ctx := context.Background()
+	c := mountCap("ext4", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	id := f.create("pvc-mount", c)
+	staging, target := filepath.Join(f.dir, "staging"), filepath.Join(f.dir, "pods", "target")
+
+	must(t, f.stage(id, staging, c))
+	must(t, f.stage(id, staging, c))
+	if err := f.stage(id, filepath.Join(f.dir, "other"), c); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("staging at a second path: %v, want FailedPrecondition", err)
+	}
+	if err := f.publish(id, filepath.Join(f.dir, "other"), target, c, false); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("publishing from a path it is not staged at: %v, want FailedPrecondition", err)
+	}
+	must(t, f.publish(id, staging, target, c, false))
+	must(t, f.publish(id, staging, target, c, false))
+	if err := f.publish(id, staging, target, c, true); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("publishing read-only where it is published read-write: %v, want AlreadyExists", err)
+	}
+	if _, err := f.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("unstaging while published: %v, want FailedPrecondition", err)
+	}
+
+	data := bytes.Repeat([]byte("csi-qcow2 "), 100000)
+	file := filepath.Join(target, "hello")
+	must(t, os.WriteFile(file, data, 0o644))
+	fd, err := os.Open(file)
+	must(t, err)
+	must(t, fd.Sync())
+	fd.Close()
+
+	stats, err := f.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+	must(t, err)
+	if u := stats.Usage; len(u) != 2 || u[0].Unit != csi.VolumeUsage_BYTES || u[0].Total <= 0 || u[0].Used < int64(len(data)) || u[1].Unit != csi.VolumeUsage_INODES || u[1].Used <= 0 {
+		t.Errorf("stats of a mounted volume: %v", u)
+	}
+	if _, err := f.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: f.dir}); status.Code(err) != codes.NotFound {
+		t.Errorf("stats at a path the volume is not at: %v, want NotFound", err)
+	}
+	h, err := f.n.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: id})
+	must(t, err)
+	if h.VolumeHealth.GetVolumeId() != id || len(h.VolumeHealth.GetHealthStatuses()) != 0 {
+		t.Errorf("health of a good volume: %v", h.VolumeHealth)
+	}
+
+	f.unpublish(id, target)
+	f.unstage(id, staging)
+	f.unstage(id, staging)
+	f.noLeftovers()
+
+	// Read-only publish of the second stage: the file is there, and
+	// the target takes no writes.
+	must(t, f.stage(id, staging, c))
+	must(t, f.publish(id, staging, target, c, true))
+	got, err := os.ReadFile(file)
+	must(t, err)
+	if !bytes.Equal(got, data) {
+		t.Errorf("after unstage and stage again the file reads %d bytes, not what was written", len(got))
+	}
+	if err := os.WriteFile(filepath.Join(target, "x"), nil, 0o644); err == nil {
+		t.Error("a read-only publish took a write")
+	}
+	f.unpublish(id, target)
+	f.unstage(id, staging)
+	_, err = f.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	must(t, err)
+}
+
+// Block access: nothing is mounted at the staging path, the device is
+// bound onto the target file, and what is written through it reads back,
+// also after unstage and stage again.
+func TestNodeBlockRoundTrip(t *testing.T) {
+	f := newNodeFixture(t)
+	ctx := context.Background()
+	c := blockCap()
+	id := f.create("pvc-block", c)
+	staging, target := filepath.Join(f.dir, "staging"), filepath.Join(f.dir, "pods", "dev")
+	must(t, os.Mkdir(staging, 0o750))
+
+	roundTrip := func(write bool) {
+		t.Helper()
+		must(t, f.stage(id, staging, c))
+		must(t, f.publish(id, staging, target, c, false))
+		must(t, f.publish(id, staging, target, c, false))
+		dev, err := os.OpenFile(target, os.O_RDWR, 0)
+		must(t, err)
+		defer dev.Close()
+		want := bytes.Repeat([]byte{0xa5, 0x5a, 1, 2}, 256<<10) // 1 MiB
+		const off = 3 << 20
+		if write {
+			_, err = dev.WriteAt(want, off)
+			must(t, err)
+			must(t, dev.Sync())
+		}
+		got := make([]byte, len(want))
+		_, err = dev.ReadAt(got, off)
+		must(t, err)
+		if !bytes.Equal(got, want) {
+			t.Error("the device does not read back what was written")
+		}
+		stats, err := f.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+		must(t, err)
+		if u := stats.Usage; len(u) != 1 || u[0].Unit != csi.VolumeUsage_BYTES || u[0].Total != 64<<20 {
+			t.Errorf("stats of a block volume: %v", u)
+		}
+		dev.Close()
+		f.unpublish(id, target)
+		f.unstage(id, staging)
+	}
+	roundTrip(true)
+	f.noLeftovers()
+	roundTrip(false)
+	if _, err := os.Stat(staging); err != nil {
+		t.Errorf("the staging path the CO made is gone: %v", err)
+	}
+	_, err := f.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	must(t, err)
+}
