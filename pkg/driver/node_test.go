@@ -5,10 +5,12 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -227,4 +229,115 @@ func TestNodeBlockRoundTrip(t *testing.T) {
 	}
 	_, err := f.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
 	must(t, err)
+}
+
+// hasCapSysResource reports whether this process may grow a mounted
+// ext4 (EXT4_IOC_RESIZE_FS needs CAP_SYS_RESOURCE).
+func hasCapSysResource(t testing.TB) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	t.Fatal("no CapEff in /proc/self/status")
+	return false
+}
+
+// NodeExpandVolume grows the image, the device and the filesystem of a
+// staged and published volume, which goes on reading what it held.
+func TestNodeExpand(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    *csi.VolumeCapability
+		size int64
+	}{
+		{"block", blockCap(), 64 << 20},
+		{"xfs", mountCap("xfs", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), 320 << 20},
+		{"ext4", mountCap("ext4", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), 64 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "ext4" && !hasCapSysResource(t) {
+				t.Skip("ext4 grows online only with CAP_SYS_RESOURCE, which this process lacks")
+			}
+			if tc.name == "xfs" {
+				testtools.Need(t, "mkfs.xfs", "xfs_growfs")
+			}
+			f := newNodeFixture(t)
+			ctx := context.Background()
+			v, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-" + tc.name,
+				CapacityRange:      &csi.CapacityRange{RequiredBytes: tc.size},
+				VolumeCapabilities: []*csi.VolumeCapability{tc.c}})
+			must(t, err)
+			id := v.Volume.VolumeId
+			staging, target := filepath.Join(f.dir, "staging"), filepath.Join(f.dir, "target")
+			must(t, os.Mkdir(staging, 0o750))
+			must(t, f.stage(id, staging, tc.c))
+			must(t, f.publish(id, staging, target, tc.c, false))
+			data := bytes.Repeat([]byte{7, 8, 9}, 100000)
+			file := target
+			if !strings.HasPrefix(tc.name, "block") {
+				file = filepath.Join(target, "data")
+			}
+			writeSync(t, file, data)
+
+			want := tc.size + 100<<20
+			for range 2 { // the second call finds the size reached
+				r, err := f.n.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+					CapacityRange: &csi.CapacityRange{RequiredBytes: want}})
+				must(t, err)
+				if r.CapacityBytes != want {
+					t.Errorf("expanded to %d, want %d", r.CapacityBytes, want)
+				}
+			}
+			if got, err := f.d.st.Load().GetVolume(id); err != nil || got.Capacity != want {
+				t.Errorf("the store records %d bytes (%v), want %d", got.Capacity, err, want)
+			}
+			stats, err := f.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+			must(t, err)
+			switch total := stats.Usage[0].Total; {
+			case tc.name == "block" && total != want:
+				t.Errorf("the device has %d bytes, want %d", total, want)
+			case tc.name != "block" && total <= tc.size:
+				t.Errorf("the filesystem has %d bytes, no more than before (%d)", total, tc.size)
+			}
+			got := make([]byte, len(data))
+			rf, err := os.Open(file)
+			must(t, err)
+			_, err = rf.ReadAt(got, 0)
+			rf.Close()
+			must(t, err)
+			if !bytes.Equal(got, data) {
+				t.Error("the volume does not read what it held before it grew")
+			}
+			if tc.name == "block" {
+				// The new end takes writes.
+				dev, err := os.OpenFile(target, os.O_RDWR, 0)
+				must(t, err)
+				_, err = dev.WriteAt(data[:4096], want-4096)
+				must(t, err)
+				must(t, dev.Sync())
+				dev.Close()
+			}
+			f.unpublish(id, target)
+			f.unstage(id, staging)
+		})
+	}
+}
+
+func writeSync(t *testing.T, path string, data []byte) {
+	t.Helper()
+	w, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	must(t, err)
+	_, err = w.WriteAt(data, 0)
+	must(t, err)
+	must(t, w.Sync())
+	must(t, w.Close())
 }

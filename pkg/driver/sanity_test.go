@@ -59,6 +59,14 @@ func TestSanitySuite(t *testing.T) {
 		// is checked with proto.Equal in TestSnapshotTopology.
 		"should succeed when creating a snapshot with accessibility requirements",
 	}
+	if !hasCapSysResource(t) {
+		// ext4 grows online only for CAP_SYS_RESOURCE (the kernel's
+		// ext4_resize_begin); this sandbox's root lacks it, a
+		// privileged node plugin has it. TestNodeExpand covers block
+		// and xfs here, and ext4 where the capability is there.
+		t.Log("no CAP_SYS_RESOURCE: csi-sanity's node expansion spec (ext4 online grow) is skipped")
+		suite.SkipStrings = append(suite.SkipStrings, "should work if node-expand is called after node-publish")
+	}
 	reporter.Succinct = true
 	ginkgo.RunSpecs(t, "csi-qcow2 sanity ("+typ+" snapshots)", suite, reporter)
 }
