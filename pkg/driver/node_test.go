@@ -341,3 +341,29 @@ func writeSync(t *testing.T, path string, data []byte) {
 	must(t, w.Sync())
 	must(t, w.Close())
 }
+
+// One call at a time works on a volume: the others get Aborted (the CO
+// retries), and calls on other volumes go on.
+func TestNodeCallsOnOneVolumeAreSerialized(t *testing.T) {
+	f := newNodeFixture(t)
+	ctx := context.Background()
+	c := blockCap()
+	id, other := f.create("pvc-a", c), f.create("pvc-b", c)
+	staging := filepath.Join(f.dir, "staging")
+	unlock, err := f.d.node.lock(id) // a call in progress
+	must(t, err)
+	if err := f.stage(id, staging, c); status.Code(err) != codes.Aborted {
+		t.Errorf("stage during another call: %v, want Aborted", err)
+	}
+	if err := f.publish(id, staging, filepath.Join(f.dir, "t"), c, false); status.Code(err) != codes.Aborted {
+		t.Errorf("publish during another call: %v, want Aborted", err)
+	}
+	if _, err := f.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); status.Code(err) != codes.Aborted {
+		t.Errorf("unstage during another call: %v, want Aborted", err)
+	}
+	must(t, f.stage(other, filepath.Join(f.dir, "staging-b"), c))
+	unlock()
+	must(t, f.stage(id, staging, c))
+	f.unstage(id, staging)
+	f.unstage(other, filepath.Join(f.dir, "staging-b"))
+}
