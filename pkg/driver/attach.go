@@ -3,15 +3,19 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/csi-qcow2/csi-qcow2/internal/loopdev"
 	"github.com/csi-qcow2/csi-qcow2/internal/qcow2nbd"
 	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach/fuseloop"
 )
@@ -52,10 +56,13 @@ type nodeState struct {
 	mu     sync.Mutex
 	staged map[string]*staged // by volume ID
 	busy   map[string]bool    // volume IDs a call is working on
+	// stale are the loop devices an earlier run of the driver served
+	// (device → volume ID), found at start.
+	stale map[string]string
 }
 
 func newNodeState() *nodeState {
-	return &nodeState{staged: map[string]*staged{}, busy: map[string]bool{}}
+	return &nodeState{staged: map[string]*staged{}, busy: map[string]bool{}, stale: map[string]string{}}
 }
 
 // lock takes volume id for one call, or answers Aborted while another
@@ -143,4 +150,64 @@ func detach(id string, att *fuseloop.Attachment, release func() error) error {
 	// The FUSE mount point, empty once unmounted.
 	_ = os.Remove(filepath.Dir(att.File()))
 	return nil
+}
+
+// cleanStaleAttachments takes down the FUSE mounts a previous run of the
+// driver left under <state-dir>/attach: their connections died with
+// that process, so every one is stale before this run stages anything.
+// They are detached lazily, since a loop device over their file may
+// still be held by a filesystem the CO has mounted: those devices are
+// remembered first, for NodeUnstageVolume to unmount that filesystem.
+// The empty mount points are removed.
+func (d *Driver) cleanStaleAttachments() error {
+	dir := filepath.Join(d.cfg.StateDir, attachDir)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	devs, _ := filepath.Glob("/sys/block/loop*")
+	for _, sys := range devs {
+		dev := "/dev/" + filepath.Base(sys)
+		rel, err := filepath.Rel(dir, loopdev.Backing(dev))
+		if err != nil || !filepath.IsLocal(rel) {
+			continue
+		}
+		id, _, _ := strings.Cut(rel, "/")
+		d.node.mu.Lock()
+		d.node.stale[dev] = id
+		d.node.mu.Unlock()
+		klog.InfoS("loop device of an earlier run", "device", dev, "volume", id)
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		switch err := unix.Unmount(p, unix.MNT_DETACH); {
+		case err == nil:
+			klog.InfoS("stale attachment unmounted", "path", p)
+		case !errors.Is(err, unix.EINVAL): // EINVAL: not a mount point
+			return fmt.Errorf("unmounting stale attachment %s: %w", p, err)
+		}
+		if err := os.Remove(p); err != nil {
+			klog.InfoS("stale attachment directory left", "path", p, "error", err)
+		}
+	}
+	return nil
+}
+
+// leftByEarlierRun reports whether what is mounted at path is a loop
+// device an earlier run of the driver served volume id on.
+func (d *Driver) leftByEarlierRun(id, path string) bool {
+	mps, err := d.mounter.List()
+	if err != nil {
+		return false
+	}
+	d.node.mu.Lock()
+	defer d.node.mu.Unlock()
+	for _, mp := range mps {
+		if mp.Path == path && d.node.stale[mp.Device] == id {
+			return true
+		}
+	}
+	return false
 }

@@ -102,6 +102,10 @@ func (d *Driver) Run(ctx context.Context) error {
 		stop()
 		return fmt.Errorf("collecting interrupted image imports: %w", err)
 	}
+	if err := d.cleanStaleAttachments(); err != nil {
+		// Staging the volumes concerned fails with the reason.
+		klog.ErrorS(err, "stale attachments of an earlier run left")
+	}
 	d.st.Store(st)
 	vols := st.ListVolumes()
 	klog.InfoS("store ready", "stateDir", st.Root(), "volumes", len(vols), "snapshots", len(st.ListSnapshots()), "took", time.Since(start))

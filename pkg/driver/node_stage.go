@@ -142,6 +142,13 @@ func (n nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 	}
 	defer unlock()
 	s := n.d.node.get(id)
+	if s == nil && n.d.leftByEarlierRun(id, path) {
+		// Its FUSE connection died with that run; the filesystem
+		// still holds the loop device until it is unmounted.
+		if err := unmountIfMounted(n.d.mounter, path); err != nil {
+			return nil, err
+		}
+	}
 	if s == nil || s.path != path {
 		return &csi.NodeUnstageVolumeResponse{}, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,10 +29,12 @@ type nodeFixture struct {
 	dir string
 }
 
-func newNodeFixture(t *testing.T) *nodeFixture {
+func newNodeFixture(t *testing.T) *nodeFixture { return newNodeFixtureAt(t, Config{}) }
+
+func newNodeFixtureAt(t *testing.T, cfg Config) *nodeFixture {
 	testtools.NeedRoot(t)
 	testtools.Need(t, "mkfs.ext4", "mount", "umount", "blkid")
-	d, _ := startDriver(t, Config{})
+	d, _ := startDriver(t, cfg)
 	f := &nodeFixture{t: t, d: d, c: controllerServer{d: d}, n: nodeServer{d: d}, dir: t.TempDir()}
 	// Registered after startDriver's cleanup, so it runs first: whatever
 	// a failing test left staged is taken down before the driver stops.
@@ -366,4 +369,66 @@ func TestNodeCallsOnOneVolumeAreSerialized(t *testing.T) {
 	must(t, f.stage(id, staging, c))
 	f.unstage(id, staging)
 	f.unstage(other, filepath.Join(f.dir, "staging-b"))
+}
+
+// What an earlier run of the driver left is taken down: its FUSE mounts
+// under <state-dir>/attach when the driver starts, and a filesystem
+// still mounted at a staging path over one of its loop devices when the
+// CO unstages the volume.
+func TestNodeCleansUpAfterAnEarlierRun(t *testing.T) {
+	testtools.NeedRoot(t)
+	mkfs := testtools.Need(t, "mkfs.ext4")[0]
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	id := "v-0123456789abcdef0123456789abcdef@node-1"
+	// A stale FUSE mount point (a tmpfs stands in for the dead FUSE
+	// file system) holding the file a loop device is bound to, and a
+	// filesystem on that loop device mounted at the staging path.
+	attach := filepath.Join(state, attachDir, id)
+	must(t, os.MkdirAll(attach, 0o700))
+	must(t, unix.Mount("tmpfs", attach, "tmpfs", 0, "size=64m"))
+	file := filepath.Join(attach, id)
+	must(t, os.WriteFile(file, nil, 0o600))
+	must(t, os.Truncate(file, 32<<20))
+	if out, err := exec.Command(mkfs, "-q", "-F", file).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v\n%s", err, out)
+	}
+	dev, fd, err := loopdev.Bind(file, loopdev.Options{})
+	must(t, err)
+	staging := filepath.Join(dir, "staging")
+	must(t, os.Mkdir(staging, 0o750))
+	if err := unix.Mount(dev, staging, "ext4", 0, ""); err != nil {
+		fd.Close()
+		t.Fatal(err)
+	}
+	fd.Close() // the mount holds the device now, as after a crash
+	t.Cleanup(func() {
+		unix.Unmount(staging, unix.MNT_DETACH)
+		unix.Unmount(attach, unix.MNT_DETACH)
+	})
+
+	f := newNodeFixtureAt(t, Config{StateDir: state})
+	if mounted(t, attach) {
+		t.Error("the stale attachment is still mounted after start")
+	}
+	f.unstage(id, staging)
+	if mounted(t, staging) {
+		t.Error("the staging path is still mounted after unstage")
+	}
+	testtools.WaitFor(t, "the loop device clears", func() bool { return loopdev.Backing(dev) != file })
+	if _, err := os.Stat(staging); err != nil {
+		t.Errorf("the staging path the CO made is gone: %v", err)
+	}
+}
+
+func mounted(t *testing.T, path string) bool {
+	t.Helper()
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	must(t, err)
+	for line := range strings.Lines(string(mi)) {
+		if fields := strings.Fields(line); len(fields) > 4 && fields[4] == path {
+			return true
+		}
+	}
+	return false
 }
