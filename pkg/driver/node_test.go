@@ -432,3 +432,42 @@ func mounted(t *testing.T, path string) bool {
 	}
 	return false
 }
+
+// A volume staged SINGLE_NODE_READER_ONLY is read-only down to the
+// device: it reads what was written before and takes no writes.
+func TestNodeReaderOnlyBlock(t *testing.T) {
+	f := newNodeFixture(t)
+	rw := blockCap()
+	ro := blockCap()
+	ro.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	id := f.create("pvc-ro", rw)
+	staging, target := filepath.Join(f.dir, "staging"), filepath.Join(f.dir, "dev")
+	must(t, os.Mkdir(staging, 0o750))
+	data := bytes.Repeat([]byte{0x3c}, 1<<20)
+
+	must(t, f.stage(id, staging, rw))
+	must(t, f.publish(id, staging, target, rw, false))
+	writeSync(t, target, data)
+	f.unpublish(id, target)
+	f.unstage(id, staging)
+
+	must(t, f.stage(id, staging, ro))
+	if err := f.stage(id, staging, rw); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("staging writable where it is staged read-only: %v, want AlreadyExists", err)
+	}
+	must(t, f.publish(id, staging, target, ro, false))
+	if w, err := os.OpenFile(target, os.O_WRONLY, 0); err == nil {
+		_, err = w.WriteAt(data[:4096], 0)
+		w.Close()
+		if err == nil {
+			t.Error("a reader-only volume took a write")
+		}
+	}
+	got, err := os.ReadFile(target)
+	must(t, err)
+	if !bytes.Equal(got[:len(data)], data) {
+		t.Error("a reader-only volume does not read what was written before")
+	}
+	f.unpublish(id, target)
+	f.unstage(id, staging)
+}
