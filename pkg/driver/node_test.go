@@ -3,11 +3,14 @@ package driver
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -470,4 +473,65 @@ func TestNodeReaderOnlyBlock(t *testing.T) {
 	}
 	f.unpublish(id, target)
 	f.unstage(id, staging)
+}
+
+// Callers racing on one volume's stage, publish, unpublish, unstage and
+// stats get answers or Aborted / FailedPrecondition, never a torn
+// state: afterwards the volume unstages, nothing is left, and it can be
+// deleted.
+func TestNodeRacingCallsOnOneVolume(t *testing.T) {
+	f := newNodeFixture(t)
+	ctx := context.Background()
+	c := blockCap()
+	id := f.create("pvc-race", c)
+	staging, target := filepath.Join(f.dir, "staging"), filepath.Join(f.dir, "dev")
+	must(t, os.Mkdir(staging, 0o750))
+	ops := []func() error{
+		func() error { return f.stage(id, staging, c) },
+		func() error { return f.publish(id, staging, target, c, false) },
+		func() error {
+			_, err := f.n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+			return err
+		},
+		func() error {
+			_, err := f.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+			return err
+		},
+		func() error {
+			_, err := f.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+			return err
+		},
+	}
+	var mu sync.Mutex
+	answers := map[string]int{}
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			for range 25 {
+				op := rand.IntN(len(ops))
+				err := ops[op]()
+				mu.Lock()
+				answers[fmt.Sprintf("op%d:%s", op, status.Code(err))]++
+				mu.Unlock()
+				switch status.Code(err) {
+				case codes.OK, codes.Aborted, codes.FailedPrecondition, codes.NotFound:
+				default:
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := testtools.Within(t, "a racing caller finishes", errs); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Logf("answers (ops: stage, publish, unpublish, unstage, stats): %v", answers)
+	f.unpublish(id, target)
+	f.unstage(id, staging)
+	f.noLeftovers()
+	_, err := f.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	must(t, err)
 }
