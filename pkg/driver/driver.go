@@ -28,6 +28,7 @@ type Driver struct {
 	metrics *driverMetrics
 	mounter mount.Interface
 	images  *golden.Importer
+	node    *nodeState
 }
 
 // New checks cfg and makes a driver; Run serves it.
@@ -38,7 +39,7 @@ func New(cfg Config) (*Driver, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, mounter: mount.New("")}
+	d := &Driver{cfg: cfg, mounter: mount.New(""), node: newNodeState()}
 	d.metrics = newMetrics(d)
 	d.images = d.newImporter()
 	return d, nil
@@ -100,6 +101,10 @@ func (d *Driver) Run(ctx context.Context) error {
 	if _, err := d.images.Collect(); err != nil {
 		stop()
 		return fmt.Errorf("collecting interrupted image imports: %w", err)
+	}
+	if err := d.cleanStaleAttachments(); err != nil {
+		// Staging the volumes concerned fails with the reason.
+		klog.ErrorS(err, "stale attachments of an earlier run left")
 	}
 	d.st.Store(st)
 	vols := st.ListVolumes()

@@ -23,11 +23,9 @@ func (d *Driver) inStateDir(path string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// nodeServer answers what the controller side needs of a node (its ID
-// and topology: csi-sanity and the provisioner ask them) and unpublish.
-// Staging and publishing are the next part of the driver; until then
-// the node advertises no capability, and their RPCs answer
-// Unimplemented.
+// nodeServer serves this node's volumes to pods over the FUSE + loop
+// attach path: stage (node_stage.go), publish (node_publish.go), stats
+// and health (node_stats.go), expand (node_expand.go).
 type nodeServer struct {
 	csi.UnimplementedNodeServer
 	d *Driver
@@ -41,7 +39,16 @@ func (n nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.
 }
 
 func (n nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return &csi.NodeGetCapabilitiesResponse{}, nil
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
 // NodeUnpublishVolume undoes a publish: whatever is mounted at the
@@ -66,11 +73,19 @@ func (n nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpubl
 		// of the store's own files.
 		return nil, invalid("target_path %q lies in the driver's state directory", target)
 	}
+	unlock, err := n.d.node.lock(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if _, err := st.GetVolume(req.GetVolumeId()); err != nil {
 		return nil, grpcError(err)
 	}
 	if err := mount.CleanupMountPoint(req.GetTargetPath(), n.d.mounter, true); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", req.GetTargetPath(), err)
+	}
+	if s := n.d.node.get(req.GetVolumeId()); s != nil {
+		delete(s.targets, target)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

@@ -1,0 +1,213 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/loopdev"
+	"github.com/csi-qcow2/csi-qcow2/internal/qcow2nbd"
+	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach/fuseloop"
+)
+
+// attachDir is where the FUSE mounts of the attach path live, one
+// directory per staged volume: <state-dir>/attach/<volume-id>. The store
+// neither reads nor collects it (it only touches its own directories).
+const attachDir = "attach"
+
+// detachPatience bounds how long NodeUnstageVolume retries a detach the
+// loop device's other users hold up (fuseloop's Detach waits up to 5 s
+// each time on its own).
+const detachPatience = 15 * time.Second
+
+// staged is a volume this node has staged: its image held open, served
+// as a loop device, and (mount access) a filesystem on it mounted at
+// the staging path.
+type staged struct {
+	path     string // staging_target_path
+	block    bool   // block access: nothing is mounted at path
+	fsType   string // mount access: ext4 or xfs
+	flags    []string
+	readOnly bool
+	att      *fuseloop.Attachment
+	release  func() error
+	// targets are the paths the volume is published at, with whether
+	// each is read-only.
+	targets map[string]bool
+}
+
+func (s *staged) device() string { return s.att.Device() }
+
+// nodeState is what the node service knows of its volumes: the staged
+// ones, and a lock per volume so that one call at a time works on it.
+// It lives in memory: the FUSE connections die with the process, so a
+// restart has nothing to resume (see docs/fuseloop.md).
+type nodeState struct {
+	mu     sync.Mutex
+	staged map[string]*staged // by volume ID
+	busy   map[string]bool    // volume IDs a call is working on
+	// stale are the loop devices an earlier run of the driver served
+	// (device → volume ID), found at start.
+	stale map[string]string
+}
+
+func newNodeState() *nodeState {
+	return &nodeState{staged: map[string]*staged{}, busy: map[string]bool{}, stale: map[string]string{}}
+}
+
+// lock takes volume id for one call, or answers Aborted while another
+// call has it (the CO retries).
+func (n *nodeState) lock(id string) (unlock func(), err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.busy[id] {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is in progress", id)
+	}
+	n.busy[id] = true
+	return func() {
+		n.mu.Lock()
+		delete(n.busy, id)
+		n.mu.Unlock()
+	}, nil
+}
+
+func (n *nodeState) get(id string) *staged {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.staged[id]
+}
+
+func (n *nodeState) put(id string, s *staged) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s == nil {
+		delete(n.staged, id)
+		return
+	}
+	n.staged[id] = s
+}
+
+// count is the number of staged volumes.
+func (n *nodeState) count() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.staged)
+}
+
+// attach holds volume id open and serves it as a loop device.
+func (d *Driver) attach(id string, readOnly bool) (*fuseloop.Attachment, func() error, error) {
+	st, err := d.store()
+	if err != nil {
+		return nil, nil, err
+	}
+	live, release, err := st.Hold(id)
+	if err != nil {
+		return nil, nil, grpcError(err)
+	}
+	dir := filepath.Join(d.cfg.StateDir, attachDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, errors.Join(status.Errorf(codes.Internal, "attach directory: %v", err), release())
+	}
+	att, err := fuseloop.Attach(qcow2nbd.New(live, readOnly), fuseloop.Options{
+		Dir:  filepath.Join(dir, id),
+		Name: id,
+		Logf: func(format string, args ...any) {
+			klog.InfoS(fmt.Sprintf(format, args...), "component", "fuseloop", "volume", id)
+		},
+	})
+	if err != nil {
+		return nil, nil, errors.Join(status.Errorf(codes.Internal, "attaching volume %s: %v", id, err), release())
+	}
+	return att, release, nil
+}
+
+// detach takes the loop device down and releases the image, retrying
+// while the device's other users let go, up to detachPatience.
+func detach(id string, att *fuseloop.Attachment, release func() error) error {
+	deadline := time.Now().Add(detachPatience)
+	for {
+		err := att.Detach()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fuseloop.ErrBusy) || time.Now().After(deadline) {
+			return status.Errorf(codes.FailedPrecondition, "detaching volume %s: %v", id, err)
+		}
+	}
+	if err := release(); err != nil {
+		return status.Errorf(codes.Internal, "closing volume %s: %v", id, err)
+	}
+	// The FUSE mount point, empty once unmounted.
+	_ = os.Remove(filepath.Dir(att.File()))
+	return nil
+}
+
+// cleanStaleAttachments takes down the FUSE mounts a previous run of the
+// driver left under <state-dir>/attach: their connections died with
+// that process, so every one is stale before this run stages anything.
+// They are detached lazily, since a loop device over their file may
+// still be held by a filesystem the CO has mounted: those devices are
+// remembered first, for NodeUnstageVolume to unmount that filesystem.
+// The empty mount points are removed.
+func (d *Driver) cleanStaleAttachments() error {
+	dir := filepath.Join(d.cfg.StateDir, attachDir)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	devs, _ := filepath.Glob("/sys/block/loop*")
+	for _, sys := range devs {
+		dev := "/dev/" + filepath.Base(sys)
+		rel, err := filepath.Rel(dir, loopdev.Backing(dev))
+		if err != nil || !filepath.IsLocal(rel) {
+			continue
+		}
+		id, _, _ := strings.Cut(rel, "/")
+		d.node.mu.Lock()
+		d.node.stale[dev] = id
+		d.node.mu.Unlock()
+		klog.InfoS("loop device of an earlier run", "device", dev, "volume", id)
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		switch err := unix.Unmount(p, unix.MNT_DETACH); {
+		case err == nil:
+			klog.InfoS("stale attachment unmounted", "path", p)
+		case !errors.Is(err, unix.EINVAL): // EINVAL: not a mount point
+			return fmt.Errorf("unmounting stale attachment %s: %w", p, err)
+		}
+		if err := os.Remove(p); err != nil {
+			klog.InfoS("stale attachment directory left", "path", p, "error", err)
+		}
+	}
+	return nil
+}
+
+// leftByEarlierRun reports whether what is mounted at path is a loop
+// device an earlier run of the driver served volume id on.
+func (d *Driver) leftByEarlierRun(id, path string) bool {
+	mps, err := d.mounter.List()
+	if err != nil {
+		return false
+	}
+	d.node.mu.Lock()
+	defer d.node.mu.Unlock()
+	for _, mp := range mps {
+		if mp.Path == path && d.node.stale[mp.Device] == id {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,186 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// checkNodePath refuses a path the node service would mount on or
+// remove that is not absolute and clean, or lies in the state directory.
+func (d *Driver) checkNodePath(field, path string) error {
+	switch {
+	case path == "":
+		return invalid("%s is missing", field)
+	case !filepath.IsAbs(path) || filepath.Clean(path) != path:
+		return invalid("%s %q is not an absolute, clean path", field, path)
+	case d.inStateDir(path):
+		return invalid("%s %q lies in the driver's state directory", field, path)
+	}
+	return nil
+}
+
+func readOnlyMode(c *csi.VolumeCapability) bool {
+	return c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+}
+
+// NodeStageVolume serves the volume as a loop device (its image held
+// open, a FUSE file under <state-dir>/attach/<id>, a loop device over
+// it) and, for mount access, formats the device when it is empty and
+// mounts it at the staging path. Block access mounts nothing.
+func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	st, err := n.d.store()
+	if err != nil {
+		return nil, err
+	}
+	id, path, c := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
+	if err := checkVolumeID(id); err != nil {
+		return nil, err
+	}
+	if err := n.d.checkNodePath("staging_target_path", path); err != nil {
+		return nil, err
+	}
+	if c == nil {
+		return nil, invalid("volume_capability is missing")
+	}
+	if err := checkCapability(c); err != nil {
+		return nil, invalid("volume_capability: %v", err)
+	}
+	unlock, err := n.d.node.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if _, err := st.GetVolume(id); err != nil {
+		return nil, grpcError(err)
+	}
+	want := stagedFor(path, c)
+	if s := n.d.node.get(id); s != nil {
+		if s.path != path {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is staged at %s", id, s.path)
+		}
+		if s.block != want.block || s.fsType != want.fsType || s.readOnly != want.readOnly || !slices.Equal(s.flags, want.flags) {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is staged at %s with another capability", id, path)
+		}
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	att, release, err := n.d.attach(id, want.readOnly)
+	if err != nil {
+		return nil, err
+	}
+	want.att, want.release = att, release
+	if !want.block {
+		if err := n.d.mountStaging(want); err != nil {
+			return nil, errors.Join(err, detach(id, att, release))
+		}
+	}
+	n.d.node.put(id, want)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stagedFor is what staging at path with capability c makes.
+func stagedFor(path string, c *csi.VolumeCapability) *staged {
+	s := &staged{path: path, readOnly: readOnlyMode(c), targets: map[string]bool{}}
+	if c.GetBlock() != nil {
+		s.block = true
+		return s
+	}
+	s.fsType = c.GetMount().GetFsType()
+	if s.fsType == "" {
+		s.fsType = "ext4"
+	}
+	s.flags = slices.Clone(c.GetMount().GetMountFlags())
+	return s
+}
+
+func (d *Driver) formatter() *mount.SafeFormatAndMount {
+	return mount.NewSafeFormatAndMount(d.mounter, utilexec.New())
+}
+
+// mountStaging formats s's device when it holds no filesystem and
+// mounts it at s.path (made if missing).
+func (d *Driver) mountStaging(s *staged) error {
+	if err := os.MkdirAll(s.path, 0o750); err != nil {
+		return status.Errorf(codes.Internal, "staging path: %v", err)
+	}
+	opts := slices.Clone(s.flags)
+	if s.readOnly {
+		opts = append(opts, "ro")
+	}
+	if err := d.formatter().FormatAndMount(s.device(), s.path, s.fsType, opts); err != nil {
+		return status.Errorf(codes.Internal, "mounting %s (%s) at %s: %v", s.device(), s.fsType, s.path, err)
+	}
+	return nil
+}
+
+// NodeUnstageVolume unmounts the staging path, takes the loop device
+// down and closes the image. A volume not staged here is done.
+func (n nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if _, err := n.d.store(); err != nil {
+		return nil, err
+	}
+	id, path := req.GetVolumeId(), req.GetStagingTargetPath()
+	if err := checkVolumeID(id); err != nil {
+		return nil, err
+	}
+	if err := n.d.checkNodePath("staging_target_path", path); err != nil {
+		return nil, err
+	}
+	unlock, err := n.d.node.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s := n.d.node.get(id)
+	if s == nil && n.d.leftByEarlierRun(id, path) {
+		// Its FUSE connection died with that run; the filesystem
+		// still holds the loop device until it is unmounted.
+		if err := unmountIfMounted(n.d.mounter, path); err != nil {
+			return nil, err
+		}
+	}
+	if s == nil || s.path != path {
+		return &csi.NodeUnstageVolumeResponse{}, nil
+	}
+	if len(s.targets) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s", id, slices.Sorted(maps.Keys(s.targets))[0])
+	}
+	if !s.block {
+		if err := unmountIfMounted(n.d.mounter, path); err != nil {
+			return nil, err
+		}
+	}
+	if err := detach(id, s.att, s.release); err != nil {
+		return nil, err
+	}
+	n.d.node.put(id, nil)
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// unmountIfMounted unmounts path when something is mounted there; the
+// path itself stays (the CO made it).
+func unmountIfMounted(m mount.Interface, path string) error {
+	notMnt, err := mount.IsNotMountPoint(m, path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return status.Errorf(codes.Internal, "checking %s: %v", path, err)
+	case notMnt:
+		return nil
+	}
+	if err := m.Unmount(path); err != nil {
+		return status.Errorf(codes.Internal, "unmounting %s: %v", path, err)
+	}
+	return nil
+}
