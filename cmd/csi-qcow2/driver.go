@@ -20,10 +20,11 @@ func newDriverCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "driver",
 		Short: "Run the CSI driver for this node's volumes",
-		Long: `driver serves the CSI Identity and Controller services (` + driver.DriverName + `) for
-the volumes, snapshots and golden images on this node's disk, on a unix
-socket. Every node runs one; external-provisioner and csi-snapshotter run
-beside it with --node-deployment (docs/design.md).
+		Long: `driver serves the CSI Identity, Controller and Node services (` + driver.DriverName + `)
+for the volumes, snapshots and golden images on this node's disk, on a
+unix socket. Volumes are attached as /dev/loopN over a FUSE file (kernel
+NBD is not used by the driver yet). Every node runs one; external-provisioner
+and csi-snapshotter run beside it with --node-deployment (docs/driver.md).
 
 It stops cleanly on SIGTERM or SIGINT. The store under --state-dir is
 recovered at start: operations a crash interrupted are finished or undone

@@ -13,9 +13,9 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Short: "qcow2-backed local volumes for Kubernetes, and a qemu-img work-alike",
 		Long: `csi-qcow2 serves Kubernetes volumes from qcow2 files with a pure-Go engine.
 
-It offers the CSI driver (driver: the Identity and Controller services over
-the node-local store; the node service comes next), the img tool (a
-qemu-img work-alike built on the engine) and version.`,
+It offers the CSI driver (driver: the Identity, Controller and Node services
+over the node-local store), the img tool (a qemu-img work-alike built on the
+engine) and version.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
