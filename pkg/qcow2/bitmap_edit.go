@@ -170,6 +170,14 @@ func (img *Image) bitmapEditable() error {
 	if img.closed {
 		return ErrClosed
 	}
+	if err := img.writableBase(); err != nil {
+		return err
+	}
+	// An edit retries a mark an undone Freeze left pending, as a write
+	// does (the caller holds mu exclusively).
+	if err := img.markInUseLocked(); err != nil {
+		return err
+	}
 	if err := img.writable(); err != nil {
 		return err
 	}

@@ -260,6 +260,14 @@ func (img *Image) resumeBitmaps() error {
 func (img *Image) markBitmapsInUse() error {
 	img.lockQuiesced()
 	defer img.mu.Unlock()
+	// What refuses writes may have come about while the lock was awaited
+	// (a failed checkpoint, corruption found, a close).
+	if img.closed {
+		return ErrClosed
+	}
+	if err := img.writableBase(); err != nil {
+		return err
+	}
 	return img.markInUseLocked()
 }
 
