@@ -30,20 +30,30 @@ func healthStatus(reason string) csi.VolumeHealthErrorType {
 	return csi.VolumeHealthErrorType_INACCESSIBLE
 }
 
-func (c controllerServer) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
-	st, err := c.d.store()
+// getVolumeHealth answers both services' GetVolumeHealth: the store's
+// view of volume id, also kept in the metrics.
+func (d *Driver) getVolumeHealth(id string) (*csi.VolumeHealth, error) {
+	st, err := d.store()
 	if err != nil {
 		return nil, err
 	}
-	if err := checkVolumeID(req.GetVolumeId()); err != nil {
+	if err := checkVolumeID(id); err != nil {
 		return nil, err
 	}
-	cond, err := st.Health(req.GetVolumeId())
+	cond, err := st.Health(id)
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	c.d.metrics.health(req.GetVolumeId(), cond)
-	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: volumeHealth(req.GetVolumeId(), cond)}, nil
+	d.metrics.health(id, cond)
+	return volumeHealth(id, cond), nil
+}
+
+func (c controllerServer) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
+	h, err := c.d.getVolumeHealth(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: h}, nil
 }
 
 // ControllerListVolumeHealth lists the volumes that are not well.

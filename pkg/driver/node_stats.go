@@ -87,17 +87,9 @@ func deviceSize(dev string) (int64, error) {
 // ControllerGetVolumeHealth reports): its chain's files are there, its
 // top is not marked corrupt, nothing failed on the image's account.
 func (n nodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	st, err := n.d.store()
+	h, err := n.d.getVolumeHealth(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
-	if err := checkVolumeID(req.GetVolumeId()); err != nil {
-		return nil, err
-	}
-	cond, err := st.Health(req.GetVolumeId())
-	if err != nil {
-		return nil, grpcError(err)
-	}
-	n.d.metrics.health(req.GetVolumeId(), cond)
-	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: volumeHealth(req.GetVolumeId(), cond)}, nil
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }
