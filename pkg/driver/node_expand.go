@@ -16,32 +16,20 @@ import (
 // mount). The controller does not expand (docs/driver.md): the central
 // resizer only updates the objects and this call does the work.
 func (n nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	st, err := n.d.store()
-	if err != nil {
-		return nil, err
-	}
-	id, path := req.GetVolumeId(), req.GetVolumePath()
-	if err := checkVolumeID(id); err != nil {
-		return nil, err
-	}
-	if path == "" {
-		return nil, invalid("volume_path is missing")
-	}
-	if c := req.GetVolumeCapability(); c != nil {
-		if err := checkCapability(c); err != nil {
-			return nil, invalid("volume_capability: %v", err)
+	id := req.GetVolumeId()
+	v, s, unlock, err := n.d.lockStagedAt(id, req.GetVolumePath(), func() error {
+		if c := req.GetVolumeCapability(); c != nil {
+			if err := checkCapability(c); err != nil {
+				return invalid("volume_capability: %v", err)
+			}
 		}
-	}
-	unlock, err := n.d.node.lock(id)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := st.GetVolume(id)
-	if err != nil {
-		return nil, grpcError(err)
-	}
-	s, err := n.d.stagedAt(id, path)
+	st, err := n.d.store()
 	if err != nil {
 		return nil, err
 	}

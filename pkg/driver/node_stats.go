@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver/store"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -23,32 +24,51 @@ func (d *Driver) stagedAt(id, path string) (*staged, error) {
 	return nil, status.Errorf(codes.NotFound, "volume %s is not staged or published at %q", id, path)
 }
 
+// lockStagedAt checks a request naming volume id at path, takes id's
+// lock, and returns the volume and its stage there (stagedAt), with the
+// unlock. check, if set, validates the rest of the request first.
+func (d *Driver) lockStagedAt(id, path string, check func() error) (store.Volume, *staged, func(), error) {
+	st, err := d.store()
+	if err != nil {
+		return store.Volume{}, nil, nil, err
+	}
+	if err := checkVolumeID(id); err != nil {
+		return store.Volume{}, nil, nil, err
+	}
+	if path == "" {
+		return store.Volume{}, nil, nil, invalid("volume_path is missing")
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return store.Volume{}, nil, nil, err
+		}
+	}
+	unlock, err := d.node.lock(id)
+	if err != nil {
+		return store.Volume{}, nil, nil, err
+	}
+	v, err := st.GetVolume(id)
+	if err != nil {
+		unlock()
+		return store.Volume{}, nil, nil, grpcError(err)
+	}
+	s, err := d.stagedAt(id, path)
+	if err != nil {
+		unlock()
+		return store.Volume{}, nil, nil, err
+	}
+	return v, s, unlock, nil
+}
+
 // NodeGetVolumeStats reports the filesystem's bytes and inodes for mount
 // access, the device's size for block access.
 func (n nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	st, err := n.d.store()
-	if err != nil {
-		return nil, err
-	}
-	id, path := req.GetVolumeId(), req.GetVolumePath()
-	if err := checkVolumeID(id); err != nil {
-		return nil, err
-	}
-	if path == "" {
-		return nil, invalid("volume_path is missing")
-	}
-	unlock, err := n.d.node.lock(id)
+	path := req.GetVolumePath()
+	_, s, unlock, err := n.d.lockStagedAt(req.GetVolumeId(), path, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if _, err := st.GetVolume(id); err != nil {
-		return nil, grpcError(err)
-	}
-	s, err := n.d.stagedAt(id, path)
-	if err != nil {
-		return nil, err
-	}
 	if s.block {
 		size, err := deviceSize(s.device())
 		if err != nil {
