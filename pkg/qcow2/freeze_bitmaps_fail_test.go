@@ -27,20 +27,20 @@ func (f failOnceFile) WriteAt(p []byte, off int64) (int, error) {
 
 func (f failOnceFile) Unwrap() qcow2.File { return f.File }
 
-// An undone Freeze that cannot mark the bitmaps in use again (a write
-// error, not sticky) must not leave them stored as consistent while
-// guest writes go on: the next write marks them first, and the close
-// stores every write.
-func TestFreezeUndoneBitmapsMarkFailure(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "vol.qcow2")
+// liveWithFaults makes a 1 MiB image and opens it as a Live handle whose
+// file is wrap(file, on): faults the test switches with on. With
+// everyFile, every file the handle opens (its layers too) is wrapped.
+func liveWithFaults(t *testing.T, everyFile bool, wrap func(qcow2.File, *atomic.Bool) qcow2.File) (dir, path string, l *qcow2.Live, on *atomic.Bool) {
+	t.Helper()
+	dir = t.TempDir()
+	path = filepath.Join(dir, "vol.qcow2")
 	if err := qcow2.Create(path, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	var armed atomic.Bool
+	on = new(atomic.Bool)
 	opts := qcow2.WithFileHooks(qcow2.Options{}, func(p string, f qcow2.File) qcow2.File {
-		if p == path {
-			return failOnceFile{f, &armed}
+		if everyFile || p == path {
+			return wrap(f, on)
 		}
 		return f
 	}, nil)
@@ -48,22 +48,46 @@ func TestFreezeUndoneBitmapsMarkFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, path, l, on
+}
+
+// undoneFreeze runs a Freeze into dir/name that fails once the snapshot
+// is linked, switching the faults on there: its undo meets them.
+func undoneFreeze(t *testing.T, l *qcow2.Live, dir, name string, on *atomic.Bool) {
+	t.Helper()
+	qcow2.SetFreezeHook(l, func(step string) error {
+		if step == "linked" {
+			on.Store(true)
+			return errors.New("injected")
+		}
+		return nil
+	})
+	t.Logf("freeze: %v", l.Freeze(filepath.Join(dir, name)))
+	qcow2.SetFreezeHook(l, nil)
+}
+
+// pendingLiveWith is a Live handle with a bitmap and a write whose
+// Freeze was undone while wrap's faults were on (the bitmaps' mark
+// pending, if the faults hit it).
+func pendingLiveWith(t *testing.T, wrap func(qcow2.File, *atomic.Bool) qcow2.File) (dir, path string, l *qcow2.Live, on *atomic.Bool) {
+	t.Helper()
+	dir, path, l, on = liveWithFaults(t, false, wrap)
 	if err := l.WithImage(func(img *qcow2.Image) error { return img.AddBitmap("b", freezeBitmapCluster, false) }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.WriteAt(bytes.Repeat([]byte{1}, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
-	failed := errors.New("injected")
-	qcow2.SetFreezeHook(l, func(step string) error {
-		if step == "linked" {
-			armed.Store(true)
-			return failed
-		}
-		return nil
-	})
-	err = l.Freeze(filepath.Join(dir, "snap.qcow2"))
-	t.Logf("freeze: %v", err)
+	undoneFreeze(t, l, dir, "snap.qcow2", on)
+	return dir, path, l, on
+}
+
+// An undone Freeze that cannot mark the bitmaps in use again (a write
+// error, not sticky) must not leave them stored as consistent while
+// guest writes go on: the next write marks them first, and the close
+// stores every write.
+func TestFreezeUndoneBitmapsMarkFailure(t *testing.T) {
+	_, path, l, _ := pendingLiveWith(t, func(f qcow2.File, on *atomic.Bool) qcow2.File { return failOnceFile{f, on} })
 	if _, err := l.WriteAt(bytes.Repeat([]byte{3}, 4096), 5*freezeBitmapCluster); err != nil {
 		t.Fatalf("write after the undone freeze: %v", err)
 	}

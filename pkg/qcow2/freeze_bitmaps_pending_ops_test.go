@@ -14,19 +14,7 @@ import (
 // pendingChain is a chain s1 <- s2 <- vol, with a bitmap on vol and a
 // pending mark.
 func pendingChain(t *testing.T) (dir string, l *qcow2.Live, on *atomic.Bool) {
-	dir = t.TempDir()
-	path := filepath.Join(dir, "vol.qcow2")
-	if err := qcow2.Create(path, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	on = new(atomic.Bool)
-	opts := qcow2.WithFileHooks(qcow2.Options{}, func(p string, f qcow2.File) qcow2.File {
-		return failWhileFile{f, on}
-	}, nil)
-	l, err := qcow2.OpenLive(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, _, l, on = liveWithFaults(t, true, func(f qcow2.File, on *atomic.Bool) qcow2.File { return failWhileFile{f, on} })
 	t.Cleanup(func() { l.Close() })
 	for i, s := range []string{"s1.qcow2", "s2.qcow2"} {
 		if _, err := l.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 4096), int64(i)*freezeBitmapCluster); err != nil {
@@ -42,15 +30,7 @@ func pendingChain(t *testing.T) (dir string, l *qcow2.Live, on *atomic.Bool) {
 	if _, err := l.WriteAt(bytes.Repeat([]byte{7}, 4096), 3*freezeBitmapCluster); err != nil {
 		t.Fatal(err)
 	}
-	qcow2.SetFreezeHook(l, func(step string) error {
-		if step == "linked" {
-			on.Store(true)
-			return errors.New("injected")
-		}
-		return nil
-	})
-	t.Logf("freeze: %v", l.Freeze(filepath.Join(dir, "s3.qcow2")))
-	qcow2.SetFreezeHook(l, nil)
+	undoneFreeze(t, l, dir, "s3.qcow2", on)
 	return
 }
 
@@ -91,22 +71,7 @@ func TestPendingMarkPendingBitmapEdit(t *testing.T) {
 
 // Snapshot delete/apply while pending.
 func TestPendingMarkPendingSnapshotOps(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "vol.qcow2")
-	if err := qcow2.Create(path, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	on := new(atomic.Bool)
-	opts := qcow2.WithFileHooks(qcow2.Options{}, func(p string, f qcow2.File) qcow2.File {
-		if p == path {
-			return failWhileFile{f, on}
-		}
-		return f
-	}, nil)
-	l, err := qcow2.OpenLive(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, path, l, on := liveWithFaults(t, false, func(f qcow2.File, on *atomic.Bool) qcow2.File { return failWhileFile{f, on} })
 	defer l.Close()
 	if err := l.WithImage(func(img *qcow2.Image) error {
 		if err := img.AddBitmap("b", freezeBitmapCluster, false); err != nil {
@@ -121,15 +86,7 @@ func TestPendingMarkPendingSnapshotOps(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	qcow2.SetFreezeHook(l, func(step string) error {
-		if step == "linked" {
-			on.Store(true)
-			return errors.New("injected")
-		}
-		return nil
-	})
-	t.Logf("freeze: %v", l.Freeze(filepath.Join(dir, "snap.qcow2")))
-	qcow2.SetFreezeHook(l, nil)
+	undoneFreeze(t, l, dir, "snap.qcow2", on)
 	// still failing: refused
 	if err := l.WithImage(func(img *qcow2.Image) error { return img.DeleteSnapshot("d") }); err == nil {
 		t.Fatal("DeleteSnapshot landed while the mark fails")

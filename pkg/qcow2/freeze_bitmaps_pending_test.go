@@ -2,7 +2,6 @@ package qcow2_test
 
 import (
 	"bytes"
-	"errors"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -27,40 +26,9 @@ func (f failWhileFile) WriteAt(p []byte, off int64) (int, error) {
 }
 func (f failWhileFile) Unwrap() qcow2.File { return f.File }
 
+// pendingLive is pendingLiveWith failWhileFile.
 func pendingLive(t *testing.T) (dir, path string, l *qcow2.Live, on *atomic.Bool) {
-	dir = t.TempDir()
-	path = filepath.Join(dir, "vol.qcow2")
-	if err := qcow2.Create(path, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	on = new(atomic.Bool)
-	opts := qcow2.WithFileHooks(qcow2.Options{}, func(p string, f qcow2.File) qcow2.File {
-		if p == path {
-			return failWhileFile{f, on}
-		}
-		return f
-	}, nil)
-	l, err := qcow2.OpenLive(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.WithImage(func(img *qcow2.Image) error { return img.AddBitmap("b", freezeBitmapCluster, false) }); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.WriteAt(bytes.Repeat([]byte{1}, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
-	qcow2.SetFreezeHook(l, func(step string) error {
-		if step == "linked" {
-			on.Store(true)
-			return errors.New("injected")
-		}
-		return nil
-	})
-	err = l.Freeze(filepath.Join(dir, "snap.qcow2"))
-	t.Logf("freeze: %v", err)
-	qcow2.SetFreezeHook(l, nil)
-	return
+	return pendingLiveWith(t, func(f qcow2.File, on *atomic.Bool) qcow2.File { return failWhileFile{f, on} })
 }
 
 // Mark keeps failing: every guest write path is refused, concurrently,
@@ -171,36 +139,7 @@ func (f failSyncFile) Unwrap() qcow2.File { return f.File }
 // The mark's fdatasync fails: sticky; writes refused; Close fails and the
 // file's bitmap is either in use or exact.
 func TestPendingBitmapMarkSyncFailure(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "vol.qcow2")
-	if err := qcow2.Create(path, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	on := new(atomic.Bool)
-	opts := qcow2.WithFileHooks(qcow2.Options{}, func(p string, f qcow2.File) qcow2.File {
-		if p == path {
-			return failSyncFile{f, on}
-		}
-		return f
-	}, nil)
-	l, err := qcow2.OpenLive(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.WithImage(func(img *qcow2.Image) error { return img.AddBitmap("b", freezeBitmapCluster, false) }); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.WriteAt(bytes.Repeat([]byte{1}, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
-	qcow2.SetFreezeHook(l, func(step string) error {
-		if step == "linked" {
-			on.Store(true)
-			return errors.New("injected")
-		}
-		return nil
-	})
-	t.Logf("freeze: %v", l.Freeze(filepath.Join(dir, "snap.qcow2")))
+	_, path, l, _ := pendingLiveWith(t, func(f qcow2.File, on *atomic.Bool) qcow2.File { return failSyncFile{f, on} })
 	for i := 0; i < 3; i++ {
 		if _, err := l.WriteAt(bytes.Repeat([]byte{9}, 4096), 3*freezeBitmapCluster); err == nil {
 			t.Fatal("write landed after a sticky sync failure")
