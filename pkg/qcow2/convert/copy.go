@@ -19,6 +19,19 @@ type copyCtx struct {
 	lo, hi int64
 }
 
+// readSpan reads span i of spans into the worker's scratch buffer (zeros
+// for a span known to read as zeros, without reading it).
+func readSpan(in Source, spans []span, i int, scratch *[]byte, cx copyCtx) ([]byte, error) {
+	cx.ra.prepared(spans, i)
+	s := spans[i]
+	p := scratchBuf(scratch, s.n)
+	if s.zero {
+		clear(p)
+		return p, nil
+	}
+	return p, readSource(in, p, s.off)
+}
+
 // copyExtents copies every extent that may hold data from in to out on
 // the pipeline's workers. With sparse > 0, extents known to read as zeros
 // are skipped and so is every sparse-aligned block of read data that is
@@ -27,12 +40,9 @@ func copyExtents(in Source, out io.WriterAt, exts []qcow2.Extent, sparse int64, 
 	spans, skipped := extentSpans(exts, max(copyChunk, sparse), sparse == 0)
 	cx.prog.add(skipped)
 	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
-		cx.ra.prepared(spans, i)
 		s := spans[i]
-		p := scratchBuf(scratch, s.n)
-		if s.zero {
-			clear(p)
-		} else if err := readSource(in, p, s.off); err != nil {
+		p, err := readSpan(in, spans, i, scratch, cx)
+		if err != nil {
 			return nil, err
 		}
 		runs := nonZeroRuns(p, s.off, sparse)

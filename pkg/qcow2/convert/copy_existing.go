@@ -13,12 +13,9 @@ func copyAll(in Source, out qcow2.Disk, exts []qcow2.Extent, cx copyCtx) error {
 	spans, _ := extentSpans(exts, copyChunk, true)
 	img, isQcow2 := out.(*qcow2.Image)
 	return cx.pl.run(len(spans), func(i int, scratch *[]byte) (func() error, error) {
-		cx.ra.prepared(spans, i)
 		s := spans[i]
-		p := scratchBuf(scratch, s.n)
-		if s.zero {
-			clear(p)
-		} else if err := readSource(in, p, s.off); err != nil {
+		p, err := readSpan(in, spans, i, scratch, cx)
+		if err != nil {
 			return nil, err
 		}
 		return func() error {
