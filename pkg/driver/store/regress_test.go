@@ -146,15 +146,7 @@ func TestOneBadTopDoesNotStopOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The top carries the corrupt bit (rule 4 set it before the crash).
-	f, err := os.OpenFile(top, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b [8]byte
-	f.ReadAt(b[:], 72)
-	b[7] |= 2
-	f.WriteAt(b[:], 72)
-	f.Close()
+	patchFile(t, top, func(b []byte) { b[79] |= 2 })
 	if _, err := Open(Config{Root: root, Node: "node-1", MaxChainDepth: 4}); err != nil {
 		t.Errorf("Open of the whole store fails for one volume: %v", err)
 	}
