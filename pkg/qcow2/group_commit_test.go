@@ -7,8 +7,10 @@ package qcow2_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -76,7 +78,11 @@ func requireCheck(t *testing.T, path string, leaksOK bool) *qcow2.CheckResult {
 // of the same clusters at once, so every cluster's first allocation is in
 // flight while the others arrive. A writer that allocated the cluster again
 // from the old mapping would copy the backing data over the first one's
-// slot; readers meanwhile must see each slot old or new, never anything else.
+// slot; readers meanwhile must see each byte of a slot old or new, never
+// anything else. A read racing a write of the same slot may see a mix of the
+// two: Linux copies a buffered pread and pwrite of one page without a common
+// lock, and a block device promises nothing for overlapping requests in
+// flight either (CI saw "[0,64) old [64,4096) new").
 func TestConcurrentCOWSameCluster(t *testing.T) {
 	const cs, slot, clusters, writers = 64 << 10, 4 << 10, 8, 16
 	img, path, base := openCOWOverlay(t, clusters*cs)
@@ -100,8 +106,8 @@ func TestConcurrentCOWSameCluster(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if !bytes.Equal(buf, base[:slot]) && !bytes.Equal(buf, data(w)) {
-					t.Errorf("cluster %d slot %d reads %#x..., neither old nor new", c, w, buf[0])
+				if !oldOrNew(buf, base[0], data(w)[0]) {
+					t.Errorf("cluster %d slot %d reads bytes neither old nor new: %s", c, w, describeBytes(buf, base[0], data(w)[0]))
 					return
 				}
 			}
@@ -183,4 +189,35 @@ func TestConcurrentCOWWithMetadataOps(t *testing.T) {
 	run(4, func(int) error { return img.Flush() })
 	wg.Wait()
 	checkClean(t, img, path)
+}
+
+// oldOrNew reports whether every byte of buf is old or new.
+func oldOrNew(buf []byte, old, new byte) bool {
+	for _, b := range buf {
+		if b != old && b != new {
+			return false
+		}
+	}
+	return true
+}
+
+// describeBytes summarizes buf as runs of bytes, naming old and new.
+func describeBytes(buf []byte, old, new byte) string {
+	var out []string
+	for i := 0; i < len(buf); {
+		j := i
+		for j < len(buf) && buf[j] == buf[i] {
+			j++
+		}
+		name := fmt.Sprintf("%#x", buf[i])
+		switch buf[i] {
+		case old:
+			name = "old"
+		case new:
+			name = "new"
+		}
+		out = append(out, fmt.Sprintf("[%d,%d) %s", i, j, name))
+		i = j
+	}
+	return strings.Join(out, " ")
 }
