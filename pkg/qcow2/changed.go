@@ -141,6 +141,9 @@ func (img *Image) AllocatedRanges(snapshot string) ([]Range, error) {
 				break
 			}
 			e, bitmap := img.entryAt(buf, k)
+			if e == 0 && bitmap == 0 {
+				continue // unallocated: most entries of a sparse table
+			}
 			m, err := img.decodeL2(off/img.cs, e, bitmap)
 			if err != nil {
 				return nil, err
@@ -265,7 +268,11 @@ func (img *Image) ChangedRanges(fromSnapshot, toSnapshot string) ([]Range, error
 				eb, bmb = img.entryAt(bufB, k)
 			}
 			n := min(img.cs, size-off)
-			if la != lb || off+img.cs > common {
+			// Equal entries (COPIED aside, which reads nothing) within
+			// both sizes read the same: most of two tables that share
+			// all but a few clusters.
+			same := (ea^eb)&^oflagCopied == 0 && bma == bmb && off+img.cs <= common
+			if !same && (la != lb || off+img.cs > common) {
 				ma, err := img.decodeUnlessPast(off/img.cs, ea, bma, off >= a.size)
 				if err != nil {
 					return nil, err

@@ -57,7 +57,7 @@ var faultScope = map[string]string{
 var faultSiteScope = map[string]string{
 	"external_snapshot.go:syncDir": "the directory sync faultPlan.syncDir stands in for",
 	"pread.go:103":                 "writeHost's pwrite of the descriptor: the fault file has none, so the same writes fail at pread.go's WriteAt",
-	"snapshot.go:707":              "clearCopiedL2 writes only a snapshot L2 table whose entries carry OFLAG_COPIED, which check reports as corruption and which neither this engine nor QEMU writes: no valid image reaches it",
+	"snapshot.go:718":              "clearCopiedL2 writes only a snapshot L2 table whose entries carry OFLAG_COPIED, which check reports as corruption and which neither this engine nor QEMU writes: no valid image reaches it",
 }
 
 // ioSites lists the engine's static I/O sites as "file.go:line", the

@@ -175,7 +175,8 @@ func (img *Image) CreateSnapshot(name string) (_ SnapshotInfo, err error) {
 	}
 
 	// Everything that can fail without changing the image comes first.
-	refs, err := img.treeRefs(img.l1)
+	copied := map[int64]bool{}
+	refs, err := img.treeRefs(img.l1, copied)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
@@ -206,8 +207,9 @@ func (img *Image) CreateSnapshot(name string) (_ SnapshotInfo, err error) {
 	if err := img.addRefs(refs); err != nil {
 		return SnapshotInfo{}, err
 	}
-	// Every cluster of the active tree now has refcount >= 2: clear COPIED.
-	if err := img.fixCopied(); err != nil {
+	// Every cluster of the active tree now has refcount >= 2: clear
+	// COPIED, in the L2 slices that have it set.
+	if err := img.fixCopied(copied); err != nil {
 		return SnapshotInfo{}, err
 	}
 	if l1Bytes > 0 {
@@ -320,8 +322,10 @@ func (img *Image) readSnapshotL1(e *snapshotEntry) ([]uint64, error) {
 // multiplicity, as QEMU counts them: each L2 table, each data cluster
 // (also preallocated zero clusters) and, for compressed clusters, every
 // host cluster their compressed range touches. The tables are read from
-// the file (the caches are write-through), not through the L2 cache.
-func (img *Image) treeRefs(l1 []uint64) ([]int64, error) {
+// the file (the caches are write-through), not through the L2 cache. A
+// non-nil copied gets the file offset of every L2 slice with an entry
+// that has OFLAG_COPIED set.
+func (img *Image) treeRefs(l1 []uint64, copied map[int64]bool) ([]int64, error) {
 	fsize, err := img.f.Size()
 	if err != nil {
 		return nil, err
@@ -369,6 +373,9 @@ func (img *Image) treeRefs(l1 []uint64) ([]int64, error) {
 				return nil, err
 			}
 			refs = append(refs, host/img.cs)
+			if copied != nil && e&oflagCopied != 0 {
+				copied[l2off+(k-k%img.sliceEntries)*img.l2es] = true
+			}
 		}
 	}
 	return refs, nil
@@ -463,7 +470,7 @@ func (img *Image) addRefs(refs []int64) error {
 // say exactly "refcount is 1", as QEMU's check demands, writing only the
 // entries that change. Clearing is always safe; setting is only correct
 // once the decrements that brought a refcount to 1 are durable.
-func (img *Image) fixCopied() error {
+func (img *Image) fixCopied(only map[int64]bool) error {
 	l1off := int64(img.hdr.L1TableOffset)
 	for i, le := range img.l1 {
 		l2off := int64(le & l1OffsetMask)
@@ -485,7 +492,7 @@ func (img *Image) fixCopied() error {
 			img.l1[i] = want
 		}
 		img.meta.add(l2off/img.cs, metaL2)
-		if err := img.fixCopiedL2(int64(i), l2off); err != nil {
+		if err := img.fixCopiedL2(int64(i), l2off, only); err != nil {
 			return err
 		}
 	}
@@ -506,10 +513,14 @@ func (img *Image) copiedFlag(entry uint64, host int64) (uint64, error) {
 	return want, nil
 }
 
-// fixCopiedL2 fixes the COPIED flags of the L2 table of L1 entry l1i.
-func (img *Image) fixCopiedL2(l1i, l2off int64) error {
+// fixCopiedL2 fixes the COPIED flags of the L2 table of L1 entry l1i:
+// all its slices, or those in only when only is not nil.
+func (img *Image) fixCopiedL2(l1i, l2off int64, only map[int64]bool) error {
 	first := l1i * img.l2Entries
 	for s := int64(0); s < img.l2Entries; s += img.sliceEntries {
+		if only != nil && !only[l2off+s*img.l2es] {
+			continue
+		}
 		buf, sliceOff, err := img.l2Slice(l2off, first+s)
 		if err != nil {
 			return err
@@ -600,14 +611,14 @@ func (img *Image) ApplySnapshot(idOrName string) (err error) {
 	for j, le := range snapL1 {
 		newL1[j] = le &^ oflagCopied // every cluster becomes shared
 	}
-	snapRefs, err := img.treeRefs(newL1)
+	snapRefs, err := img.treeRefs(newL1, nil)
 	if err != nil {
 		return err
 	}
 	if err := img.checkRefDelta(snapRefs, 1); err != nil {
 		return err
 	}
-	oldRefs, err := img.treeRefs(img.l1)
+	oldRefs, err := img.treeRefs(img.l1, nil)
 	if err != nil {
 		return err
 	}
@@ -727,7 +738,7 @@ func (img *Image) DeleteSnapshot(idOrName string) (err error) {
 	if err != nil {
 		return err
 	}
-	refs, err := img.treeRefs(snapL1)
+	refs, err := img.treeRefs(snapL1, nil)
 	if err != nil {
 		return err
 	}
@@ -774,7 +785,7 @@ func (img *Image) DeleteSnapshot(idOrName string) (err error) {
 	}
 	// Clusters only the active layer references now may be written in
 	// place again; their decrements are durable.
-	if err := img.fixCopied(); err != nil {
+	if err := img.fixCopied(nil); err != nil {
 		return err
 	}
 	return img.f.Sync()
