@@ -12,12 +12,12 @@ import (
 // and, for volumes, the write that gives them their content. Replaying a
 // call after a crash must complete it.
 type call struct {
-	Op   string // create, snapshot, clone, restore, write-snapshot, expand, delete-volume, delete-snapshot
+	Op   string // create, snapshot, clone, restore, write, write-snapshot, expand, delete-volume, delete-snapshot
 	Name string
 	Src  string // a volume or snapshot name
 	Type string // snapshot type
-	Off  int64  // write-snapshot: where the write goes
-	Len  int64  // write-snapshot: how much it writes; expand: the new size
+	Off  int64  // write, write-snapshot: where the write goes
+	Len  int64  // write, write-snapshot: how much it writes; expand: the new size
 }
 
 const (
@@ -46,8 +46,9 @@ func rootOf(name string) string {
 // script is run r's workload: it deletes every object of runs before r-1
 // that s still holds (earlier runs may have been killed before their
 // deletes), then makes a volume with content, snapshots of both types, a
-// clone, restores from both snapshots, and enough frozen layers to pass
-// the chain cap (a merge).
+// clone, restores from both snapshots (from internal ones both ways of
+// making their layer), and enough frozen layers to pass the chain cap (a
+// merge).
 func script(r int, s *Store) []call {
 	old := func(name string) bool {
 		var k int
@@ -72,9 +73,16 @@ func script(r int, s *Store) []call {
 	calls = append(calls,
 		call{Op: "create", Name: vol},
 		call{Op: "snapshot", Name: "se-" + vol, Src: vol, Type: TypeExternal},
-		// The internal snapshot holds data of its own (the external one
-		// took the rest away), so that its restore copies.
+		// si holds 2 MiB of its own (the external snapshot took the rest
+		// away), and more is written after it: its restore copies what
+		// it holds (materialize).
 		call{Op: "write-snapshot", Name: "si-" + vol, Src: vol, Type: TypeInternal, Off: 5 << 20, Len: 2 << 20},
+		call{Op: "write", Src: vol, Off: 1 << 20, Len: 3 << 20},
+		// sj holds all of that, and less is written after it: its restore
+		// freezes the volume's top and copies the difference.
+		call{Op: "write-snapshot", Name: "sj-" + vol, Src: vol, Type: TypeInternal, Off: 7 << 20, Len: 64 << 10},
+		call{Op: "write", Src: vol, Off: 5 << 20, Len: 512 << 10},
+		call{Op: "restore", Name: "rj-" + vol, Src: "sj-" + vol},
 		call{Op: "clone", Name: "cl-" + vol, Src: vol},
 		call{Op: "restore", Name: "re-" + vol, Src: "se-" + vol},
 		call{Op: "restore", Name: "ri-" + vol, Src: "si-" + vol},
@@ -104,6 +112,8 @@ func (c call) do(s *Store) error {
 	case "restore":
 		_, err := s.CreateVolume(ctx, VolumeSpec{Name: c.Name, Source: &Source{Kind: SourceSnapshot, ID: s.SnapshotID(c.Src)}})
 		return err
+	case "write":
+		return writeThrough(s, s.VolumeID(c.Src), bytes.Repeat([]byte{0x3c}, int(c.Len)), c.Off)
 	case "write-snapshot":
 		if err := writeThrough(s, s.VolumeID(c.Src), bytes.Repeat([]byte{0xa5}, int(c.Len)), c.Off); err != nil {
 			return err

@@ -90,8 +90,12 @@ type snapshotRecord struct {
 	Chain    Chain  `json:"chain"`
 	Internal string `json:"internal,omitempty"`
 	// Layer, for an internal snapshot, is the frozen layer its first
-	// restore made: what the snapshot holds in its own file, over the
-	// rest of its chain. Later restores are overlays on it.
-	Layer   string    `json:"layer,omitempty"`
-	Created time.Time `json:"created"`
+	// restore made; later restores are overlays on it. With LayerAbove it
+	// stands on the whole chain (the file, frozen by then, included) and
+	// holds the snapshot's content where the file changed after it;
+	// without, it stands on the chain below the file and holds what the
+	// snapshot holds in the file (materialize).
+	Layer      string    `json:"layer,omitempty"`
+	LayerAbove bool      `json:"layer_above,omitempty"`
+	Created    time.Time `json:"created"`
 }

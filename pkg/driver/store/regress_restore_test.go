@@ -10,12 +10,22 @@ import (
 	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
-// While a restore copies from an internal snapshot of a served volume:
-// a freeze of that volume is refused at once (Aborted, the CO retries)
-// instead of waiting for the copy and holding back the guest's I/O
-// meanwhile; the guest writes; releasing the volume waits for the copy
-// without stopping the rest of the store.
+// While a restore copies from an internal snapshot of a served volume
+// (both ways: what the snapshot holds, read through the live handle, and
+// what changed after it, read from the frozen file): a freeze of that
+// volume is refused at once (Aborted, the CO retries) instead of waiting
+// for the copy and holding back the guest's I/O meanwhile; the guest
+// writes; releasing the volume waits for the copy without stopping the
+// rest of the store.
 func TestRestoreFromInternalBlocksNoIO(t *testing.T) {
+	// What is written after the snapshot: more than it holds (4 MiB), so
+	// the restore copies what it holds; or less, so it copies the change.
+	for name, after := range map[string]int64{"copy": 4<<20 + 4096, "diff": 64 << 10} {
+		t.Run(name, func(t *testing.T) { restoreBlocksNoIO(t, after) })
+	}
+}
+
+func restoreBlocksNoIO(t *testing.T, after int64) {
 	ctx := context.Background()
 	s := openTestStore(t, t.TempDir())
 	v, err := s.CreateVolume(ctx, VolumeSpec{Name: "vol", Capacity: 8 << 20})
@@ -35,6 +45,9 @@ func TestRestoreFromInternalBlocksNoIO(t *testing.T) {
 	}
 	in, err := s.CreateSnapshot(ctx, SnapshotSpec{Name: "in", Volume: v.ID, Type: TypeInternal})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.WriteAt(fill(9, int(after)), 8<<20-after); err != nil {
 		t.Fatal(err)
 	}
 	copying, resume := make(chan struct{}), make(chan struct{})
@@ -83,7 +96,7 @@ func TestRestoreFromInternalBlocksNoIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := readVolume(t, s, r.ID, 4<<20, 0); !bytes.Equal(got, fill(7, 4<<20)) {
+	if got := readVolume(t, s, r.ID, 8<<20, 0); !bytes.Equal(got, append(fill(7, 4<<20), make([]byte, 4<<20)...)) {
 		t.Error("the restored volume does not read the snapshot's data")
 	}
 }
