@@ -22,6 +22,6 @@ engine) and version.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newVersionCmd(), newImgCmd(), newDriverCmd())
+	root.AddCommand(newVersionCmd(), newImgCmd(), newDriverCmd(), newDemoCmd())
 	return root
 }

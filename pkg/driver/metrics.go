@@ -64,7 +64,11 @@ func (m *driverMetrics) record(method string, err error, took time.Duration) {
 	m.csi.RecordMetrics(method, err, took)
 }
 
-// serve serves /metrics at addr until the process ends.
+// MetricsHandler serves the driver's Prometheus metrics at /metrics, as
+// --metrics-address does (the demo reads them in-process).
+func (d *Driver) MetricsHandler() http.Handler { return d.metrics.handler() }
+
+// handler serves /metrics.
 func (m *driverMetrics) handler() http.Handler {
 	mux := http.NewServeMux()
 	m.csi.RegisterToServer(mux, "/metrics")
