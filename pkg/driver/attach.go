@@ -40,6 +40,7 @@ type staged struct {
 	flags    []string
 	readOnly bool
 	att      *fuseloop.Attachment
+	watch    *ioWatch // what the attachment's requests met
 	release  func() error
 	// targets are the paths the volume is published at, with whether
 	// each is read-only.
@@ -104,21 +105,23 @@ func (n *nodeState) count() int {
 	return len(n.staged)
 }
 
-// attach holds volume id open and serves it as a loop device.
-func (d *Driver) attach(id string, readOnly bool) (*fuseloop.Attachment, func() error, error) {
+// attach holds volume id open and serves it as a loop device, through an
+// ioWatch.
+func (d *Driver) attach(id string, readOnly bool) (*fuseloop.Attachment, *ioWatch, func() error, error) {
 	st, err := d.store()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	live, release, err := st.Hold(id)
 	if err != nil {
-		return nil, nil, grpcError(err)
+		return nil, nil, nil, grpcError(err)
 	}
 	dir := filepath.Join(d.cfg.StateDir, attachDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, errors.Join(status.Errorf(codes.Internal, "attach directory: %v", err), release())
+		return nil, nil, nil, errors.Join(status.Errorf(codes.Internal, "attach directory: %v", err), release())
 	}
-	att, err := fuseloop.Attach(qcow2nbd.New(live, readOnly), fuseloop.Options{
+	watch := &ioWatch{Backend: qcow2nbd.New(live, readOnly)}
+	att, err := fuseloop.Attach(watch, fuseloop.Options{
 		Dir:  filepath.Join(dir, id),
 		Name: id,
 		Logf: func(format string, args ...any) {
@@ -126,9 +129,9 @@ func (d *Driver) attach(id string, readOnly bool) (*fuseloop.Attachment, func() 
 		},
 	})
 	if err != nil {
-		return nil, nil, errors.Join(status.Errorf(codes.Internal, "attaching volume %s: %v", id, err), release())
+		return nil, nil, nil, errors.Join(status.Errorf(codes.Internal, "attaching volume %s: %v", id, err), release())
 	}
-	return att, release, nil
+	return att, watch, release, nil
 }
 
 // detach takes the loop device down and releases the image, retrying

@@ -30,8 +30,25 @@ func healthStatus(reason string) csi.VolumeHealthErrorType {
 	return csi.VolumeHealthErrorType_INACCESSIBLE
 }
 
-// getVolumeHealth answers both services' GetVolumeHealth: the store's
-// view of volume id, also kept in the metrics.
+// condition is volume id's condition, also kept in the metrics: the
+// store's (its files, its image), else what its attachment's requests
+// met on this node (ioWatch).
+func (d *Driver) condition(st *store.Store, id string) (store.Condition, error) {
+	cond, err := st.Health(id)
+	if err != nil {
+		return cond, err
+	}
+	if s := d.node.get(id); s != nil && !cond.Abnormal && s.watch != nil {
+		if c := s.watch.condition(); c.Abnormal {
+			cond = c
+		}
+	}
+	d.metrics.health(id, cond)
+	return cond, nil
+}
+
+// getVolumeHealth answers both services' GetVolumeHealth: volume id's
+// condition.
 func (d *Driver) getVolumeHealth(id string) (*csi.VolumeHealth, error) {
 	st, err := d.store()
 	if err != nil {
@@ -40,11 +57,10 @@ func (d *Driver) getVolumeHealth(id string) (*csi.VolumeHealth, error) {
 	if err := checkVolumeID(id); err != nil {
 		return nil, err
 	}
-	cond, err := st.Health(id)
+	cond, err := d.condition(st, id)
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	d.metrics.health(id, cond)
 	return volumeHealth(id, cond), nil
 }
 
@@ -64,11 +80,10 @@ func (c controllerServer) ControllerListVolumeHealth(ctx context.Context, req *c
 	}
 	var sick []*csi.VolumeHealth
 	for _, v := range st.ListVolumes() {
-		cond, err := st.Health(v.ID)
+		cond, err := c.d.condition(st, v.ID)
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		c.d.metrics.health(v.ID, cond)
 		if cond.Abnormal {
 			sick = append(sick, volumeHealth(v.ID, cond))
 		}

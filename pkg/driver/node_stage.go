@@ -74,11 +74,11 @@ func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
-	att, release, err := n.d.attach(id, want.readOnly)
+	att, watch, release, err := n.d.attach(id, want.readOnly)
 	if err != nil {
 		return nil, err
 	}
-	want.att, want.release = att, release
+	want.att, want.watch, want.release = att, watch, release
 	if !want.block {
 		if err := n.d.mountStaging(want); err != nil {
 			return nil, errors.Join(err, detach(id, att, release))

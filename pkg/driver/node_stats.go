@@ -103,9 +103,10 @@ func deviceSize(dev string) (int64, error) {
 	return f.Seek(0, io.SeekEnd)
 }
 
-// NodeGetVolumeHealth reports the store's view of the volume (what
-// ControllerGetVolumeHealth reports): its chain's files are there, its
-// top is not marked corrupt, nothing failed on the image's account.
+// NodeGetVolumeHealth reports what ControllerGetVolumeHealth reports:
+// its chain's files are there, its top is not marked corrupt, nothing
+// failed on the image's account, and its attachment's writes found space
+// and met no I/O error.
 func (n nodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	h, err := n.d.getVolumeHealth(req.GetVolumeId())
 	if err != nil {
