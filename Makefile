@@ -7,7 +7,7 @@ TEST_TIMEOUT ?= 30m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test test-repeat test-vm crash-deep bench bench-convert bench-nbd bench-driver vet fmt clean
+.PHONY: all build test test-repeat test-vm crash-deep bench bench-convert bench-nbd bench-driver bench-attach vet fmt clean
 
 all: build
 
@@ -52,6 +52,11 @@ bench-nbd:
 # at 1 GiB and 1 TiB beside a host-path-style copy; docs/benchmarks.md.
 bench-driver:
 	$(GO) test -run '^$$' -bench '^BenchmarkDriverOps$$' -benchtime 20x -count 3 -timeout 60m ./pkg/driver/store/
+
+# fio on a staged volume's block device (FUSE + loop here) beside a
+# direct-I/O loop device on a raw file; docs/benchmarks.md.
+bench-attach:
+	GO=$(GO) scripts/bench-attach.sh
 
 vet:
 	$(GO) vet ./...

@@ -10,7 +10,7 @@ import (
 
 // startDriver runs a driver on a temporary store and socket until the
 // test ends, and returns it once its store is ready.
-func startDriver(t *testing.T, cfg Config) (*Driver, string) {
+func startDriver(t testing.TB, cfg Config) (*Driver, string) {
 	t.Helper()
 	dir := t.TempDir()
 	if cfg.StateDir == "" {

@@ -25,7 +25,7 @@ import (
 // nodeFixture is a driver with its controller and node services, and a
 // directory for staging and target paths.
 type nodeFixture struct {
-	t   *testing.T
+	t   testing.TB
 	d   *Driver
 	c   controllerServer
 	n   nodeServer
@@ -34,7 +34,7 @@ type nodeFixture struct {
 
 func newNodeFixture(t *testing.T) *nodeFixture { return newNodeFixtureAt(t, Config{}) }
 
-func newNodeFixtureAt(t *testing.T, cfg Config) *nodeFixture {
+func newNodeFixtureAt(t testing.TB, cfg Config) *nodeFixture {
 	testtools.NeedRoot(t)
 	testtools.Need(t, "mkfs.ext4", "mount", "umount", "blkid")
 	d, _ := startDriver(t, cfg)
@@ -80,7 +80,7 @@ func (f *nodeFixture) unstage(id, path string) {
 	}
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
