@@ -22,8 +22,11 @@ func newDriverCmd() *cobra.Command {
 		Short: "Run the CSI driver for this node's volumes",
 		Long: `driver serves the CSI Identity, Controller and Node services (` + driver.DriverName + `)
 for the volumes, snapshots and golden images on this node's disk, on a
-unix socket. Volumes are attached as /dev/loopN over a FUSE file (kernel
-NBD is not used by the driver yet). Every node runs one; external-provisioner
+unix socket. Staged volumes become block devices on one of two attach paths,
+chosen at start (--attach-path): the kernel's nbd driver through netlink
+(/dev/nbdN, the volume ID as its backend identifier; the module is loaded
+with modprobe when it is not), or, where the kernel has no nbd, a FUSE file
+under a direct-I/O loop device (/dev/loopN). Every node runs one; external-provisioner
 and csi-snapshotter run beside it with --node-deployment (docs/driver.md).
 
 It stops cleanly on SIGTERM or SIGINT. The store under --state-dir is
@@ -57,6 +60,7 @@ before the services report ready (Probe).`,
 	f.StringSliceVar(&cfg.ImageFileRoots, "image-file-root", nil, "directory that file: image URLs may name (repeatable; none: file: URLs are refused)")
 	f.Int64Var(&cfg.MaxImageBytes, "max-image-bytes", 0, "largest golden image download in bytes (0: the built-in bound)")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on this host:port at /metrics (empty: off)")
+	f.StringVar(&cfg.AttachPath, "attach-path", "auto", "how staged volumes become block devices: nbd (the kernel's nbd driver), fuse (a FUSE file under a loop device), or auto (nbd where the node has it)")
 	// klog's flags (-v, --logtostderr, ...) on the same command line.
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)

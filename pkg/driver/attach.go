@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -17,18 +16,7 @@ import (
 
 	"github.com/csi-qcow2/csi-qcow2/internal/loopdev"
 	"github.com/csi-qcow2/csi-qcow2/internal/qcow2nbd"
-	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach/fuseloop"
 )
-
-// attachDir is where the FUSE mounts of the attach path live, one
-// directory per staged volume: <state-dir>/attach/<volume-id>. The store
-// neither reads nor collects it (it only touches its own directories).
-const attachDir = "attach"
-
-// detachPatience bounds how long NodeUnstageVolume retries a detach the
-// loop device's other users hold up (fuseloop's Detach waits up to 5 s
-// each time on its own).
-const detachPatience = 15 * time.Second
 
 // staged is a volume this node has staged: its image held open, served
 // as a loop device, and (mount access) a filesystem on it mounted at
@@ -39,7 +27,7 @@ type staged struct {
 	fsType   string // mount access: ext4 or xfs
 	flags    []string
 	readOnly bool
-	att      *fuseloop.Attachment
+	dev      device   // the block device on this node's attach path
 	watch    *ioWatch // what the attachment's requests met
 	release  func() error
 	// targets are the paths the volume is published at, with whether
@@ -47,7 +35,7 @@ type staged struct {
 	targets map[string]bool
 }
 
-func (s *staged) device() string { return s.att.Device() }
+func (s *staged) device() string { return s.dev.Path() }
 
 // nodeState is what the node service knows of its volumes: the staged
 // ones, and a lock per volume so that one call at a time works on it.
@@ -105,9 +93,9 @@ func (n *nodeState) count() int {
 	return len(n.staged)
 }
 
-// attach holds volume id open and serves it as a loop device, through an
-// ioWatch.
-func (d *Driver) attach(id string, readOnly bool) (*fuseloop.Attachment, *ioWatch, func() error, error) {
+// attach holds volume id open and serves it as a block device on this
+// node's attach path, through an ioWatch.
+func (d *Driver) attach(id string, readOnly bool) (device, *ioWatch, func() error, error) {
 	st, err := d.store()
 	if err != nil {
 		return nil, nil, nil, err
@@ -116,42 +104,22 @@ func (d *Driver) attach(id string, readOnly bool) (*fuseloop.Attachment, *ioWatc
 	if err != nil {
 		return nil, nil, nil, grpcError(err)
 	}
-	dir := filepath.Join(d.cfg.StateDir, attachDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, nil, errors.Join(status.Errorf(codes.Internal, "attach directory: %v", err), release())
-	}
 	watch := &ioWatch{Backend: qcow2nbd.New(live, readOnly)}
-	att, err := fuseloop.Attach(watch, fuseloop.Options{
-		Dir:  filepath.Join(dir, id),
-		Name: id,
-		Logf: func(format string, args ...any) {
-			klog.InfoS(fmt.Sprintf(format, args...), "component", "fuseloop", "volume", id)
-		},
-	})
+	dev, err := d.path.attach(id, watch)
 	if err != nil {
-		return nil, nil, nil, errors.Join(status.Errorf(codes.Internal, "attaching volume %s: %v", id, err), release())
+		return nil, nil, nil, errors.Join(status.Errorf(codes.Internal, "attaching volume %s (%s): %v", id, d.path.name(), err), release())
 	}
-	return att, watch, release, nil
+	return dev, watch, release, nil
 }
 
-// detach takes the loop device down and releases the image, retrying
-// while the device's other users let go, up to detachPatience.
-func detach(id string, att *fuseloop.Attachment, release func() error) error {
-	deadline := time.Now().Add(detachPatience)
-	for {
-		err := att.Detach()
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, fuseloop.ErrBusy) || time.Now().After(deadline) {
-			return status.Errorf(codes.FailedPrecondition, "detaching volume %s: %v", id, err)
-		}
+// detach takes the device down and releases the image.
+func detach(id string, dev device, release func() error) error {
+	if err := dev.Detach(); err != nil {
+		return status.Errorf(codes.FailedPrecondition, "detaching volume %s from %s: %v", id, dev.Path(), err)
 	}
 	if err := release(); err != nil {
 		return status.Errorf(codes.Internal, "closing volume %s: %v", id, err)
 	}
-	// The FUSE mount point, empty once unmounted.
-	_ = os.Remove(filepath.Dir(att.File()))
 	return nil
 }
 

@@ -35,6 +35,10 @@ type Config struct {
 	MaxImageBytes int64
 	// MetricsAddress, if set, serves Prometheus metrics there (host:port).
 	MetricsAddress string
+	// AttachPath is how staged volumes become block devices: "nbd" (the
+	// kernel's nbd driver), "fuse" (a FUSE file under a loop device), or
+	// "auto"/"" (nbd where the node has it).
+	AttachPath string
 }
 
 func (c *Config) check() error {

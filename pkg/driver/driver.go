@@ -29,6 +29,7 @@ type Driver struct {
 	mounter mount.Interface
 	images  *golden.Importer
 	node    *nodeState
+	path    attachPath
 }
 
 // New checks cfg and makes a driver; Run serves it.
@@ -39,7 +40,12 @@ func New(cfg Config) (*Driver, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, mounter: mount.New(""), node: newNodeState()}
+	path, why, err := chooseAttachPath(cfg.AttachPath, cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	klog.InfoS("attach path chosen", "path", path.name(), "why", why)
+	d := &Driver{cfg: cfg, mounter: mount.New(""), node: newNodeState(), path: path}
 	d.metrics = newMetrics(d)
 	d.images = d.newImporter()
 	return d, nil

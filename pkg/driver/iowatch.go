@@ -110,3 +110,13 @@ func (w *ioWatch) condition() store.Condition {
 func isNoSpace(err error) bool {
 	return errors.Is(err, nbdattach.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
+
+// Resize passes a resize on to the volume's backend (nbdattach.Resizer,
+// which the NBD server asks for when its export grows).
+func (w *ioWatch) Resize(size int64) error {
+	r, ok := w.Backend.(nbdattach.Resizer)
+	if !ok {
+		return nbdattach.ErrNotSupported
+	}
+	return r.Resize(size)
+}

@@ -54,7 +54,12 @@ func newMetrics(d *Driver) *driverMetrics {
 			last[id] = c.Reason
 		}
 	}
-	m.reg.MustRegister(m.imports, m.imported, unhealthy, storeCollector{d})
+	attach := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "csi_qcow2_node_attach_path",
+		Help: "1 for the attach path this node's staged volumes use (nbd: the kernel's nbd driver; fuse: a FUSE file under a loop device).",
+	}, []string{"path"})
+	attach.WithLabelValues(d.path.name()).Set(1)
+	m.reg.MustRegister(m.imports, m.imported, unhealthy, attach, storeCollector{d})
 	m.csi.WithAdditionalRegistry(m.reg)
 	return m
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 	"k8s.io/mount-utils"
 )
 
@@ -32,6 +33,7 @@ type nodeServer struct {
 }
 
 func (n nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	klog.InfoS("node info", "node", n.d.cfg.NodeID, "attachPath", n.d.path.name())
 	return &csi.NodeGetInfoResponse{
 		NodeId:             n.d.cfg.NodeID,
 		AccessibleTopology: n.d.topology()[0],

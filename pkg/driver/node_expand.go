@@ -48,7 +48,7 @@ func (n nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVol
 	if v, err = st.ExpandVolume(id, size); err != nil {
 		return nil, grpcError(err)
 	}
-	if err := s.att.Resize(); err != nil {
+	if err := s.dev.Resize(); err != nil {
 		return nil, status.Errorf(codes.Internal, "resizing %s: %v", s.device(), err)
 	}
 	if !s.block {

@@ -74,14 +74,14 @@ func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
-	att, watch, release, err := n.d.attach(id, want.readOnly)
+	dev, watch, release, err := n.d.attach(id, want.readOnly)
 	if err != nil {
 		return nil, err
 	}
-	want.att, want.watch, want.release = att, watch, release
+	want.dev, want.watch, want.release = dev, watch, release
 	if !want.block {
 		if err := n.d.mountStaging(want); err != nil {
-			return nil, errors.Join(err, detach(id, att, release))
+			return nil, errors.Join(err, detach(id, dev, release))
 		}
 	}
 	n.d.node.put(id, want)
@@ -160,7 +160,7 @@ func (n nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 			return nil, err
 		}
 	}
-	if err := detach(id, s.att, s.release); err != nil {
+	if err := detach(id, s.dev, s.release); err != nil {
 		return nil, err
 	}
 	n.d.node.put(id, nil)

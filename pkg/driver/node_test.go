@@ -112,6 +112,16 @@ func (f *nodeFixture) noLeftovers() {
 			t.Errorf("%s still bound to %s", filepath.Base(dev), b)
 		}
 	}
+	// Kernel NBD: a device still connected (it has a server pid) to a
+	// volume of this node.
+	nbds, _ := filepath.Glob("/sys/block/nbd*/backend")
+	for _, b := range nbds {
+		id, _ := os.ReadFile(b)
+		_, err := os.Stat(filepath.Join(filepath.Dir(b), "pid"))
+		if err == nil && strings.HasSuffix(strings.TrimSpace(string(id)), "@"+f.d.cfg.NodeID) {
+			t.Errorf("%s still connected to volume %s", filepath.Base(filepath.Dir(b)), id)
+		}
+	}
 }
 
 // A file written through a published mount survives unpublish, unstage

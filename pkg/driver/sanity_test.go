@@ -14,20 +14,22 @@ import (
 )
 
 // TestSanity runs csi-sanity's Identity, Controller and Node specs
-// against the driver, once per snapshot type. Ginkgo runs one suite per process, so
-// each type runs in a child process of this test binary
-// (TestSanitySuite).
+// against the driver, once per snapshot type and access type (mount,
+// block). Ginkgo runs one suite per process, so each runs in a child
+// process of this test binary (TestSanitySuite).
 func TestSanity(t *testing.T) {
 	for _, typ := range []string{"external", "internal"} {
-		t.Run(typ, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestSanitySuite$", "-test.v")
-			cmd.Env = append(os.Environ(), "CSI_QCOW2_SANITY_TYPE="+typ)
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("csi-sanity with %s snapshots: %v\n%s", typ, err, out)
-			}
-			t.Logf("csi-sanity with %s snapshots passed", typ)
-		})
+		for _, access := range []string{"mount", "block"} {
+			t.Run(typ+"/"+access, func(t *testing.T) {
+				cmd := exec.Command(os.Args[0], "-test.run=^TestSanitySuite$", "-test.v")
+				cmd.Env = append(os.Environ(), "CSI_QCOW2_SANITY_TYPE="+typ, "CSI_QCOW2_SANITY_ACCESS="+access)
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					t.Fatalf("csi-sanity with %s snapshots, %s access: %v\n%s", typ, access, err, out)
+				}
+				t.Logf("csi-sanity with %s snapshots, %s access passed", typ, access)
+			})
+		}
 	}
 }
 
@@ -48,6 +50,7 @@ func TestSanitySuite(t *testing.T) {
 	cfg.TestVolumeSize = 64 << 20
 	cfg.IdempotentCount = 10
 	cfg.TestSnapshotParameters = map[string]string{"type": typ}
+	cfg.TestVolumeAccessType = os.Getenv("CSI_QCOW2_SANITY_ACCESS")
 	sanity.GinkgoTest(&cfg)
 	gomega.RegisterFailHandler(ginkgo.Fail)
 	suite, reporter := ginkgo.GinkgoConfiguration()
@@ -68,5 +71,5 @@ func TestSanitySuite(t *testing.T) {
 		suite.SkipStrings = append(suite.SkipStrings, "should work if node-expand is called after node-publish")
 	}
 	reporter.Succinct = true
-	ginkgo.RunSpecs(t, "csi-qcow2 sanity ("+typ+" snapshots)", suite, reporter)
+	ginkgo.RunSpecs(t, "csi-qcow2 sanity ("+typ+" snapshots, "+cfg.TestVolumeAccessType+" access)", suite, reporter)
 }

@@ -269,3 +269,14 @@ func decodeDeviceList(b []byte) ([]DeviceStatus, error) {
 	}
 	return out, ad.Err()
 }
+
+// Available reports whether this kernel's nbd driver can be attached
+// through netlink: nil, or ErrNoNetlinkFamily when the nbd module is not
+// loaded (or the kernel predates the family).
+func Available() error {
+	nl, err := dialNetlink()
+	if err != nil {
+		return err
+	}
+	return nl.Close()
+}

@@ -23,7 +23,10 @@ var guestModules = []string{"crc32c_generic", "nbd", "ext4", "xfs"}
 // guestTools are host programs copied into the guest's /usr/sbin with their
 // libraries. Debian's busybox shell runs its own applets before anything on
 // PATH, so scripts call these by their full path (lib.sh names them).
-var guestTools = []string{"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard"}
+// The driver's node service (mount-utils) runs the rest: blkid to find a
+// filesystem, fsck before a mount, mkfs.ext4, and the online growers.
+var guestTools = []string{"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard",
+	"mkfs.ext4", "blkid", "fsck", "fsck.ext4", "resize2fs", "xfs_growfs"}
 
 // TestNames lists the guest test scripts ("00-boot", ...) in run order.
 func TestNames() ([]string, error) {
@@ -42,9 +45,10 @@ func TestNames() ([]string, error) {
 }
 
 // guestTestBinaries are Go test binaries built into the guest's /usr/bin
-// as NAME.test: their TestKernel* tests need the kernel's nbd driver and
-// run there (48-resize), everything else in them runs on the host too.
-var guestTestBinaries = map[string]string{"nbdattach": "./pkg/nbdattach"}
+// as NAME.test: nbdattach's TestKernel* tests need the kernel's nbd
+// driver and run there (48-resize); the driver's node tests and
+// csi-sanity run there on kernel NBD (50-driver) as on the host on FUSE.
+var guestTestBinaries = map[string]string{"nbdattach": "./pkg/nbdattach", "driver": "./pkg/driver"}
 
 // BuildInitramfs stages and packs the guest root filesystem into out:
 // busybox, the static csi-qcow2 and test binaries (built from moduleRoot),

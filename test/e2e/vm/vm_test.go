@@ -19,7 +19,8 @@ import (
 // CSI_QCOW2_VM_CONSOLE=1 streams the guest console to stderr.
 func TestGuest(t *testing.T) {
 	testtools.Need(t, "qemu-system-x86_64", "busybox", "cpio", "xz", "dpkg", "apt-get",
-		"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard", "ldd", "go")
+		"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard", "mkfs.ext4", "blkid", "fsck", "fsck.ext4",
+		"resize2fs", "xfs_growfs", "ldd", "go")
 	names, err := TestNames()
 	if err != nil {
 		t.Fatal(err)

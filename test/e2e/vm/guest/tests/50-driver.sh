@@ -1,0 +1,20 @@
+# The CSI driver's node service on kernel NBD: the package's own tests
+# (pkg/driver) with the attach path forced to nbd, so that a fallback
+# cannot pass for it. csi-sanity's Identity, Controller and Node specs for
+# both snapshot types and both access types; stage, publish, write and
+# read back, filesystem and block; online expansion of ext4 (the guest's
+# root may grow it), xfs and a block device; a read-only block stage.
+. /lib/vmtest.sh
+tests='^(TestSanity|TestNodeMountRoundTrip|TestNodeBlockRoundTrip|TestNodeExpand|TestNodeReaderOnlyBlock)$'
+CSI_QCOW2_ATTACH_PATH=nbd driver.test -test.run "$tests" -test.v -test.timeout 280s >go-test.out 2>&1 || {
+	cat go-test.out
+	fail "the driver's tests on kernel NBD failed"
+}
+grep -E -- '^\s*--- |attach path chosen|passed' go-test.out
+grep -q 'attach path chosen.*path="nbd"' go-test.out || fail "the driver did not attach through kernel NBD"
+for t in TestSanity/external/mount TestSanity/external/block TestSanity/internal/mount TestSanity/internal/block \
+	TestNodeMountRoundTrip TestNodeBlockRoundTrip TestNodeExpand/block TestNodeExpand/xfs TestNodeExpand/ext4 \
+	TestNodeReaderOnlyBlock; do
+	grep -q -- "--- PASS: $t " go-test.out || fail "$t did not pass"
+done
+no_io_errors
