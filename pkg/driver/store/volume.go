@@ -274,7 +274,7 @@ func (s *Store) GetVolume(id string) (Volume, error) {
 	if !ok || r.State != stateReady {
 		return Volume{}, errorf(ErrNotFound, "volume %s", id)
 	}
-	return r.public(), nil
+	return s.publicVolume(r), nil
 }
 
 // ListVolumes returns the ready volumes, sorted by ID.

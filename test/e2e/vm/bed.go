@@ -26,7 +26,7 @@ var guestModules = []string{"crc32c_generic", "nbd", "ext4", "xfs"}
 // The driver's node service (mount-utils) runs the rest: blkid to find a
 // filesystem, fsck before a mount, mkfs.ext4, and the online growers.
 var guestTools = []string{"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard",
-	"mkfs.ext4", "blkid", "fsck", "fsck.ext4", "resize2fs", "xfs_growfs"}
+	"mkfs.ext4", "blkid", "fsck", "fsck.ext4", "resize2fs", "xfs_growfs", "fstrim"}
 
 // TestNames lists the guest test scripts ("00-boot", ...) in run order.
 func TestNames() ([]string, error) {

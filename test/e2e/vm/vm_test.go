@@ -20,7 +20,7 @@ import (
 func TestGuest(t *testing.T) {
 	testtools.Need(t, "qemu-system-x86_64", "busybox", "cpio", "xz", "dpkg", "apt-get",
 		"mke2fs", "e2fsck", "mkfs.xfs", "blkdiscard", "mkfs.ext4", "blkid", "fsck", "fsck.ext4",
-		"resize2fs", "xfs_growfs", "ldd", "go")
+		"resize2fs", "xfs_growfs", "fstrim", "ldd", "go")
 	names, err := TestNames()
 	if err != nil {
 		t.Fatal(err)
