@@ -112,6 +112,7 @@ func (d *Driver) Run(ctx context.Context) error {
 		// Staging the volumes concerned fails with the reason.
 		klog.ErrorS(err, "stale attachments of an earlier run left")
 	}
+	d.readopt(st)
 	d.st.Store(st)
 	vols := st.ListVolumes()
 	klog.InfoS("store ready", "stateDir", st.Root(), "volumes", len(vols), "snapshots", len(st.ListSnapshots()), "took", time.Since(start))

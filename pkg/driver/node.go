@@ -88,6 +88,9 @@ func (n nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpubl
 	}
 	if s := n.d.node.get(req.GetVolumeId()); s != nil {
 		delete(s.targets, target)
+		if err := n.d.saveStaged(req.GetVolumeId(), s); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

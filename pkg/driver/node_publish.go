@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 
@@ -78,6 +79,10 @@ func (n nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishV
 		return nil, status.Errorf(codes.Internal, "bind-mounting %s at %s: %v", source, target, err)
 	}
 	s.targets[target] = readOnly
+	if err := n.d.saveStaged(req.GetVolumeId(), s); err != nil {
+		delete(s.targets, target)
+		return nil, errors.Join(status.Error(codes.Internal, err.Error()), n.d.mounter.Unmount(target))
+	}
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 

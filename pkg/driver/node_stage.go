@@ -84,6 +84,13 @@ func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 			return nil, errors.Join(err, detach(id, dev, release))
 		}
 	}
+	if err := n.d.saveStaged(id, want); err != nil {
+		// Unrecorded, a restart could not serve it again: undone.
+		if !want.block {
+			err = errors.Join(err, unmountIfMounted(n.d.mounter, path))
+		}
+		return nil, errors.Join(status.Error(codes.Internal, err.Error()), detach(id, dev, release))
+	}
 	n.d.node.put(id, want)
 	return &csi.NodeStageVolumeResponse{}, nil
 }
@@ -164,6 +171,9 @@ func (n nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 		return nil, err
 	}
 	n.d.node.put(id, nil)
+	if err := n.d.dropStaged(id); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 

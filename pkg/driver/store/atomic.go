@@ -3,9 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -22,29 +20,10 @@ func writeRecord(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		step("record written")
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := durable.WriteFile(path, append(b, '\n'), step); err != nil {
 		return fmt.Errorf("writing record %s: %w", filepath.Base(path), err)
 	}
-	step("record renamed")
-	return durable.SyncDir(dir)
+	return nil
 }
 
 // readRecord decodes the record at path into v, refusing unknown fields:
@@ -63,13 +42,7 @@ func readRecord(path string, v any) error {
 }
 
 // removeDurable removes path (absent is fine) and syncs its directory.
-func removeDurable(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	step("record removed")
-	return durable.SyncDir(filepath.Dir(path))
-}
+func removeDurable(path string) error { return durable.Remove(path, step) }
 
 // emptyDir removes everything in dir (scratch left by a crash).
 func emptyDir(dir string) error {
