@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 
 	"k8s.io/klog/v2"
 
@@ -33,6 +34,13 @@ func (d *Driver) readopt(st *store.Store) {
 		return
 	}
 	for _, r := range recs {
+		if r.Attach == attachFUSE {
+			klog.InfoS("volume staged on FUSE by an earlier run: its device fails I/O until the CO unstages it", "volume", r.Volume, "device", r.Device)
+			if err := d.dropStaged(r.Volume); err != nil {
+				klog.ErrorS(err, "volume", r.Volume)
+			}
+			continue
+		}
 		if err := d.readoptOne(st, r); err != nil {
 			klog.ErrorS(err, "staged volume of an earlier run not taken over", "volume", r.Volume, "attach", r.Attach, "device", r.Device)
 			if err := d.dropStaged(r.Volume); err != nil {
@@ -46,7 +54,7 @@ var errNotReattached = errors.New("the kernel no longer has the device")
 
 func (d *Driver) readoptOne(st *store.Store, r nodeRecord) error {
 	if r.Attach != attachNBD || d.path.name() != attachNBD {
-		return errors.New("only kernel NBD devices outlive the driver")
+		return fmt.Errorf("staged on %s, and this run attaches on %s", r.Attach, d.path.name())
 	}
 	live, release, err := st.Hold(r.Volume)
 	if err != nil {
