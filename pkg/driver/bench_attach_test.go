@@ -49,14 +49,8 @@ func BenchmarkAttach(b *testing.B) {
 		CapacityRange: &csi.CapacityRange{RequiredBytes: attachBenchSize}, VolumeCapabilities: []*csi.VolumeCapability{c}})
 	must(b, err)
 	id := v.Volume.VolumeId
-	staging, target := filepath.Join(f.dir, "staging"), filepath.Join(f.dir, "target")
-	must(b, os.Mkdir(staging, 0o750))
-	must(b, f.stage(id, staging, c))
-	must(b, f.publish(id, staging, target, c, false))
-	b.Cleanup(func() {
-		f.unpublish(id, target)
-		f.unstage(id, staging)
-	})
+	target := f.attachAt(b, id, "bench", c)
+	b.Cleanup(func() { f.detachAt(id, "bench") })
 
 	raw := filepath.Join(f.d.cfg.StateDir, "bench.raw")
 	fr, err := os.Create(raw)

@@ -89,14 +89,20 @@ func TestNodeDataThroughSnapshotsAndClones(t *testing.T) {
 }
 
 // attachAt stages and publishes volume id under f.dir/name and returns
-// the target; the fixture's cleanup takes it down.
-func (f *nodeFixture) attachAt(t *testing.T, id, name string, c *csi.VolumeCapability) string {
+// the target; detachAt, or else the fixture's cleanup, takes it down.
+func (f *nodeFixture) attachAt(t testing.TB, id, name string, c *csi.VolumeCapability) string {
 	t.Helper()
 	staging, target := filepath.Join(f.dir, name, "staging"), filepath.Join(f.dir, name, "target")
 	must(t, os.MkdirAll(staging, 0o750))
 	must(t, f.stage(id, staging, c))
 	must(t, f.publish(id, staging, target, c, false))
 	return target
+}
+
+// detachAt unpublishes and unstages what attachAt(id, name) made.
+func (f *nodeFixture) detachAt(id, name string) {
+	f.unpublish(id, filepath.Join(f.dir, name, "target"))
+	f.unstage(id, filepath.Join(f.dir, name, "staging"))
 }
 
 // topBytes is what volume id's top file occupies in the store.

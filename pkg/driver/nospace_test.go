@@ -33,10 +33,7 @@ func TestFullStoreFilesystem(t *testing.T) {
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20}, VolumeCapabilities: []*csi.VolumeCapability{c}})
 	must(t, err)
 	id := v.Volume.VolumeId
-	staging, target := filepath.Join(f.dir, "staging"), filepath.Join(f.dir, "target")
-	must(t, os.Mkdir(staging, 0o750))
-	must(t, f.stage(id, staging, c))
-	must(t, f.publish(id, staging, target, c, false))
+	target := f.attachAt(t, id, "thin", c)
 
 	dev, err := os.OpenFile(target, os.O_RDWR|unix.O_DIRECT, 0)
 	must(t, err)
@@ -78,8 +75,7 @@ func TestFullStoreFilesystem(t *testing.T) {
 		t.Fatalf("the write after space was freed does not read back (%v)", err)
 	}
 	must(t, dev.Close())
-	f.unpublish(id, target)
-	f.unstage(id, staging)
+	f.detachAt(id, "thin")
 	_, err = f.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
 	must(t, err)
 }
