@@ -38,14 +38,24 @@ func (s *Store) materialize(ctx context.Context, sn *snapshotRecord) (Chain, err
 		return Chain{}, err
 	}
 	if bytesIn(changed) <= bytesIn(held) {
-		if sn, err = s.freezeInternal(ctx, sn); err != nil {
+		frozen, err := s.freezeInternal(ctx, sn)
+		if err == nil {
+			// Writes before the freeze changed the file further.
+			if _, changed, err = s.internalRanges(frozen); err != nil {
+				return Chain{}, err
+			}
+			return s.makeRestoreLayer(ctx, frozen, true, changed)
+		}
+		// A top that takes no writes (marked corrupt, say: the very
+		// volume one restores a snapshot of) cannot be frozen; the copy
+		// only reads it.
+		s.logf("restoring internal snapshot %s: its file could not be frozen (%v); copying what the snapshot holds instead", sn.ID, err)
+		if sn, err = s.readySnapshot(sn.ID); err != nil {
 			return Chain{}, err
 		}
-		// Writes before the freeze changed the file further.
-		if _, changed, err = s.internalRanges(sn); err != nil {
+		if held, _, err = s.internalRanges(sn); err != nil {
 			return Chain{}, err
 		}
-		return s.makeRestoreLayer(ctx, sn, true, changed)
 	}
 	return s.makeRestoreLayer(ctx, sn, false, held)
 }
