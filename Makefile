@@ -7,12 +7,21 @@ TEST_TIMEOUT ?= 30m
 # Benchmarks: long enough per benchmark for stable numbers on a 2-core box.
 BENCHTIME ?= 2s
 
-.PHONY: all build test test-repeat test-vm crash-deep bench bench-convert bench-nbd bench-driver bench-attach vet fmt clean
+# The driver's version: `csi-qcow2 version`, the image's tag and label.
+VERSION ?= v0.1.0
+
+.PHONY: all build image test test-repeat test-vm crash-deep bench bench-convert bench-nbd bench-driver bench-attach vet fmt clean
 
 all: build
 
 build:
 	$(GO) build -o bin/csi-qcow2 ./cmd/csi-qcow2
+
+# The OCI image (bin/csi-qcow2-image.tar) from Debian packages, without a
+# container engine; docs/image.md. Packages are cached in
+# ~/.cache/csi-qcow2-image/debs.
+image:
+	VERSION=$(VERSION) GO=$(GO) scripts/build-image.sh
 
 test:
 	scripts/install-test-tools.sh

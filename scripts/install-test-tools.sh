@@ -27,6 +27,10 @@ need losetup mount
 # persistent bitmaps through qemu-nbd -B (nbdinfo --map=qemu:dirty-bitmap:NAME).
 need nbdinfo libnbd-bin
 need fio fio
+# The image build (internal/tools/mkimage's test, make image) needs apt-get,
+# apt-cache and dpkg-deb, which every Debian system has, and fetches its
+# own packages into ~/.cache/csi-qcow2-image/debs.
+need dpkg-deb dpkg
 
 if [ "${#need_pkgs[@]}" -eq 0 ]; then
 	exit 0

@@ -34,6 +34,9 @@ var debianPackage = map[string]string{
 	"mount":              "mount",
 	"umount":             "mount",
 	"losetup":            "mount",
+	"apt-get":            "apt",
+	"apt-cache":          "apt",
+	"dpkg-deb":           "dpkg",
 	"dd":                 "coreutils",
 	"sync":               "coreutils",
 }
