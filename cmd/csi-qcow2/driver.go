@@ -60,7 +60,7 @@ before the services report ready (Probe).`,
 	f.StringSliceVar(&cfg.ImageFileRoots, "image-file-root", nil, "directory that file: image URLs may name (repeatable; none: file: URLs are refused)")
 	f.Int64Var(&cfg.MaxImageBytes, "max-image-bytes", 0, "largest golden image download in bytes (0: the built-in bound)")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on this host:port at /metrics (empty: off)")
-	f.StringVar(&cfg.AttachPath, "attach-path", "auto", "how staged volumes become block devices: nbd (the kernel's nbd driver), fuse (a FUSE file under a loop device), or auto (nbd where the node has it)")
+	f.StringVar(&cfg.AttachPath, "attach-path", "auto", "how staged volumes become block devices: nbd (the kernel's nbd driver), fuse (a FUSE file under a loop device), auto (nbd where the node has it), or none (no volume is staged here: an instance that only answers a central sidecar such as external-resizer)")
 	// klog's flags (-v, --logtostderr, ...) on the same command line.
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)

@@ -14,6 +14,10 @@ const (
 	attachAuto = "auto" // kernel NBD where the node has it, else FUSE
 	attachNBD  = "nbd"
 	attachFUSE = "fuse"
+	// attachNone makes no block devices: the instance serves Identity and
+	// Controller for a central sidecar (the deployment's external-resizer)
+	// and is never registered with a kubelet.
+	attachNone = "none"
 )
 
 // attachPath makes staged volumes' block devices on one node.
@@ -53,8 +57,10 @@ func chooseAttachPath(want, stateDir string) (p attachPath, why string, err erro
 			return nil, "", fmt.Errorf("--attach-path=fuse: %w", err)
 		}
 		return fusePath{stateDir}, "asked for", nil
+	case attachNone:
+		return nonePath{}, "asked for", nil
 	}
-	return nil, "", fmt.Errorf("attach path %q is none of auto, nbd, fuse", want)
+	return nil, "", fmt.Errorf("attach path %q is none of auto, nbd, fuse, none", want)
 }
 
 // nbdUsable loads the nbd module if it is not (modprobe, where there is
@@ -82,4 +88,14 @@ func fuseUsable() error {
 		return fmt.Errorf("no /dev/loop-control: %w", err)
 	}
 	return nil
+}
+
+// nonePath refuses to attach: the driver runs where it has no devices
+// (beside the central external-resizer, which only needs its capabilities).
+type nonePath struct{}
+
+func (nonePath) name() string { return attachNone }
+
+func (nonePath) attach(id string, _ nbdattach.Backend) (device, error) {
+	return nil, fmt.Errorf("this driver instance attaches nothing (--attach-path=none)")
 }

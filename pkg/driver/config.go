@@ -37,7 +37,8 @@ type Config struct {
 	MetricsAddress string
 	// AttachPath is how staged volumes become block devices: "nbd" (the
 	// kernel's nbd driver), "fuse" (a FUSE file under a loop device), or
-	// "auto"/"" (nbd where the node has it).
+	// "auto"/"" (nbd where the node has it), or "none" (nothing is staged:
+	// an instance beside a central sidecar).
 	AttachPath string
 }
 
