@@ -29,9 +29,12 @@ with modprobe when it is not), or, where the kernel has no nbd, a FUSE file
 under a direct-I/O loop device (/dev/loopN). Every node runs one; external-provisioner
 and csi-snapshotter run beside it with --node-deployment (docs/driver.md).
 
-It stops cleanly on SIGTERM or SIGINT. The store under --state-dir is
-recovered at start: operations a crash interrupted are finished or undone
-before the services report ready (Probe).`,
+It stops cleanly on SIGTERM or SIGINT, leaving staged volumes attached:
+the next run takes kernel NBD devices over from <state-dir>/node (a FUSE
+device fails I/O until the CO stages it again; docs/driver.md, Restart).
+The store under --state-dir is recovered at start: operations a crash
+interrupted are finished or undone before the services report ready
+(Probe).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.NodeID == "" {
