@@ -1,8 +1,11 @@
 package store
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
+	"os"
 	"slices"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
@@ -19,6 +22,12 @@ import (
 func (s *Store) recover() error {
 	for _, id := range slices.Sorted(maps.Keys(s.volumes)) {
 		if err := s.settlePending(id); err != nil {
+			s.logf("volume %s: %v", id, err)
+			s.faults[id] = Condition{Abnormal: true, Reason: ReasonFailed, Message: "recovery after a crash: " + err.Error()}
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.volumes)) {
+		if err := s.applyJournal(s.volumes[id]); err != nil {
 			s.logf("volume %s: %v", id, err)
 			s.faults[id] = Condition{Abnormal: true, Reason: ReasonFailed, Message: "recovery after a crash: " + err.Error()}
 		}
@@ -57,6 +66,27 @@ func (s *Store) recover() error {
 		}
 	}
 	return nil
+}
+
+// applyJournal applies the write journal a killed process left in ready
+// volume v's top. The engine reads such a top by its path (the journal's
+// mappings overlaid), but QEMU refuses it (the journal's incompatible
+// feature bit) and a check reports it until a writable open applies it:
+// a volume nothing serves again would keep it.
+func (s *Store) applyJournal(v *volumeRecord) error {
+	if v.State != stateReady {
+		return nil
+	}
+	top := s.lay.layerPath(v.Top)
+	if _, err := os.Stat(qcow2.JournalPath(top)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	img, err := qcow2.Open(top, s.topOptions(v))
+	if err != nil {
+		return fmt.Errorf("applying the write journal of its top: %w", err)
+	}
+	s.logf("volume %s: the write journal a killed process left is applied", v.ID)
+	return img.Close()
 }
 
 // internalExists reports whether the internal snapshot a record in
