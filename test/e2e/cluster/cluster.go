@@ -34,6 +34,10 @@ type Config struct {
 	// Images are image archives imported into containerd before the kubelet
 	// starts; one must hold SandboxImage (BuildToolImage makes it).
 	Images []string
+	// KeepLogs keeps Root/logs when Stop removes the rest of the root. A
+	// failed Start and a Stop that finds something it cannot remove keep
+	// the logs whatever this says.
+	KeepLogs bool
 	// ReadyTimeout bounds the wait for the node to be Ready; default 3 min.
 	ReadyTimeout time.Duration
 }
@@ -65,6 +69,7 @@ type Cluster struct {
 	hostDirs []string
 	started  time.Time
 	stopped  bool
+	failed   bool
 }
 
 type proc struct {
@@ -133,6 +138,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	defer func() {
 		if err != nil {
 			c.logf("start failed: %v", err)
+			c.failed = true
 			if serr := c.Stop(); serr != nil {
 				c.logf("teardown: %v", serr)
 			}

@@ -23,20 +23,8 @@ func TestSmoke(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	binDir := os.Getenv("CSI_QCOW2_E2E_BIN")
-	if binDir == "" {
-		out, err := exec.CommandContext(ctx, "./build-k8s.sh").Output()
-		if err != nil {
-			t.Fatalf("build-k8s.sh: %v", err)
-		}
-		lines := strings.Fields(string(out))
-		binDir = lines[len(lines)-1]
-	}
-	goBin := os.Getenv("GO")
-	if goBin == "" {
-		goBin = "go"
-	}
-	image, err := BuildToolImage(ctx, goBin, t.TempDir())
+	binDir := binDir(ctx, t)
+	image, err := BuildToolImage(ctx, goCommand(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +93,32 @@ func TestSmoke(t *testing.T) {
 	if exists(root) {
 		t.Errorf("root %s left", root)
 	}
+	if left := anyClusterLeft(); len(left) > 0 {
+		t.Errorf("left: %v", left)
+	}
+}
+
+// binDir is CSI_QCOW2_E2E_BIN or the directory build-k8s.sh prints.
+func binDir(ctx context.Context, t *testing.T) string {
+	if d := os.Getenv("CSI_QCOW2_E2E_BIN"); d != "" {
+		return d
+	}
+	out, err := exec.CommandContext(ctx, "./build-k8s.sh").Output()
+	if err != nil {
+		t.Fatalf("build-k8s.sh: %v", err)
+	}
+	lines := strings.Fields(string(out))
+	if len(lines) == 0 {
+		t.Fatal("build-k8s.sh printed nothing")
+	}
+	return lines[len(lines)-1]
+}
+
+func goCommand() string {
+	if g := os.Getenv("GO"); g != "" {
+		return g
+	}
+	return "go"
 }
 
 // runPod runs e2etool echo in a pod and checks that it succeeds.

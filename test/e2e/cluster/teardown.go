@@ -24,9 +24,9 @@ import (
 // leave: processes naming the root, the kubelet's cgroups, network
 // namespaces made since Start, mounts under the root, the CNI bridge; and
 // removes the host directories it made (Cluster.hostDirs) and the root,
-// unless something is left, which the error names. It
-// prints where the logs are; they go with the root, so a failed test should
-// read them before Stop (the smoke test copies them out on failure).
+// unless something is left, which the error names (the root then stays).
+// The logs (Root/logs) go with the root unless Config.KeepLogs is set or
+// Start failed; Stop prints where they are.
 func (c *Cluster) Stop() error {
 	if c.stopped {
 		return nil
@@ -70,10 +70,25 @@ func (c *Cluster) Stop() error {
 		c.logf("teardown incomplete after %.1f s; root %s and its logs in %s stay", time.Since(start).Seconds(), c.Root, c.path("logs"))
 		return err
 	}
+	if c.cfg.KeepLogs || c.failed {
+		ents, err := os.ReadDir(c.Root)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if e.Name() != "logs" {
+				if err := os.RemoveAll(c.path(e.Name())); err != nil {
+					return err
+				}
+			}
+		}
+		c.logf("torn down in %.1f s; the logs are kept in %s", time.Since(start).Seconds(), c.path("logs"))
+		return nil
+	}
 	if err := os.RemoveAll(c.Root); err != nil {
 		return err
 	}
-	c.logf("torn down in %.1f s; root %s removed (logs were in %s)", time.Since(start).Seconds(), c.Root, c.path("logs"))
+	c.logf("torn down in %.1f s; root %s removed with its logs", time.Since(start).Seconds(), c.Root)
 	return nil
 }
 

@@ -53,13 +53,13 @@ func run(bin, goBin string, images []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := cluster.Start(ctx, cluster.Config{BinDir: bin, Images: append([]string{tool}, images...)})
+	c, err := cluster.Start(ctx, cluster.Config{BinDir: bin, KeepLogs: true, Images: append([]string{tool}, images...)})
 	if err != nil {
 		return err
 	}
 	fmt.Printf("export KUBECONFIG=%s\n", c.Kubeconfig)
 	fmt.Printf("# ctr -a %s -n k8s.io images ls\n", c.ContainerdSocket)
-	fmt.Printf("# logs in %s/logs; kubelet root %s/kubelet; SIGINT or SIGTERM (pid %d) tears down\n", c.Root, c.Root, os.Getpid())
+	fmt.Printf("# logs in %s/logs (kept after teardown); kubelet root %s/kubelet; SIGINT or SIGTERM (pid %d) tears down\n", c.Root, c.Root, os.Getpid())
 	<-ctx.Done()
 	return c.Stop()
 }
