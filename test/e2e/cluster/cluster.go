@@ -450,6 +450,8 @@ authentication:
 authorization:
   mode: Webhook
 cgroupDriver: cgroupfs
+# This host has cgroup v1 (hybrid); kubelets from 1.35 refuse it by default.
+failCgroupV1: false
 cgroupRoot: %q
 containerRuntimeEndpoint: unix://%s
 imageServiceEndpoint: unix://%s
