@@ -9,12 +9,12 @@
 # v0.MINOR.PATCH version. GOCACHE and the binaries stay under $CACHE, so a
 # second run only checks that the binaries are there.
 #
-# Environment: K8S_VERSION (default v1.33.13), CSI_QCOW2_E2E_CACHE (default
+# Environment: K8S_VERSION (default v1.37.2; v1.33.13 works too), CSI_QCOW2_E2E_CACHE (default
 # ~/.cache/csi-qcow2-e2e), GO (default go), SKIP_APT=1 to not touch packages.
 # Prints the binary directory on its last line.
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-v1.33.13}
+K8S_VERSION=${K8S_VERSION:-v1.37.2}
 CACHE=${CSI_QCOW2_E2E_CACHE:-$HOME/.cache/csi-qcow2-e2e}
 GO=${GO:-go}
 BIN=$CACHE/k8s-$K8S_VERSION/bin

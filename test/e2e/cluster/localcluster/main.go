@@ -3,7 +3,7 @@
 // SIGTERM. As root, from the repository:
 //
 //	test/e2e/cluster/build-k8s.sh
-//	go run ./test/e2e/cluster/localcluster -bin ~/.cache/csi-qcow2-e2e/k8s-v1.33.13/bin -image bin/csi-qcow2-image.tar
+//	go run ./test/e2e/cluster/localcluster -bin ~/.cache/csi-qcow2-e2e/k8s-v1.37.2/bin -image bin/csi-qcow2-image.tar
 //
 // -image may repeat; the tool image (the pod sandbox) is always imported.
 package main
