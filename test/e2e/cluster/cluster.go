@@ -67,7 +67,6 @@ type Cluster struct {
 	// kubelet write to regardless of their configuration that did not exist
 	// before Start; Stop removes them.
 	hostDirs []string
-	started  time.Time
 	stopped  bool
 	failed   bool
 }
@@ -133,7 +132,6 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		CgroupRoot: "/csi-qcow2-e2e-" + id,
 		netnsSeen:  listNetns(),
 		hostDirs:   missing(hostDirs),
-		started:    time.Now(),
 	}
 	defer func() {
 		if err != nil {
@@ -173,15 +171,6 @@ func lastN(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func freePorts(n int) ([]int, error) {
