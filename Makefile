@@ -10,7 +10,7 @@ BENCHTIME ?= 2s
 # The driver's version: `csi-qcow2 version`, the image's tag and label.
 VERSION ?= v0.1.0
 
-.PHONY: all build image test test-repeat test-vm crash-deep bench bench-convert bench-nbd bench-driver bench-attach vet fmt clean
+.PHONY: all build image test test-repeat test-vm e2e-cluster crash-deep bench bench-convert bench-nbd bench-driver bench-attach vet fmt clean
 
 all: build
 
@@ -45,6 +45,14 @@ crash-deep:
 test-vm:
 	scripts/install-test-tools.sh
 	$(GO) test -count=1 -v -timeout 45m ./test/e2e/vm/
+
+# A real single-node Kubernetes cluster on this machine (root, no container
+# engine): builds Kubernetes once into ~/.cache/csi-qcow2-e2e, starts etcd,
+# the control plane, containerd and the kubelet, runs a pod, tears it all
+# down. Not part of make test; docs/e2e.md, "The local cluster".
+e2e-cluster:
+	cd test/e2e/cluster && GO=$(GO) ./build-k8s.sh >/dev/null
+	CSI_QCOW2_E2E_CLUSTER=1 $(GO) test -count=1 -v -timeout 20m ./test/e2e/cluster/
 
 bench:
 	GO=$(GO) BENCHTIME=$(BENCHTIME) scripts/bench-ratios.sh

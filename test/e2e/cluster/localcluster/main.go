@@ -1,0 +1,65 @@
+// Command localcluster starts the local single-node cluster
+// (test/e2e/cluster), prints how to reach it, and tears it down on SIGINT or
+// SIGTERM. As root, from the repository:
+//
+//	test/e2e/cluster/build-k8s.sh
+//	go run ./test/e2e/cluster/localcluster -bin ~/.cache/csi-qcow2-e2e/k8s-v1.37.2/bin -image bin/csi-qcow2-image.tar
+//
+// -image may repeat; the tool image (the pod sandbox) is always imported.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/csi-qcow2/csi-qcow2/test/e2e/cluster"
+)
+
+type list []string
+
+func (l *list) String() string     { return strings.Join(*l, ",") }
+func (l *list) Set(s string) error { *l = append(*l, s); return nil }
+
+func main() {
+	bin := flag.String("bin", os.Getenv("CSI_QCOW2_E2E_BIN"), "directory of kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (build-k8s.sh prints it)")
+	goBin := flag.String("go", "go", "the go command, to build the tool image")
+	var images list
+	flag.Var(&images, "image", "an image archive to import into containerd (repeatable)")
+	flag.Parse()
+	if *bin == "" {
+		fmt.Fprintln(os.Stderr, "localcluster: -bin is required (test/e2e/cluster/build-k8s.sh prints it)")
+		os.Exit(2)
+	}
+	if err := run(*bin, *goBin, images); err != nil {
+		fmt.Fprintln(os.Stderr, "localcluster:", err)
+		os.Exit(1)
+	}
+}
+
+func run(bin, goBin string, images []string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	dir, err := os.MkdirTemp("", "csi-qcow2-e2e-tool-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	tool, err := cluster.BuildToolImage(ctx, goBin, dir)
+	if err != nil {
+		return err
+	}
+	c, err := cluster.Start(ctx, cluster.Config{BinDir: bin, KeepLogs: true, Images: append([]string{tool}, images...)})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("export KUBECONFIG=%s\n", c.Kubeconfig)
+	fmt.Printf("# ctr -a %s -n k8s.io images ls\n", c.ContainerdSocket)
+	fmt.Printf("# logs in %s/logs (kept after teardown); kubelet root %s/kubelet; SIGINT or SIGTERM (pid %d) tears down\n", c.Root, c.Root, os.Getpid())
+	<-ctx.Done()
+	return c.Stop()
+}
