@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks the NBD server (`csi-qcow2 img serve`) against qemu-nbd with
-# fio's nbd engine over a unix socket, on the same images, in one run:
+# Benchmarks the NBD server (`csi-qcow2 img serve`) against qemu-nbd and
+# nbdkit's file plugin (raw only: nbdkit has no qcow2 plugin) with fio's
+# nbd engine over a unix socket, on the same images, in one run:
 #
 #   - a qcow2 overlay (64 KiB clusters) on a qcow2 base: the base holds 1 GiB
 #     of random data, the overlay rewrites the first half; every server run
@@ -15,7 +16,8 @@
 # FLUSH unless asked). Ours runs with its defaults, the write journal
 # included: copy-on-write mappings wait in IMAGE.journal until a FLUSH,
 # where qemu-nbd keeps them in its in-memory L2 cache (lost on a kill).
-# The four server/image pairs run in alternating order,
+# nbdkit runs with its defaults too (file plugin, 16 threads, page cache).
+# The server/image pairs run in alternating order,
 # REPEAT times; tables show medians.
 #
 # Prints two Markdown tables (internal/tools/benchratio): ours / qemu-nbd on
@@ -42,7 +44,7 @@ GO=${GO:-go}
 WORKLOADS=${WORKLOADS:-.}
 FORMATS=${FORMATS:-qcow2 raw}
 
-for tool in fio qemu-nbd qemu-img qemu-io; do
+for tool in fio qemu-nbd qemu-img qemu-io nbdkit; do
 	command -v "$tool" >/dev/null || { echo "bench-nbd: $tool missing (scripts/install-test-tools.sh installs it)" >&2; exit 2; }
 done
 mkdir -p bin "$(dirname "$OUT")"
@@ -76,11 +78,11 @@ start_server() {
 	else
 		image="$work/disk.raw"
 	fi
-	if [ "$who" = ours ]; then
-		bin/csi-qcow2 img serve -f "$fmt" --socket "$sock" "$image" &
-	else
-		qemu-nbd -f "$fmt" --cache=writeback --aio=threads --persistent --shared=0 --socket="$sock" "$image" &
-	fi
+	case $who in
+	ours) bin/csi-qcow2 img serve -f "$fmt" --socket "$sock" "$image" & ;;
+	qemu) qemu-nbd -f "$fmt" --cache=writeback --aio=threads --persistent --shared=0 --socket="$sock" "$image" & ;;
+	nbdkit) nbdkit --foreground --unix "$sock" file "$image" & ;;
+	esac
 	server_pid=$!
 	for _ in $(seq 100); do [ -S "$sock" ] && return 0; sleep 0.05; done
 	echo "bench-nbd: $who did not create its socket" >&2
@@ -133,6 +135,7 @@ run_fio() {
 
 configs=()
 for fmt in $FORMATS; do configs+=("ours $fmt" "qemu $fmt"); done
+[[ " $FORMATS " == *" raw "* ]] && configs+=("nbdkit raw")
 : >"$OUT"
 : >"$OUT.cpu"
 for r in $(seq "$REPEAT"); do
@@ -156,13 +159,27 @@ done
 
 echo "# done (load: $(cut -d' ' -f1-3 /proc/loadavg)); RUNTIME=$RUNTIME REPEAT=$REPEAT SIZE=$SIZE" >&2
 echo "## Ours / qemu-nbd on the same image (target 1.0)"
-"$GO" run ./internal/tools/benchratio -base qemu -target 'NBD/*/ours-*=1.0' <"$OUT"
+grep -v -- '/nbdkit-' "$OUT" | "$GO" run ./internal/tools/benchratio -base qemu -target 'NBD/*/ours-*=1.0'
+if [[ " $FORMATS " == *" raw "* ]]; then
+	echo
+	echo "## Ours on raw / nbdkit on raw (target 1.0)"
+	grep -E '^BenchmarkNBD/.*/(ours|nbdkit)-raw ' "$OUT" | "$GO" run ./internal/tools/benchratio -base nbdkit -target 'NBD/*/ours-raw=1.0'
+fi
 if [[ " $FORMATS " == *" qcow2 "* && " $FORMATS " == *" raw "* ]]; then
 	echo
 	echo "## qcow2 through ours / raw through qemu-nbd (target 0.85)"
 	grep -E '^BenchmarkNBD/.*/(ours-qcow2|qemu-raw) ' "$OUT" | sed 's#/qemu-raw #/raw #' |
 		"$GO" run ./internal/tools/benchratio -base raw -target 'NBD/*/ours-qcow2=0.85'
+	echo
+	echo "## qcow2 through ours / raw through nbdkit (target 0.9)"
+	grep -E '^BenchmarkNBD/.*/(ours-qcow2|nbdkit-raw) ' "$OUT" | sed 's#/nbdkit-raw #/raw #' |
+		"$GO" run ./internal/tools/benchratio -base raw -target 'NBD/*/ours-qcow2=0.9'
 fi
 echo
 echo "## Server CPU time per I/O, as a ratio qemu-nbd / ours (above 1: ours uses less CPU)"
-"$GO" run ./internal/tools/benchratio -base qemu <"$OUT.cpu"
+grep -v -- '/nbdkit-' "$OUT.cpu" | "$GO" run ./internal/tools/benchratio -base qemu
+if [[ " $FORMATS " == *" raw "* ]]; then
+	echo
+	echo "## Server CPU time per I/O on raw, as a ratio nbdkit / ours (above 1: ours uses less CPU)"
+	grep -E '/(ours|nbdkit)-raw ' "$OUT.cpu" | "$GO" run ./internal/tools/benchratio -base nbdkit
+fi

@@ -27,6 +27,8 @@ need losetup mount
 # persistent bitmaps through qemu-nbd -B (nbdinfo --map=qemu:dirty-bitmap:NAME).
 need nbdinfo libnbd-bin
 need fio fio
+# make bench-nbd's second peer beside qemu-nbd: nbdkit's file plugin.
+need nbdkit nbdkit
 # The image build (internal/tools/mkimage's test, make image) needs apt-get,
 # apt-cache and dpkg-deb, which every Debian system has, and fetches its
 # own packages into ~/.cache/csi-qcow2-image/debs.
