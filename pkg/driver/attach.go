@@ -39,8 +39,9 @@ func (s *staged) device() string { return s.dev.Path() }
 
 // nodeState is what the node service knows of its volumes: the staged
 // ones, and a lock per volume so that one call at a time works on it.
-// It lives in memory: the FUSE connections die with the process, so a
-// restart has nothing to resume (see docs/fuseloop.md).
+// It lives in memory, rebuilt at start from the records of staged
+// volumes (node_record.go, readopt.go) for the kernel NBD devices that
+// outlive a restart; FUSE connections die with the process.
 type nodeState struct {
 	mu     sync.Mutex
 	staged map[string]*staged // by volume ID

@@ -90,9 +90,13 @@ func (n nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpubl
 		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", req.GetTargetPath(), err)
 	}
 	if s := n.d.node.get(req.GetVolumeId()); s != nil {
-		delete(s.targets, target)
-		if err := n.d.saveStaged(req.GetVolumeId(), s); err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
+		// Recorded only when it changes: a retried unpublish rewrites
+		// nothing.
+		if _, ok := s.targets[target]; ok {
+			delete(s.targets, target)
+			if err := n.d.saveStaged(req.GetVolumeId(), s); err != nil {
+				return nil, status.Error(codes.Internal, err.Error())
+			}
 		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil

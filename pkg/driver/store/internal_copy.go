@@ -50,10 +50,9 @@ func (s *Store) materialize(ctx context.Context, sn *snapshotRecord) (Chain, err
 		// volume one restores a snapshot of) cannot be frozen; the copy
 		// only reads it.
 		s.logf("restoring internal snapshot %s: its file could not be frozen (%v); copying what the snapshot holds instead", sn.ID, err)
+		// A freeze that got as far as moving the file renamed it in the
+		// record; what the snapshot holds in it is the same.
 		if sn, err = s.readySnapshot(sn.ID); err != nil {
-			return Chain{}, err
-		}
-		if held, _, err = s.internalRanges(sn); err != nil {
 			return Chain{}, err
 		}
 	}
