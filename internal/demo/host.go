@@ -35,22 +35,6 @@ func (r *run) attachPath() string {
 	return "device major " + strconv.Itoa(int(unix.Major(st.Rdev)))
 }
 
-// canResizeExt4 reports whether this process may grow a mounted ext4
-// (EXT4_IOC_RESIZE_FS needs CAP_SYS_RESOURCE).
-func canResizeExt4() bool {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
-		}
-	}
-	return false
-}
-
 // sweep takes down what is still mounted or bound under root (deepest
 // mount first, then loop devices whose file is under root) and returns
 // what it found: after a clean teardown, nothing.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-qcow2/csi-qcow2/pkg/driver"
 )
 
 const (
@@ -168,7 +169,10 @@ func (r *run) lifecycle(ctx context.Context) error {
 		return err
 	}
 	if err := r.step(ctx, "expand vol-fs online (ext4)", func() (string, error) {
-		if !canResizeExt4() {
+		switch ok, err := driver.CanGrowExt4Online(); {
+		case err != nil:
+			return "skipped: cannot tell whether this process may grow ext4 online: " + err.Error(), nil
+		case !ok:
 			return "skipped: ext4 grows online only with CAP_SYS_RESOURCE, which this process lacks", nil
 		}
 		return r.expand(ctx, vols["vol-fs"].VolumeId, fsDir, grownSize)
