@@ -64,6 +64,8 @@ interrupted are finished or undone before the services report ready
 	f.Int64Var(&cfg.MaxImageBytes, "max-image-bytes", 0, "largest golden image download in bytes (0: the built-in bound)")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on this host:port at /metrics (empty: off)")
 	f.StringVar(&cfg.AttachPath, "attach-path", "auto", "how staged volumes become block devices: nbd (the kernel's nbd driver), fuse (a FUSE file under a loop device), auto (nbd where the node has it), or none (no volume is staged here: an instance that only answers a central sidecar such as external-resizer)")
+	f.StringVar(&cfg.KubeletRegistrationDir, "kubelet-registration-dir", "", "register with the kubelet through this plugins_registry directory, as node-driver-registrar does (empty: the registrar does it)")
+	f.StringVar(&cfg.KubeletRegistrationPath, "kubelet-registration-path", "", "the CSI socket's absolute path on the host, which the kubelet dials (with --kubelet-registration-dir)")
 	// klog's flags (-v, --logtostderr, ...) on the same command line.
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 )
 
@@ -40,6 +41,13 @@ type Config struct {
 	// "auto"/"" (nbd where the node has it), or "none" (nothing is staged:
 	// an instance beside a central sidecar).
 	AttachPath string
+	// KubeletRegistrationDir, if set, is the kubelet's plugins_registry
+	// directory: the driver registers itself there, as node-driver-registrar
+	// would (for clusters that cannot run the registrar's image).
+	KubeletRegistrationDir string
+	// KubeletRegistrationPath is the CSI socket's path on the host, which
+	// the kubelet dials; needed with KubeletRegistrationDir.
+	KubeletRegistrationPath string
 }
 
 func (c *Config) check() error {
@@ -52,6 +60,8 @@ func (c *Config) check() error {
 		return fmt.Errorf("a state directory is needed (--state-dir)")
 	case c.Overcommit <= 0:
 		return fmt.Errorf("overcommit ratio %v must be positive", c.Overcommit)
+	case c.KubeletRegistrationDir != "" && !filepath.IsAbs(c.KubeletRegistrationPath):
+		return fmt.Errorf("--kubelet-registration-dir needs --kubelet-registration-path, the socket's absolute path on the host (got %q)", c.KubeletRegistrationPath)
 	}
 	return nil
 }

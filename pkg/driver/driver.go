@@ -120,6 +120,18 @@ func (d *Driver) Run(ctx context.Context) error {
 	scrubbed := make(chan struct{})
 	go func() { defer close(scrubbed); d.scrub(scrubCtx, st) }()
 	defer func() { cancelScrub(); <-scrubbed }()
+	// Registered once the store is ready: the kubelet calls NodeGetInfo
+	// at once, and a node whose volumes are still being recovered should
+	// not be offered new ones yet.
+	var refused <-chan error
+	if d.cfg.KubeletRegistrationDir != "" {
+		var unregister func()
+		if refused, unregister, err = d.registerWithKubelet(); err != nil {
+			stop()
+			return err
+		}
+		defer unregister()
+	}
 	select {
 	case <-ctx.Done():
 		stop()
@@ -127,6 +139,9 @@ func (d *Driver) Run(ctx context.Context) error {
 	case err := <-served:
 		stop()
 		return err
+	case err := <-refused:
+		stop()
+		return fmt.Errorf("the kubelet refused the plugin: %w", err)
 	}
 }
 

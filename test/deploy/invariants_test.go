@@ -262,6 +262,29 @@ func TestSocketPathsAgree(t *testing.T) {
 	}
 }
 
+// With registrar.enabled=false the driver container registers itself:
+// no registrar runs, and the driver is told the host path of its own
+// socket and has the kubelet's plugins_registry at its registration dir.
+func TestDriverRegistersItselfWithoutRegistrar(t *testing.T) {
+	objs, _ := helmRender(t, map[string]any{"registrar": map[string]any{"enabled": false}})
+	ds := podSpecs(objs)["DaemonSet "+namespace+"/csi-qcow2-node"]
+	for _, c := range ds.Containers {
+		if c.Name == "node-driver-registrar" {
+			t.Fatal("the registrar runs although disabled")
+		}
+	}
+	plugin := container(t, ds, "csi-qcow2")
+	ep, _ := flagValue(plugin.Args, "endpoint")
+	hostSock := hostPathOf(ds, plugin, strings.TrimPrefix(ep, "unix://"))
+	if v, _ := flagValue(plugin.Args, "kubelet-registration-path"); v != hostSock || hostSock == "" {
+		t.Errorf("--kubelet-registration-path=%q, the socket is %q on the host", v, hostSock)
+	}
+	dir, _ := flagValue(plugin.Args, "kubelet-registration-dir")
+	if dir == "" || hostPathOf(ds, plugin, dir) != "/var/lib/kubelet/plugins_registry" {
+		t.Errorf("--kubelet-registration-dir=%q is %q on the host, want the kubelet's plugins_registry", dir, hostPathOf(ds, plugin, dir))
+	}
+}
+
 // rule is one permission: verbs on group/resource.
 type rule struct{ group, resource, verb string }
 
