@@ -1,5 +1,5 @@
 #!/bin/bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy
 # for the local e2e cluster (docs/e2e.md, "The local cluster"), and installs
 # the Debian packages the cluster runs on if they are missing.
 #
@@ -19,13 +19,14 @@ CACHE=${CSI_QCOW2_E2E_CACHE:-$HOME/.cache/csi-qcow2-e2e}
 GO=${GO:-go}
 BIN=$CACHE/k8s-$K8S_VERSION/bin
 BUILD=$CACHE/k8s-build/$K8S_VERSION
-CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 log() { echo "build-k8s: $*" >&2; }
 
 # Debian packages: etcd, containerd + runc, the CNI plugins, and the tools the
-# kubelet and the CNI bridge plugin call (iptables, mount helpers, ip).
-PKGS=(etcd-server etcd-client containerd runc containernetworking-plugins iptables conntrack iproute2 mount util-linux)
+# kubelet and the CNI bridge plugin call (iptables, mount helpers, ip), and nft
+# for kube-proxy's nftables mode.
+PKGS=(etcd-server etcd-client containerd runc containernetworking-plugins iptables nftables conntrack iproute2 mount util-linux)
 if [ "${SKIP_APT:-}" != 1 ]; then
 	missing=()
 	for p in "${PKGS[@]}"; do

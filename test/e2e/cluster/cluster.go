@@ -69,6 +69,10 @@ type Cluster struct {
 	hostDirs []string
 	stopped  bool
 	failed   bool
+	// proxyStarted: Stop deletes kube-proxy's tables (only then: makeBridge
+	// refuses to start where they exist, and a cluster that never started
+	// kube-proxy must not delete another's).
+	proxyStarted bool
 }
 
 type proc struct {
@@ -82,6 +86,12 @@ type proc struct {
 const (
 	serviceCIDR = "10.0.0.0/24"
 	podCIDR     = "10.244.0.0/24"
+	// gatewayIP is the bridge's address: the pods' gateway, and where the
+	// apiserver listens, so that pods reach it through the kubernetes
+	// Service (kube-proxy) as in any cluster, and nothing listens on the
+	// host's own network.
+	gatewayIP     = "10.244.0.1"
+	gatewayPrefix = gatewayIP + "/24"
 )
 
 func (c *Cluster) logf(format string, args ...any) {
@@ -107,12 +117,12 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the local cluster needs root")
 	}
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"} {
 		if _, err := os.Stat(filepath.Join(cfg.BinDir, b)); err != nil {
 			return nil, fmt.Errorf("%w (run test/e2e/cluster/build-k8s.sh)", err)
 		}
 	}
-	for _, b := range []string{"etcd", "containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip"} {
+	for _, b := range []string{"etcd", "containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "nft"} {
 		if _, err := exec.LookPath(b); err != nil {
 			return nil, fmt.Errorf("%w (run test/e2e/cluster/build-k8s.sh)", err)
 		}
@@ -199,12 +209,19 @@ func (c *Cluster) start(ctx context.Context) error {
 			return err
 		}
 	}
-	ports, err := freePorts(8)
+	ports, err := freePorts(10)
 	if err != nil {
 		return err
 	}
 	etcdPort, peerPort, apiPort, cmPort, schedPort, kubeletPort, kubeletHealthz, etcdMetrics := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7]
-	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+	proxyHealthz, proxyMetrics := ports[8], ports[9]
+	// The bridge comes first: the apiserver listens on its address.
+	if err := c.makeBridge(); err != nil {
+		return err
+	}
+	// The ports were free on loopback; the apiserver's is checked again
+	// on the gateway address by its listen.
+	server := fmt.Sprintf("https://%s:%d", gatewayIP, apiPort)
 
 	// Certificates and kubeconfigs.
 	p, err := newPKI(c.path("pki"))
@@ -220,12 +237,13 @@ func (c *Cluster) start(ctx context.Context) error {
 		orgs     []string
 		hosts    []string
 	}{
-		{"apiserver", "kube-apiserver", nil, []string{"127.0.0.1", "10.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}},
+		{"apiserver", "kube-apiserver", nil, []string{gatewayIP, "127.0.0.1", "10.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}},
 		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil},
 		{"admin", "kubernetes-admin", []string{"system:masters"}, nil},
 		{"controller-manager", "system:kube-controller-manager", nil, nil},
 		{"scheduler", "system:kube-scheduler", nil, nil},
 		{"kubelet-client", "system:node:" + c.NodeName, []string{"system:nodes"}, nil},
+		{"kube-proxy", "system:kube-proxy", nil, nil},
 		{"kubelet", c.NodeName, nil, []string{"127.0.0.1", c.NodeName, hostname}},
 	} {
 		if err := p.issue(cert.name, cert.cn, cert.orgs, cert.hosts); err != nil {
@@ -233,7 +251,7 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 	}
 	c.Kubeconfig = c.path("admin.kubeconfig")
-	for name, file := range map[string]string{"admin": c.Kubeconfig, "controller-manager": c.path("controller-manager.kubeconfig"), "scheduler": c.path("scheduler.kubeconfig"), "kubelet-client": c.path("kubelet.kubeconfig")} {
+	for name, file := range map[string]string{"admin": c.Kubeconfig, "controller-manager": c.path("controller-manager.kubeconfig"), "scheduler": c.path("scheduler.kubeconfig"), "kubelet-client": c.path("kubelet.kubeconfig"), "kube-proxy": c.path("kube-proxy.kubeconfig")} {
 		if err := p.kubeconfig(file, server, name); err != nil {
 			return err
 		}
@@ -258,10 +276,7 @@ func (c *Cluster) start(ctx context.Context) error {
 	// kube-apiserver.
 	if err := c.spawn("kube-apiserver", filepath.Join(c.cfg.BinDir, "kube-apiserver"),
 		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
-		// The loopback address is no valid endpoint for the kubernetes
-		// Service; nothing here uses Services (there is no kube-proxy).
-		"--endpoint-reconciler-type=none",
+		"--bind-address="+gatewayIP, "--advertise-address="+gatewayIP, "--secure-port="+strconv.Itoa(apiPort),
 		"--tls-cert-file="+p.path("apiserver.crt"), "--tls-private-key-file="+p.path("apiserver.key"),
 		"--client-ca-file="+p.path("ca.crt"),
 		// The node's name does not resolve; its InternalIP is the host's.
@@ -339,6 +354,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		return err
 	}
 	if err := c.writeKubeletConfig(p, kubeletPort, kubeletHealthz); err != nil {
+		return err
+	}
+	if err := c.startKubeProxy(proxyHealthz, proxyMetrics); err != nil {
 		return err
 	}
 	if err := c.spawn("kubelet", filepath.Join(c.cfg.BinDir, "kubelet"),

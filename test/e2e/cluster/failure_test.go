@@ -72,5 +72,8 @@ func anyClusterLeft() []string {
 		m, _ := filepath.Glob(pat)
 		left = append(left, m...)
 	}
+	for _, t := range ProxyTables() {
+		left = append(left, "nftables table "+t)
+	}
 	return left
 }

@@ -54,6 +54,9 @@ func (c *Cluster) Stop() error {
 	errs = append(errs, c.sweepCgroups()...)
 	errs = append(errs, c.sweepNetns()...)
 	errs = append(errs, c.sweepMounts()...)
+	if c.proxyStarted {
+		errs = append(errs, c.sweepProxyTables()...)
+	}
 	if c.Bridge != "" {
 		if _, err := os.Stat("/sys/class/net/" + c.Bridge); err == nil {
 			if out, err := exec.Command("ip", "link", "del", c.Bridge).CombinedOutput(); err != nil {

@@ -5,6 +5,8 @@
 //	e2etool            wait for SIGTERM or SIGINT, then exit 0 (pause)
 //	e2etool echo ARGS  print ARGS and exit 0
 //	e2etool exit N     exit with status N
+//	e2etool api        GET /version through the kubernetes Service with the
+//	                   pod's service account; print "apiserver VERSION"
 package main
 
 import (
@@ -26,6 +28,13 @@ func main() {
 	switch os.Args[1] {
 	case "echo":
 		fmt.Println(strings.Join(os.Args[2:], " "))
+	case "api":
+		v, err := apiVersion()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2etool api:", err)
+			os.Exit(1)
+		}
+		fmt.Println("apiserver", v)
 	case "exit":
 		n := 0
 		if len(os.Args) > 2 {
