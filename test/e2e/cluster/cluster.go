@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -69,6 +70,9 @@ type Cluster struct {
 	hostDirs []string
 	stopped  bool
 	failed   bool
+	// lastNamespaces are taken down after all others (InstallChart's: the
+	// CSI plugin unstages the other pods' volumes).
+	lastNamespaces map[string]bool
 	// proxyStarted: Stop deletes kube-proxy's tables (only then: makeBridge
 	// refuses to start where they exist, and a cluster that never started
 	// kube-proxy must not delete another's).
@@ -138,10 +142,11 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		NodeName:         "e2e-node",
 		ContainerdSocket: filepath.Join(root, "containerd", "containerd.sock"),
 		// At most 15 characters; the id keeps two clusters apart.
-		Bridge:     "cq2e2e" + lastN(id, 8),
-		CgroupRoot: "/csi-qcow2-e2e-" + id,
-		netnsSeen:  listNetns(),
-		hostDirs:   missing(hostDirs),
+		Bridge:         "cq2e2e" + lastN(id, 8),
+		CgroupRoot:     "/csi-qcow2-e2e-" + id,
+		netnsSeen:      listNetns(),
+		lastNamespaces: map[string]bool{},
+		hostDirs:       missing(hostDirs),
 	}
 	defer func() {
 		if err != nil {
@@ -594,8 +599,13 @@ func (c *Cluster) waitSocket(ctx context.Context, what, path string, timeout tim
 	})
 }
 
+// restConfig is the admin kubeconfig's client configuration.
+func (c *Cluster) restConfig() (*rest.Config, error) {
+	return clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+}
+
 func (c *Cluster) waitClient(ctx context.Context) error {
-	rc, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+	rc, err := c.restConfig()
 	if err != nil {
 		return err
 	}

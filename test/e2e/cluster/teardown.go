@@ -13,8 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Stop tears down everything Start made, in this order: the pods (through
@@ -54,6 +52,7 @@ func (c *Cluster) Stop() error {
 	errs = append(errs, c.sweepCgroups()...)
 	errs = append(errs, c.sweepNetns()...)
 	errs = append(errs, c.sweepMounts()...)
+	errs = append(errs, c.sweepLoopDevices()...)
 	if c.proxyStarted {
 		errs = append(errs, c.sweepProxyTables()...)
 	}
@@ -107,31 +106,6 @@ func (c *Cluster) running(name string) bool {
 		}
 	}
 	return false
-}
-
-// deletePods deletes every pod and waits (briefly) until containerd runs no
-// task, so that the kubelet tears down their sandboxes itself.
-func (c *Cluster) deletePods(ctx context.Context) {
-	nss, err := c.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		c.logf("teardown: listing namespaces: %v", err)
-		return
-	}
-	zero := int64(0)
-	for _, ns := range nss.Items {
-		err := c.Client.CoreV1().Pods(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
-		if err != nil {
-			c.logf("teardown: deleting pods in %s: %v", ns.Name, err)
-		}
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if len(c.ctr(ctx, "tasks", "ls", "-q")) == 0 {
-			return
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	c.logf("teardown: containerd still runs tasks 30 s after the pods were deleted")
 }
 
 // ctr runs ctr against the cluster's containerd in the k8s.io namespace
