@@ -51,7 +51,6 @@ func TestSmoke(t *testing.T) {
 	runLongPod(ctx, t, c)
 
 	pids := c.PIDs()
-	root := c.Root
 	start = time.Now()
 	if t.Failed() {
 		keepLogs(t, c)
@@ -62,8 +61,15 @@ func TestSmoke(t *testing.T) {
 	}
 	t.Logf("torn down in %.1f s", time.Since(start).Seconds())
 
-	// Nothing is left: no process, no mount, no bridge, no netns, no
-	// cgroup, no root.
+	checkNothingLeft(t, c, pids)
+}
+
+// checkNothingLeft checks, after Stop, that the cluster left no process,
+// mount, loop device, bridge, network namespace, cgroup, nftables table,
+// host directory or root.
+func checkNothingLeft(t *testing.T, c *Cluster, pids map[string]int) {
+	t.Helper()
+	root := c.Root
 	for name, pid := range pids {
 		if err := syscall.Kill(pid, 0); err == nil {
 			t.Errorf("%s (pid %d) still runs", name, pid)
@@ -74,6 +80,9 @@ func TestSmoke(t *testing.T) {
 	}
 	if mps := c.Mounts(); len(mps) > 0 {
 		t.Errorf("mounts left: %v", mps)
+	}
+	if devs := c.LoopDevices(); len(devs) > 0 {
+		t.Errorf("loop devices left: %v", devs)
 	}
 	if exists("/sys/class/net/" + c.Bridge) {
 		t.Errorf("bridge %s left", c.Bridge)

@@ -1,11 +1,15 @@
 package cluster
 
 import (
+	"archive/tar"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 )
 
 // ToolImage is the image BuildToolImage makes: e2etool as /e2etool, its
@@ -38,4 +42,42 @@ func (c *Cluster) ImportImage(ctx context.Context, archive string) error {
 	}
 	c.logf("imported %s", archive)
 	return nil
+}
+
+// ArchiveImageName is the reference an OCI-layout archive (make image's)
+// names its image by: the io.containerd.image.name annotation of its
+// index.json, which ctr import tags the image with.
+func ArchiveImageName(archive string) (string, error) {
+	f, err := os.Open(archive)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return "", fmt.Errorf("%s: no index.json", archive)
+		}
+		if err != nil {
+			return "", err
+		}
+		if strings.TrimPrefix(h.Name, "./") != "index.json" {
+			continue
+		}
+		var idx struct {
+			Manifests []struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"manifests"`
+		}
+		if err := json.NewDecoder(tr).Decode(&idx); err != nil {
+			return "", fmt.Errorf("%s: index.json: %w", archive, err)
+		}
+		for _, m := range idx.Manifests {
+			if n := m.Annotations["io.containerd.image.name"]; n != "" {
+				return n, nil
+			}
+		}
+		return "", fmt.Errorf("%s: index.json names no image", archive)
+	}
 }
