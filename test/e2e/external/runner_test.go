@@ -10,11 +10,11 @@ import (
 func TestParseReport(t *testing.T) {
 	report := `[{"SpecReports": [
  {"LeafNodeType": "SynchronizedBeforeSuite", "State": "passed"},
- {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (default fs)]", "provisioning"],
+ {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (default fs)] provisioning"],
   "LeafNodeText": "should provision storage with pvc data source", "LeafNodeType": "It", "State": "passed", "RunTime": 2000000000},
  {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (block volmode)]", "volumeMode"],
   "LeafNodeText": "should fail to use a volume in a pod with mismatched mode", "LeafNodeType": "It", "State": "failed", "Failure": {"Message": "timed out"}},
- {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (ntfs)]", "volumes"],
+ {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (ntfs)] volumes"],
   "LeafNodeText": "should store data", "LeafNodeType": "It", "State": "skipped"},
  {"LeafNodeType": "ReportAfterSuite", "State": "failed", "Failure": {"Message": "no report"}}
 ]}]`

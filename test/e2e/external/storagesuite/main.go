@@ -4,7 +4,7 @@
 // test/e2e/cluster/build-e2e-test.sh:
 //
 //	go run ./test/e2e/external/storagesuite -bin ~/.cache/csi-qcow2-e2e/k8s-v1.37.2/bin -images /tmp/e2e-images.tar
-//	go run ./test/e2e/external/storagesuite -bin ... -kubeconfig ... [-pass snapshots] [-dry-run]
+//	go run ./test/e2e/external/storagesuite -bin ... -kubeconfig ... [-pass snapshots] [-local] [-dry-run]
 package main
 
 import (
@@ -29,14 +29,23 @@ func main() {
 	reportDir := flag.String("report-dir", "", "where reports go (default: a new temporary directory)")
 	kubeletRoot := flag.String("kubelet-root-dir", "", "the kubelet's root directory")
 	dryRun := flag.Bool("dry-run", false, "list the specs that would run")
+	local := flag.Bool("local", false, "skip the specs the local cluster cannot run (external.LocalClusterSkips)")
+	noExt4Growth := flag.Bool("skip-ext4-growth", false, "skip the specs that grow a mounted ext4 (no CAP_SYS_RESOURCE)")
 	flag.Parse()
-	if err := run(*bin, *images, *cache, *kubeconfig, *testDriver, *pass, *reportDir, *kubeletRoot, *dryRun); err != nil {
+	var skips []string
+	if *local {
+		skips = append(skips, external.LocalClusterSkips...)
+	}
+	if *noExt4Growth {
+		skips = append(skips, external.SkipExt4Growth)
+	}
+	if err := run(*bin, *images, *cache, *kubeconfig, *testDriver, *pass, *reportDir, *kubeletRoot, *dryRun, skips); err != nil {
 		fmt.Fprintln(os.Stderr, "storagesuite:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, images, cache, kubeconfig, testDriver, pass, reportDir, kubeletRoot string, dryRun bool) error {
+func run(bin, images, cache, kubeconfig, testDriver, pass, reportDir, kubeletRoot string, dryRun bool, skips []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if bin == "" {
@@ -62,6 +71,7 @@ func run(bin, images, cache, kubeconfig, testDriver, pass, reportDir, kubeletRoo
 	default:
 		return fmt.Errorf("-pass %q: main or snapshots", pass)
 	}
+	p.Skip = append(p.Skip, skips...)
 	if reportDir == "" {
 		if reportDir, err = os.MkdirTemp("", "csi-qcow2-storagesuite-"); err != nil {
 			return err
