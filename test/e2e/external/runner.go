@@ -143,11 +143,26 @@ func Run(ctx context.Context, o Options, p Pass) (Result, error) {
 	if log == nil {
 		log = os.Stderr
 	}
+	// e2e.test runs in the report directory: make relative paths absolute
+	// (commands only when they name a path, not a lookup in PATH).
+	for _, path := range []*string{&o.E2ETest, &o.Kubectl, &o.Kubeconfig, &o.ReportDir, &p.TestDriver} {
+		isCmd := path == &o.E2ETest || path == &o.Kubectl
+		if *path != "" && !filepath.IsAbs(*path) && (!isCmd || strings.ContainsRune(*path, '/')) {
+			abs, err := filepath.Abs(*path)
+			if err != nil {
+				return Result{}, err
+			}
+			*path = abs
+		}
+	}
 	report := o.reportPath(p)
 	os.Remove(report)
 	cmd := exec.CommandContext(ctx, o.E2ETest, o.Flags(p)...)
 	cmd.Dir = o.ReportDir
 	cmd.Stdout, cmd.Stderr = log, log
+	// Cancelled, Ginkgo gets an interrupt: it runs the cleanups (namespaces)
+	// and writes its report; a minute later it is killed.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = time.Minute
 	runErr := cmd.Run()
 	r, err := ParseReport(report)
