@@ -4,7 +4,8 @@
 # the Debian packages the cluster runs on if they are missing.
 #
 # The build happens in a generated Go module under $CACHE/k8s-build (never in
-# the repository): it requires k8s.io/kubernetes and replaces every staging
+# the repository; k8s-module.sh, shared with build-e2e-test.sh, makes it):
+# it requires k8s.io/kubernetes and replaces every staging
 # module (k8s.io/X => ./staging/src/k8s.io/X upstream) with its published
 # v0.MINOR.PATCH version. GOCACHE and the binaries stay under $CACHE, so a
 # second run only checks that the binaries are there.
@@ -14,11 +15,7 @@
 # Prints the binary directory on its last line.
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-v1.37.2}
-CACHE=${CSI_QCOW2_E2E_CACHE:-$HOME/.cache/csi-qcow2-e2e}
-GO=${GO:-go}
-BIN=$CACHE/k8s-$K8S_VERSION/bin
-BUILD=$CACHE/k8s-build/$K8S_VERSION
+. "$(dirname "${BASH_SOURCE[0]}")/k8s-module.sh"
 CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 log() { echo "build-k8s: $*" >&2; }
@@ -48,42 +45,8 @@ if [ $have_all = 1 ]; then
 	exit 0
 fi
 
-mkdir -p "$BUILD" "$BIN" "$CACHE/gocache"
-export GOCACHE=$CACHE/gocache GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
-cd "$BUILD"
-
-# Upstream's go.mod, from the module proxy, names the staging modules.
-upstream=$("$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
-[ -f "$upstream" ] || { log "no go.mod for k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
-staging=${K8S_VERSION/#v1./v0.}
-{
-	echo "module csi-qcow2-e2e/k8s-build"
-	echo
-	echo "go $(sed -n 's/^go \(.*\)$/\1/p' "$upstream")"
-	echo
-	echo "require k8s.io/kubernetes $K8S_VERSION"
-	echo
-	sed -n 's#^\s*\(replace \)\?\(k8s.io/[^ ]*\) => \./staging/src/.*$#\2#p' "$upstream" | sort -u |
-		while read -r m; do echo "replace $m => $m $staging"; done
-} >go.mod
-[ -f main.go ] || printf 'package main\n\nfunc main() {}\n' >main.go
-log "resolving modules for $K8S_VERSION ($(grep -c '^replace' go.mod) staging modules)"
 pkgs=()
-for c in "${CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c@$K8S_VERSION"); done
-"$GO" get "${pkgs[@]}" >&2
-
-major=${K8S_VERSION#v}; major=${major%%.*}
-minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
-ldflags="-s -w"
-for kv in gitVersion=$K8S_VERSION gitMajor=$major gitMinor=$minor gitTreeState=clean buildDate=1970-01-01T00:00:00Z; do
-	ldflags+=" -X k8s.io/component-base/version.$kv -X k8s.io/client-go/pkg/version.$kv"
-done
-for c in "${CMDS[@]}"; do
-	[ -x "$BIN/$c" ] && continue
-	start=$(date +%s)
-	log "building $c"
-	CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c" >&2
-	mv "$BIN/$c.tmp" "$BIN/$c"
-	log "built $c in $(($(date +%s) - start)) s"
-done
+for c in "${CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+k8s_module "${pkgs[@]}"
+for c in "${CMDS[@]}"; do k8s_build "$c" "k8s.io/kubernetes/cmd/$c" build; done
 echo "$BIN"

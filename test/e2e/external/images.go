@@ -1,0 +1,202 @@
+package external
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// The images the storage suite's pods run, under the references e2e.test
+// v1.37.2 gives them (test/utils/image/manifest.go). The cluster pulls
+// nothing, so these are built here and imported; the framework's pods use
+// imagePullPolicy IfNotPresent and find them.
+const (
+	// BusyboxImage is the default test image (e2epod.GetDefaultTestImage):
+	// Debian's static busybox with every applet linked in /bin.
+	BusyboxImage = "registry.k8s.io/e2e-test-images/busybox:1.37.0-2"
+	// AgnhostImage is agnhost (subPath's mounttest containers) over the
+	// busybox tree: entrypoint /agnhost, command pause, as upstream.
+	AgnhostImage = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+	// NginxImage is a stand-in: the volumes suite's exec test only runs
+	// /bin/sh -c in it, so it is the busybox image under nginx's name.
+	NginxImage = "registry.k8s.io/e2e-test-images/nginx:1.27.0-2"
+	// GlibcDNSTestingImage is a stand-in too: multiVolume's concurrent
+	// access pods run /bin/sh -c (e2epod.MakePodSpec) and nothing else.
+	GlibcDNSTestingImage = "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1"
+	// PauseImage is agnhost pause (the storage suites do not use it; the
+	// cluster's pod sandbox is its own image).
+	PauseImage = "registry.k8s.io/pause:3.10.2"
+)
+
+// BuildImages writes every image above into one docker-archive tarball
+// at out (layers shared), from a static busybox and the agnhost binary
+// (build-e2e-test.sh builds it).
+func BuildImages(ctx context.Context, busybox, agnhost, out string) error {
+	applets, err := exec.CommandContext(ctx, busybox, "--list").Output()
+	if err != nil {
+		return fmt.Errorf("%s --list: %v", busybox, err)
+	}
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		return err
+	}
+	files := []file{
+		{name: "bin/", mode: 0o755},
+		{name: "bin/busybox", mode: 0o755, data: bb},
+		{name: "etc/", mode: 0o755},
+		{name: "etc/passwd", mode: 0o644, data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
+		{name: "etc/group", mode: 0o644, data: []byte("root:x:0:\nnogroup:x:65534:\n")},
+		{name: "root/", mode: 0o700},
+		{name: "tmp/", mode: 0o1777},
+	}
+	for _, a := range strings.Fields(string(applets)) {
+		if a != "busybox" {
+			files = append(files, file{name: "bin/" + a, link: "busybox"})
+		}
+	}
+	base, err := layer(files)
+	if err != nil {
+		return err
+	}
+	ag, err := os.ReadFile(agnhost)
+	if err != nil {
+		return err
+	}
+	agLayer, err := layer([]file{{name: "agnhost", mode: 0o755, data: ag}})
+	if err != nil {
+		return err
+	}
+	path := v1.Config{Env: []string{"PATH=/bin"}}
+	bbImg, err := image(path, nil, []string{"sh"}, base)
+	if err != nil {
+		return err
+	}
+	agImg, err := image(path, []string{"/agnhost"}, []string{"pause"}, base, agLayer)
+	if err != nil {
+		return err
+	}
+	pause, err := image(path, []string{"/agnhost", "pause"}, nil, base, agLayer)
+	if err != nil {
+		return err
+	}
+	refs := map[name.Reference]v1.Image{}
+	for ref, img := range map[string]v1.Image{
+		BusyboxImage: bbImg, NginxImage: bbImg, GlibcDNSTestingImage: bbImg,
+		AgnhostImage: agImg, PauseImage: pause,
+	} {
+		tag, err := name.NewTag(ref)
+		if err != nil {
+			return err
+		}
+		refs[tag] = img
+	}
+	tmp := out + ".tmp"
+	if err := tarball.MultiRefWriteToFile(tmp, refs); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, out)
+}
+
+// ImageRefs lists the references BuildImages writes, sorted.
+func ImageRefs() []string {
+	r := []string{BusyboxImage, AgnhostImage, NginxImage, GlibcDNSTestingImage, PauseImage}
+	sort.Strings(r)
+	return r
+}
+
+// DebianBusybox returns a static busybox: Debian's busybox-static package,
+// fetched with apt-get download into dir (once) and unpacked there.
+func DebianBusybox(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "busybox-static", "bin", "busybox")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	debs, _ := filepath.Glob(filepath.Join(dir, "busybox-static_*.deb"))
+	if len(debs) == 0 {
+		cmd := exec.CommandContext(ctx, "apt-get", "download", "busybox-static")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("apt-get download busybox-static: %v: %s", err, out)
+		}
+		if debs, _ = filepath.Glob(filepath.Join(dir, "busybox-static_*.deb")); len(debs) == 0 {
+			return "", fmt.Errorf("apt-get download left no busybox-static_*.deb in %s", dir)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", debs[0], filepath.Join(dir, "busybox-static")).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("dpkg-deb -x %s: %v: %s", debs[0], err, out)
+	}
+	return bin, nil
+}
+
+// file is one entry of a layer: a directory (name ends in /), a symbolic
+// link (link set) or a regular file.
+type file struct {
+	name string
+	mode int64
+	data []byte
+	link string
+}
+
+// layer makes a layer of files, owned by root, with no time stamps, so
+// that the same files give the same digest.
+func layer(files []file) (v1.Layer, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		h := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+		switch {
+		case f.link != "":
+			h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, f.link, 0o777
+		case strings.HasSuffix(f.name, "/"):
+			h.Typeflag = tar.TypeDir
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	data := buf.Bytes()
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	})
+}
+
+// image stacks layers into a linux image of this machine's architecture.
+func image(cfg v1.Config, entrypoint, cmd []string, layers ...v1.Layer) (v1.Image, error) {
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config = cfg
+	cf.Config.Entrypoint, cf.Config.Cmd = entrypoint, cmd
+	return mutate.ConfigFile(img, cf)
+}

@@ -1,0 +1,83 @@
+package external
+
+import (
+	"archive/tar"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+func TestBuildImages(t *testing.T) {
+	busybox := "/bin/busybox"
+	if _, err := os.Stat(busybox); err != nil {
+		t.Skip("no /bin/busybox (Debian busybox-static)")
+	}
+	dir := t.TempDir()
+	agnhost := filepath.Join(dir, "agnhost")
+	if err := os.WriteFile(agnhost, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "images.tar")
+	if err := BuildImages(context.Background(), busybox, agnhost, out); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range ImageRefs() {
+		tag, err := name.NewTag(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := tarball.ImageFromPath(out, &tag)
+		if err != nil {
+			t.Fatalf("%s: %v", ref, err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries := map[string]*tar.Header{}
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range layers {
+			rc, err := l.Uncompressed()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := tar.NewReader(rc)
+			for {
+				h, err := tr.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				entries[h.Name] = h
+			}
+			rc.Close()
+		}
+		for _, want := range []string{"bin/sh", "bin/dd", "bin/sha256sum", "bin/blockdev", "tmp/"} {
+			if entries[want] == nil {
+				t.Errorf("%s: no %s", ref, want)
+			}
+		}
+		if h := entries["bin/sh"]; h != nil && (h.Typeflag != tar.TypeSymlink || h.Linkname != "busybox") {
+			t.Errorf("%s: bin/sh is not a link to busybox", ref)
+		}
+		hasAgnhost := entries["agnhost"] != nil
+		wantAgnhost := ref == AgnhostImage || ref == PauseImage
+		if hasAgnhost != wantAgnhost {
+			t.Errorf("%s: agnhost in the image: %v, want %v", ref, hasAgnhost, wantAgnhost)
+		}
+		if ref == AgnhostImage && !slices.Equal(cf.Config.Entrypoint, []string{"/agnhost"}) {
+			t.Errorf("%s: entrypoint %q", ref, cf.Config.Entrypoint)
+		}
+	}
+}

@@ -1,0 +1,50 @@
+package external
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+func TestParseReport(t *testing.T) {
+	report := `[{"SpecReports": [
+ {"LeafNodeType": "SynchronizedBeforeSuite", "State": "passed"},
+ {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (default fs)] provisioning"],
+  "LeafNodeText": "should provision storage with pvc data source", "LeafNodeType": "It", "State": "passed", "RunTime": 2000000000},
+ {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (block volmode)]", "volumeMode"],
+  "LeafNodeText": "should fail to use a volume in a pod with mismatched mode", "LeafNodeType": "It", "State": "failed", "Failure": {"Message": "timed out"}},
+ {"ContainerHierarchyTexts": ["External Storage", "[Driver: csi-qcow2.io]", "[Testpattern: Dynamic PV (ntfs)] volumes"],
+  "LeafNodeText": "should store data", "LeafNodeType": "It", "State": "skipped"},
+ {"LeafNodeType": "ReportAfterSuite", "State": "failed", "Failure": {"Message": "no report"}}
+]}]`
+	path := filepath.Join(t.TempDir(), "report.json")
+	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ParseReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Passed != 1 || r.Failed != 1 || r.Skipped != 1 || len(r.Specs) != 3 || len(r.SuiteFailures) != 1 {
+		t.Fatalf("counts: %+v", r)
+	}
+	if s := r.Specs[1]; s.Suite != "volumeMode" || s.Pattern != "Dynamic PV (block volmode)" || s.Failure != "timed out" {
+		t.Errorf("spec: %+v", s)
+	}
+	if got := r.BySuite(""); got["provisioning"] != 1 || got["volumes"] != 1 {
+		t.Errorf("by suite: %v", got)
+	}
+	t.Log("\n" + r.Summary())
+}
+
+func TestFlags(t *testing.T) {
+	o := Options{E2ETest: "e2e.test", Kubeconfig: "/k", ReportDir: "/r", DryRun: true}
+	args := o.Flags(SnapshotPass("/td.yaml"))
+	for _, want := range []string{"-kubeconfig=/k", "-storage.testdriver=/td.yaml", "-ginkgo.dry-run",
+		"-ginkgo.json-report=/r/snapshots-report.json", `-ginkgo.focus=External.Storage.*csi-qcow2\.io.*\[Feature:VolumeSnapshotDataSource\]`} {
+		if !slices.Contains(args, want) {
+			t.Errorf("no %s in %q", want, args)
+		}
+	}
+}
