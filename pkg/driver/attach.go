@@ -49,10 +49,15 @@ type nodeState struct {
 	// stale are the loop devices an earlier run of the driver served
 	// (device → volume ID), found at start.
 	stale map[string]string
+	// orphans are the volumes an earlier run staged on FUSE (by volume
+	// ID): their devices died with it, the CO still counts them staged.
+	// The next stage or publish at the recorded path stages them anew
+	// (node_restage.go); unstage forgets them.
+	orphans map[string]nodeRecord
 }
 
 func newNodeState() *nodeState {
-	return &nodeState{staged: map[string]*staged{}, busy: map[string]bool{}, stale: map[string]string{}}
+	return &nodeState{staged: map[string]*staged{}, busy: map[string]bool{}, stale: map[string]string{}, orphans: map[string]nodeRecord{}}
 }
 
 // lock takes volume id for one call, or answers Aborted while another

@@ -98,6 +98,8 @@ func (n nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpubl
 				return nil, status.Error(codes.Internal, err.Error())
 			}
 		}
+	} else if err := n.d.unpublishOrphan(req.GetVolumeId(), target); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

@@ -46,6 +46,13 @@ func (n nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishV
 		return nil, grpcError(err)
 	}
 	s := n.d.node.get(id)
+	if o, ok := n.d.node.orphan(id); s == nil && ok && o.Path == stagingPath {
+		// The CO kept the volume staged across a restart of the driver
+		// on FUSE (a new pod on the node reuses it): stage it anew first.
+		if s, err = n.d.restage(id, o); err != nil {
+			return nil, err
+		}
+	}
 	if s == nil || s.path != stagingPath {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", id, stagingPath)
 	}

@@ -38,8 +38,13 @@ func (d *Driver) nodeRecordPath(id string) string {
 
 // saveStaged records staged volume id as it is now, durably.
 func (d *Driver) saveStaged(id string, s *staged) error {
-	r := nodeRecord{Volume: id, Path: s.path, Attach: d.path.name(), Device: s.device(), Block: s.block,
-		FsType: s.fsType, Flags: s.flags, ReadOnly: s.readOnly, Targets: s.targets}
+	return d.saveRecord(nodeRecord{Volume: id, Path: s.path, Attach: d.path.name(), Device: s.device(), Block: s.block,
+		FsType: s.fsType, Flags: s.flags, ReadOnly: s.readOnly, Targets: s.targets})
+}
+
+// saveRecord writes r, durably.
+func (d *Driver) saveRecord(r nodeRecord) error {
+	id := r.Volume
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err

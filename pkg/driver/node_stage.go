@@ -74,25 +74,45 @@ func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
-	dev, watch, release, err := n.d.attach(id, want.readOnly)
-	if err != nil {
+	if o, ok := n.d.node.orphan(id); ok && o.Path == path {
+		// Staged here by an earlier run on FUSE: the same stage again,
+		// over a new device.
+		if o.Block != want.block || o.FsType != want.fsType || o.ReadOnly != want.readOnly || !slices.Equal(o.Flags, want.flags) {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is staged at %s with another capability", id, path)
+		}
+		if _, err := n.d.restage(id, o); err != nil {
+			return nil, err
+		}
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	if err := n.d.stage(id, want); err != nil {
 		return nil, err
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stage attaches volume id, mounts it as want says, records it and keeps
+// it; on error it leaves nothing attached, mounted or recorded.
+func (d *Driver) stage(id string, want *staged) error {
+	dev, watch, release, err := d.attach(id, want.readOnly)
+	if err != nil {
+		return err
 	}
 	want.dev, want.watch, want.release = dev, watch, release
 	if !want.block {
-		if err := n.d.mountStaging(want); err != nil {
-			return nil, errors.Join(err, detach(id, dev, release))
+		if err := d.mountStaging(want); err != nil {
+			return errors.Join(err, detach(id, dev, release))
 		}
 	}
-	if err := n.d.saveStaged(id, want); err != nil {
+	if err := d.saveStaged(id, want); err != nil {
 		// Unrecorded, a restart could not serve it again: undone.
 		if !want.block {
-			err = errors.Join(err, unmountIfMounted(n.d.mounter, path))
+			err = errors.Join(err, unmountIfMounted(d.mounter, want.path))
 		}
-		return nil, errors.Join(status.Error(codes.Internal, err.Error()), detach(id, dev, release))
+		return errors.Join(status.Error(codes.Internal, err.Error()), detach(id, dev, release))
 	}
-	n.d.node.put(id, want)
-	return &csi.NodeStageVolumeResponse{}, nil
+	d.node.put(id, want)
+	return nil
 }
 
 // stagedFor is what staging at path with capability c makes.
@@ -156,7 +176,15 @@ func (n nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 			return nil, err
 		}
 	}
-	if s == nil || s.path != path {
+	if s == nil {
+		if o, ok := n.d.node.orphan(id); ok && o.Path == path {
+			if err := n.d.forgetOrphan(id); err != nil {
+				return nil, err
+			}
+		}
+		return &csi.NodeUnstageVolumeResponse{}, nil
+	}
+	if s.path != path {
 		return &csi.NodeUnstageVolumeResponse{}, nil
 	}
 	if len(s.targets) > 0 {

@@ -24,9 +24,10 @@ import (
 // stages and mounts for real.
 //
 // On the FUSE path the connection died with the process and cannot be
-// taken over (docs/fuseloop.md, "Restart"): the record goes, and the
-// stale mounts are handled as before (cleanStaleAttachments,
-// leftByEarlierRun).
+// taken over (docs/fuseloop.md, "Restart"): the volume is kept as an
+// orphan, its record too, and the next stage or publish at its staging
+// path stages it anew (node_restage.go); the stale mounts are handled as
+// before (cleanStaleAttachments, leftByEarlierRun).
 func (d *Driver) readopt(st *store.Store) {
 	recs, err := d.stagedRecords()
 	if err != nil {
@@ -35,10 +36,18 @@ func (d *Driver) readopt(st *store.Store) {
 	}
 	for _, r := range recs {
 		if r.Attach == attachFUSE {
-			klog.InfoS("volume staged on FUSE by an earlier run: its device fails I/O until the CO unstages it", "volume", r.Volume, "device", r.Device)
-			if err := d.dropStaged(r.Volume); err != nil {
-				klog.ErrorS(err, "volume", r.Volume)
+			if _, err := st.GetVolume(r.Volume); err != nil {
+				// Deleted since: nothing to stage anew.
+				klog.InfoS("record of a staged volume that is gone dropped", "volume", r.Volume, "error", err)
+				if err := d.dropStaged(r.Volume); err != nil {
+					klog.ErrorS(err, "volume", r.Volume)
+				}
+				continue
 			}
+			klog.InfoS("volume staged on FUSE by an earlier run: its old device fails I/O; the next stage or publish stages it anew", "volume", r.Volume, "device", r.Device, "path", r.Path)
+			d.node.mu.Lock()
+			d.node.orphans[r.Volume] = r
+			d.node.mu.Unlock()
 			continue
 		}
 		if err := d.readoptOne(st, r); err != nil {

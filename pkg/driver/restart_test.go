@@ -17,7 +17,9 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
@@ -240,6 +242,18 @@ func TestNodeRestartUnderLoad(t *testing.T) {
 		if !errorsAre(w.errs, syscall.EIO) {
 			t.Errorf("the load's error after the restart: %v, want EIO", w.errs)
 		}
+		// Kubernetes starts the next pod on the node with a publish at
+		// the same staging path, no stage: the volume is staged anew.
+		staging, second := filepath.Join(dir, "first", "staging"), filepath.Join(dir, "first", "second")
+		_, err := f.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: second, VolumeCapability: c})
+		must(t, err)
+		w.verify(t, second)
+		// The old target still fails; unstage waits for both to go.
+		if _, err := f.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("unstage with two targets published: %v, want FailedPrecondition", err)
+		}
+		_, err = f.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: second})
+		must(t, err)
 		unstage("first")
 		w.verify(t, stage("again"))
 		unstage("again")
