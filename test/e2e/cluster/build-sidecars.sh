@@ -79,6 +79,6 @@ sidecar csi-resizer github.com/kubernetes-csi/external-resizer/v2 v2.2.0 cmd/csi
 log "building livenessprobe (stand-in)"
 (cd "$REPO" && "$GO" build -trimpath -ldflags "-s -w" -o "$BIN/livenessprobe.tmp" ./test/e2e/cluster/livenessprobe) >&2
 mv "$BIN/livenessprobe.tmp" "$BIN/livenessprobe"
-echo v1 >"$BIN/livenessprobe.version"
+echo v0.1.0 >"$BIN/livenessprobe.version"
 
 echo "$BIN"

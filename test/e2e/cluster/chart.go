@@ -14,6 +14,7 @@ import (
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/loader"
 	"helm.sh/helm/v4/pkg/kube"
+	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -96,8 +97,8 @@ func (c *Cluster) InstallSnapshotCRDs(ctx context.Context, goBin string) error {
 type Chart struct {
 	// Dir is the chart's directory (charts/csi-qcow2).
 	Dir string
-	// Release and Namespace name the release; the namespace is made by
-	// the chart (namespace.create).
+	// Release and Namespace name the release; InstallChart makes the
+	// namespace.
 	Release, Namespace string
 	// Values are the chart values to set; see ChartValues.
 	Values map[string]any
@@ -117,6 +118,13 @@ func (c *Cluster) InstallChart(ctx context.Context, ch Chart) error {
 		return err
 	}
 	c.lastNamespaces[ch.Namespace] = true
+	// As docs/operations.md asks: the namespace exists, labelled for the
+	// node plugin's privileged pods, before Helm keeps its release there.
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ch.Namespace,
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged"}}}
+	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
 	inst := action.NewInstall(cfg)
 	inst.ReleaseName, inst.Namespace = ch.Release, ch.Namespace
 	inst.WaitStrategy = kube.StatusWatcherStrategy

@@ -168,8 +168,9 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 // the CNI cache (/var/lib/cni), the kubelet's container log links
 // (/var/log/containers), the sandboxes' network namespaces (/run/netns), the
 // kubelet's device-plugin socket (/var/lib/kubelet/device-plugins, whatever
-// its root directory).
-var hostDirs = []string{"/run/containerd", "/var/lib/cni", "/var/log/containers", netnsDir, "/var/lib/kubelet"}
+// its root directory), and /lib/modules, which the node plugin's hostPath
+// makes on a host without kernel modules (this sandbox's).
+var hostDirs = []string{"/run/containerd", "/var/lib/cni", "/var/log/containers", netnsDir, "/var/lib/kubelet", "/lib/modules"}
 
 func missing(paths []string) []string {
 	var m []string
@@ -213,6 +214,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
 			return err
 		}
+	}
+	if err := c.writeSweepRecord(); err != nil {
+		return err
 	}
 	ports, err := freePorts(10)
 	if err != nil {
@@ -346,14 +350,15 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 	}
 
-	// The kubelet: its root is an rshared mount so that Bidirectional mount
-	// propagation (the CSI node plugin's) works; its cgroup root must exist.
+	// The kubelet: the root is an rshared mount so that Bidirectional mount
+	// propagation (the CSI node plugin's, of the kubelet's root and of its
+	// store under Root) works; its cgroup root must exist.
 	kubeletRoot := c.path("kubelet")
-	if err := syscall.Mount(kubeletRoot, kubeletRoot, "", syscall.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind-mount %s: %w", kubeletRoot, err)
+	if err := syscall.Mount(c.Root, c.Root, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount %s: %w", c.Root, err)
 	}
-	if err := syscall.Mount("", kubeletRoot, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
-		return fmt.Errorf("make %s rshared: %w", kubeletRoot, err)
+	if err := syscall.Mount("", c.Root, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s rshared: %w", c.Root, err)
 	}
 	if err := c.makeCgroupRoot(); err != nil {
 		return err

@@ -5,12 +5,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/driver"
+	"github.com/csi-qcow2/csi-qcow2/test/e2e/external"
 )
 
 // repoRoot is the repository, two directories above this package's.
@@ -32,7 +35,11 @@ func TestDriverInCluster(t *testing.T) {
 	if os.Getenv("CSI_QCOW2_E2E_CLUSTER") != "1" {
 		t.Skip("set CSI_QCOW2_E2E_CLUSTER=1 to install the chart into a local Kubernetes cluster (make e2e-cluster)")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Minute)
+	// SIGINT or SIGTERM ends the run through the teardown below, not
+	// around it (go test would otherwise die and leave the cluster).
+	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sigCtx, 80*time.Minute)
 	defer cancel()
 	root := repoRoot(t)
 	binDir := binDir(ctx, t)
@@ -52,11 +59,9 @@ func TestDriverInCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v (make image builds it; make e2e-cluster runs it first)", err)
 	}
-	testImages := buildTestImages(ctx, t, binDir, images)
-	all := append([]string{tool, driverImage}, archives...)
-	if testImages != "" {
-		all = append(all, testImages)
-	}
+	// e2e.test, kubectl and agnhost, beside the cluster's binaries.
+	scriptDir(ctx, t, "./build-e2e-test.sh")
+	all := append([]string{tool, driverImage, buildTestImages(ctx, t, binDir, images)}, archives...)
 
 	c, err := Start(ctx, Config{BinDir: binDir, Log: testWriter{t}, Images: all})
 	if err != nil {
@@ -103,7 +108,6 @@ func TestDriverInCluster(t *testing.T) {
 // driver.stateDir: this cluster keeps everything under its root.
 func chartValues(c *Cluster, sidecars map[string]string, driverImage string) map[string]any {
 	vals := map[string]any{
-		"namespace":          map[string]any{"create": true},
 		"kubeletDir":         c.path("kubelet"),
 		"registrar":          map[string]any{"enabled": false},
 		"snapshotController": map[string]any{"enabled": true},
@@ -158,12 +162,58 @@ func scriptDir(ctx context.Context, t *testing.T, script string) string {
 	return f[len(f)-1]
 }
 
-// Until the external suite is wired in: no test images, no run.
+// buildTestImages makes the images the external suite's pods and ours
+// run (busybox and the rest, under e2e.test's references) and returns the
+// archive.
 func buildTestImages(ctx context.Context, t *testing.T, binDir, dir string) string {
 	t.Helper()
-	return ""
+	busybox, err := external.DebianBusybox(ctx, filepath.Join(cacheDir(t), "busybox"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "e2e-images.tar")
+	if err := external.BuildImages(ctx, busybox, filepath.Join(binDir, "agnhost"), out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir string) {
-	t.Skip("not wired yet")
+	opts := external.Options{
+		E2ETest: filepath.Join(binDir, "e2e.test"), Kubectl: filepath.Join(binDir, "kubectl"),
+		Kubeconfig: c.Kubeconfig, KubeletRootDir: c.path("kubelet"),
+		ReportDir: c.path("logs", "external"), Log: os.Stdout,
+	}
+	// What this cluster cannot run for reasons outside the driver
+	// (external.LocalClusterSkips says why).
+	skips := append([]string{}, external.LocalClusterSkips...)
+	if ok, _ := driver.CanGrowExt4Online(); !ok {
+		skips = append(skips, external.SkipExt4Growth)
+	}
+	testDriver := filepath.Join(root, "test", "e2e", "testdriver.yaml")
+	for _, p := range []external.Pass{external.MainPass(testDriver), external.SnapshotPass(testDriver)} {
+		p.Skip = append(p.Skip, skips...)
+		start := time.Now()
+		r, err := external.Run(ctx, opts, p)
+		if err != nil {
+			t.Errorf("external suite, %s pass: %v", p.Name, err)
+			continue
+		}
+		t.Logf("external suite, %s pass: %d passed, %d failed, %d skipped in %.0f s", p.Name, r.Passed, r.Failed, r.Skipped, time.Since(start).Seconds())
+		if r.Failed > 0 || len(r.SuiteFailures) > 0 {
+			t.Errorf("external suite, %s pass: %d failed %v", p.Name, r.Failed, r.SuiteFailures)
+		}
+	}
+}
+
+// cacheDir is the build scripts' cache (CSI_QCOW2_E2E_CACHE).
+func cacheDir(t *testing.T) string {
+	if d := os.Getenv("CSI_QCOW2_E2E_CACHE"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(home, ".cache", "csi-qcow2-e2e")
 }

@@ -164,10 +164,12 @@ func stopProc(p *proc) error {
 // Leftovers lists processes whose command line names the root (the
 // containerd shims do) and processes in the kubelet's cgroups.
 func (c *Cluster) Leftovers() []int {
-	seen := map[int]bool{}
+	// Never this process or its parents (go run's command line may name
+	// the root).
+	seen := ancestors()
 	var pids []int
 	add := func(pid int) {
-		if pid != os.Getpid() && !seen[pid] {
+		if !seen[pid] {
 			seen[pid] = true
 			pids = append(pids, pid)
 		}
@@ -199,6 +201,25 @@ func (c *Cluster) Leftovers() []int {
 	}
 	sort.Ints(pids)
 	return pids
+}
+
+// ancestors is this process and its parents.
+func ancestors() map[int]bool {
+	m := map[int]bool{}
+	for pid := os.Getpid(); pid > 1 && !m[pid]; {
+		m[pid] = true
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			break
+		}
+		// pid (comm) state ppid ...: comm may hold spaces; cut after ')'.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) < 2 {
+			break
+		}
+		pid, _ = strconv.Atoi(f[1])
+	}
+	return m
 }
 
 func (c *Cluster) sweepProcesses() []error {

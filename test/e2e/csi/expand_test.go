@@ -33,21 +33,22 @@ func TestOnlineExpansion(t *testing.T) {
 			if tc.fsType != "" {
 				class = n.fsTypeClass(tc.fsType)
 			}
-			n.createClaim(claim{name: "vol", size: "128Mi", block: tc.block, class: class})
-			// The pod waits until it sees at least 200 MiB, then exits.
+			// 512Mi: mkfs.xfs refuses less than 300 MB.
+			n.createClaim(claim{name: "vol", size: "512Mi", block: tc.block, class: class})
+			// The pod waits until it sees at least 900 MiB, then exits.
 			size := "$(df -k /data | awk 'NR==2 {print $2}')"
 			if tc.block {
 				size = "$(($(blockdev --getsize64 " + blockDevice + ") / 1024))"
 			}
 			n.startPod(pod{name: "user", claim: "vol", block: tc.block, script: fmt.Sprintf(
-				"echo before %s; while [ %s -lt %d ]; do sleep 1; done; echo after %s", size, size, 200*1024, size)})
+				"echo before %s; while [ %s -lt %d ]; do sleep 1; done; echo after %s", size, size, 900*1024, size)})
 			n.waitRunning("user")
-			patch := []byte(`{"spec":{"resources":{"requests":{"storage":"256Mi"}}}}`)
+			patch := []byte(`{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}`)
 			if _, err := n.kube.CoreV1().PersistentVolumeClaims(n.name).Patch(n.ctx, "vol", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			want := resource.MustParse("256Mi")
-			n.waitFor("the claim's capacity 256Mi", 5*time.Minute, func() (bool, error) {
+			want := resource.MustParse("1Gi")
+			n.waitFor("the claim's capacity 1Gi", 5*time.Minute, func() (bool, error) {
 				c := n.claimOf("vol")
 				got := c.Status.Capacity[corev1.ResourceStorage]
 				return got.Cmp(want) >= 0, fmt.Errorf("capacity %s, conditions %v", got.String(), c.Status.Conditions)

@@ -33,7 +33,15 @@ func main() {
 	sidecars := flag.String("sidecars", "", "directory of the CSI sidecars (build-sidecars.sh prints it): import their images")
 	var images list
 	flag.Var(&images, "image", "an image archive to import into containerd (repeatable)")
+	sweep := flag.String("sweep", "", "tear down what the cluster with this root left when its harness was killed, and exit")
 	flag.Parse()
+	if *sweep != "" {
+		if err := cluster.SweepRoot(*sweep, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "localcluster:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *bin == "" {
 		fmt.Fprintln(os.Stderr, "localcluster: -bin is required (test/e2e/cluster/build-k8s.sh prints it)")
 		os.Exit(2)
