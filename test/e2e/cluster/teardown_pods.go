@@ -90,13 +90,14 @@ func (c *Cluster) deleteWorkloads(ctx context.Context, namespaces []string, grac
 	}
 }
 
-// volumeMounts lists the mounts of pods' volumes and of staged volumes
-// under the kubelet's root.
+// volumeMounts lists the mounts of CSI volumes under the kubelet's root:
+// published (pods/UID/volumes/kubernetes.io~csi/...) and staged
+// (plugins/kubernetes.io/csi/...).
 func (c *Cluster) volumeMounts() []string {
 	var out []string
 	for _, mp := range c.Mounts() {
 		rel := strings.TrimPrefix(mp, c.path("kubelet")+"/")
-		if strings.HasPrefix(rel, "pods/") || strings.HasPrefix(rel, "plugins/kubernetes.io/csi/") {
+		if strings.Contains(rel, "/volumes/kubernetes.io~csi/") || strings.HasPrefix(rel, "plugins/kubernetes.io/csi/") {
 			out = append(out, mp)
 		}
 	}
