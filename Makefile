@@ -48,12 +48,15 @@ test-vm:
 	$(GO) test -count=1 -v -timeout 45m ./test/e2e/vm/
 
 # A real single-node Kubernetes cluster on this machine (root, no container
-# engine): builds Kubernetes once into ~/.cache/csi-qcow2-e2e, starts etcd,
-# the control plane, containerd and the kubelet, runs a pod, tears it all
-# down. Not part of make test; docs/e2e.md, "The local cluster".
-e2e-cluster:
-	cd test/e2e/cluster && GO=$(GO) ./build-k8s.sh >/dev/null
-	CSI_QCOW2_E2E_CLUSTER=1 $(GO) test -count=1 -v -timeout 20m ./test/e2e/cluster/
+# engine; docs/e2e.md): builds Kubernetes, e2e.test and the CSI sidecars
+# once into ~/.cache/csi-qcow2-e2e and the driver's image, starts etcd, the
+# control plane, kube-proxy, containerd and the kubelet, installs the Helm
+# chart, runs test/e2e/csi and the Kubernetes external storage suite
+# (CSI_QCOW2_E2E_EXTERNAL=0 leaves it out), tears it all down and checks
+# that nothing is left.
+e2e-cluster: image
+	cd test/e2e/cluster && GO=$(GO) ./build-k8s.sh >/dev/null && GO=$(GO) ./build-e2e-test.sh >/dev/null && GO=$(GO) ./build-sidecars.sh >/dev/null
+	CSI_QCOW2_E2E_CLUSTER=1 $(GO) test -count=1 -v -timeout 120m ./test/e2e/cluster/
 
 bench:
 	GO=$(GO) BENCHTIME=$(BENCHTIME) scripts/bench-ratios.sh

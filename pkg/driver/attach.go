@@ -33,6 +33,10 @@ type staged struct {
 	// targets are the paths the volume is published at, with whether
 	// each is read-only.
 	targets map[string]bool
+	// dead are the targets that still bind-mount the filesystem of an
+	// earlier run's dead device (node_restage.go); each is in targets
+	// too, so that unstage waits for them.
+	dead map[string]bool
 }
 
 func (s *staged) device() string { return s.dev.Path() }

@@ -126,6 +126,11 @@ func (c controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolum
 	if req.GetVolumeId() == "" {
 		return nil, invalid("volume_id is missing")
 	}
+	if o, ok := c.d.node.orphan(req.GetVolumeId()); ok {
+		// The CO counts it staged (an earlier run staged it on FUSE):
+		// a live stage keeps it too (store.ErrInUse).
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still staged at %s on this node", req.GetVolumeId(), o.Path)
+	}
 	if err := st.DeleteVolume(req.GetVolumeId()); err != nil {
 		return nil, grpcError(err)
 	}

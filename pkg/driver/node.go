@@ -94,6 +94,7 @@ func (n nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpubl
 		// nothing.
 		if _, ok := s.targets[target]; ok {
 			delete(s.targets, target)
+			delete(s.dead, target)
 			if err := n.d.saveStaged(req.GetVolumeId(), s); err != nil {
 				return nil, status.Error(codes.Internal, err.Error())
 			}

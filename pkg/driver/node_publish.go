@@ -49,6 +49,9 @@ func (n nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishV
 	if o, ok := n.d.node.orphan(id); s == nil && ok && o.Path == stagingPath {
 		// The CO kept the volume staged across a restart of the driver
 		// on FUSE (a new pod on the node reuses it): stage it anew first.
+		if (c.GetBlock() != nil) != o.Block {
+			return nil, invalid("volume %s is staged for %s access", id, accessName(o.Block))
+		}
 		if s, err = n.d.restage(id, o); err != nil {
 			return nil, err
 		}
@@ -60,6 +63,14 @@ func (n nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishV
 		return nil, invalid("volume %s is staged for %s access", id, accessName(s.block))
 	}
 	readOnly := req.GetReadonly() || readOnlyMode(c) || s.readOnly
+	if s.dead[target] {
+		// Published again where an earlier run's dead filesystem still
+		// is (a kubelet that lost track): that bind goes, a live one
+		// takes its place.
+		if err := n.d.dropDeadTarget(id, s, target); err != nil {
+			return nil, err
+		}
+	}
 	if ro, ok := s.targets[target]; ok {
 		if ro != readOnly {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s is published at %s with readonly=%v", id, target, ro)

@@ -30,6 +30,8 @@ type nodeRecord struct {
 	Flags    []string        `json:"flags"`     // mount access
 	ReadOnly bool            `json:"read_only"` // staged read-only
 	Targets  map[string]bool `json:"targets"`   // published at, read-only or not
+	// Dead are the targets that hold an earlier run's dead filesystem.
+	Dead map[string]bool `json:"dead_targets,omitempty"`
 }
 
 func (d *Driver) nodeRecordPath(id string) string {
@@ -39,7 +41,7 @@ func (d *Driver) nodeRecordPath(id string) string {
 // saveStaged records staged volume id as it is now, durably.
 func (d *Driver) saveStaged(id string, s *staged) error {
 	return d.saveRecord(nodeRecord{Volume: id, Path: s.path, Attach: d.path.name(), Device: s.device(), Block: s.block,
-		FsType: s.fsType, Flags: s.flags, ReadOnly: s.readOnly, Targets: s.targets})
+		FsType: s.fsType, Flags: s.flags, ReadOnly: s.readOnly, Targets: s.targets, Dead: s.dead})
 }
 
 // saveRecord writes r, durably.

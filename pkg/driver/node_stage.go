@@ -84,6 +84,13 @@ func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 			return nil, err
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
+	} else if ok {
+		// The CO stages it elsewhere: the old staging path's dead
+		// filesystem goes, and the new stage's record replaces the old.
+		if err := n.d.unmountDead(id, o); err != nil {
+			return nil, err
+		}
+		n.d.node.dropOrphan(id)
 	}
 	if err := n.d.stage(id, want); err != nil {
 		return nil, err
@@ -91,16 +98,17 @@ func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-// stage attaches volume id, mounts it as want says, records it and keeps
-// it; on error it leaves nothing attached, mounted or recorded.
-func (d *Driver) stage(id string, want *staged) error {
+// stage attaches volume id, mounts it as want says (with the extra mount
+// options, which are not recorded), records it and keeps it; on error it
+// leaves nothing attached, mounted or recorded.
+func (d *Driver) stage(id string, want *staged, extra ...string) error {
 	dev, watch, release, err := d.attach(id, want.readOnly)
 	if err != nil {
 		return err
 	}
 	want.dev, want.watch, want.release = dev, watch, release
 	if !want.block {
-		if err := d.mountStaging(want); err != nil {
+		if err := d.mountStaging(want, extra...); err != nil {
 			return errors.Join(err, detach(id, dev, release))
 		}
 	}
@@ -135,12 +143,12 @@ func (d *Driver) formatter() *mount.SafeFormatAndMount {
 }
 
 // mountStaging formats s's device when it holds no filesystem and
-// mounts it at s.path (made if missing).
-func (d *Driver) mountStaging(s *staged) error {
+// mounts it at s.path (made if missing), with s's flags and extra.
+func (d *Driver) mountStaging(s *staged, extra ...string) error {
 	if err := os.MkdirAll(s.path, 0o750); err != nil {
 		return status.Errorf(codes.Internal, "staging path: %v", err)
 	}
-	opts := slices.Clone(s.flags)
+	opts := append(slices.Clone(s.flags), extra...)
 	if s.readOnly {
 		opts = append(opts, "ro")
 	}
@@ -178,6 +186,9 @@ func (n nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 	}
 	if s == nil {
 		if o, ok := n.d.node.orphan(id); ok && o.Path == path {
+			if err := n.d.unmountDead(id, o); err != nil {
+				return nil, err
+			}
 			if err := n.d.forgetOrphan(id); err != nil {
 				return nil, err
 			}
