@@ -84,6 +84,44 @@ func (f *restartFixture) unstageAt(id, staging string) error {
 	return err
 }
 
+// stagePublish stages the volume at staging (made) and publishes it at t1.
+func (f *restartFixture) stagePublish(id, staging, t1 string, c *csi.VolumeCapability) {
+	f.t.Helper()
+	must(f.t, os.MkdirAll(staging, 0o750))
+	must(f.t, f.stageAt(id, staging, c))
+	must(f.t, f.publishAt(id, staging, t1, c))
+}
+
+// stageWithData is stagePublish, then "acknowledged" written to t1/f and
+// synced.
+func (f *restartFixture) stageWithData(id, staging, t1 string, c *csi.VolumeCapability) {
+	f.t.Helper()
+	f.stagePublish(id, staging, t1, c)
+	writeFileSynced(f.t, filepath.Join(t1, "f"), "acknowledged")
+}
+
+// wantAcknowledged checks that dir/f reads "acknowledged".
+func wantAcknowledged(t *testing.T, dir string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "f"))
+	if err != nil || string(b) != "acknowledged" {
+		t.Errorf("after the restage: %q, %v", b, err)
+	}
+}
+
+// unpublishUnstage unpublishes the targets, unstages, and checks that
+// nothing is left mounted at the staging path.
+func (f *restartFixture) unpublishUnstage(id, staging string, targets ...string) {
+	f.t.Helper()
+	for _, t := range targets {
+		must(f.t, f.unpublishAt(id, t))
+	}
+	must(f.t, f.unstageAt(id, staging))
+	if mounted(f.t, staging) {
+		f.t.Errorf("the staging path is still mounted after unstage")
+	}
+}
+
 func writeFileSynced(t *testing.T, path string, data string) {
 	t.Helper()
 	must(t, os.WriteFile(path, []byte(data), 0o644))
@@ -113,23 +151,13 @@ func TestRestageMount(t *testing.T) {
 		t.Run(fsType, func(t *testing.T) {
 			f, dir, id, c := restageFixture(t, fsType)
 			staging, t1, t2 := filepath.Join(dir, "staging"), filepath.Join(dir, "t1"), filepath.Join(dir, "t2")
-			must(t, os.MkdirAll(staging, 0o750))
-			must(t, f.stageAt(id, staging, c))
-			must(t, f.publishAt(id, staging, t1, c))
-			writeFileSynced(t, filepath.Join(t1, "f"), "acknowledged")
+			f.stageWithData(id, staging, t1, c)
 			f.kill()
 			f.start()
 			must(t, f.unpublishAt(id, t1)) // the old pod goes first
 			must(t, f.publishAt(id, staging, t2, c))
-			b, err := os.ReadFile(filepath.Join(t2, "f"))
-			if err != nil || string(b) != "acknowledged" {
-				t.Errorf("after the restage: %q, %v", b, err)
-			}
-			must(t, f.unpublishAt(id, t2))
-			must(t, f.unstageAt(id, staging))
-			if mounted(t, staging) {
-				t.Errorf("staging still mounted")
-			}
+			wantAcknowledged(t, t2)
+			f.unpublishUnstage(id, staging, t2)
 		})
 	}
 }
@@ -140,20 +168,14 @@ func TestRestageMount(t *testing.T) {
 func TestRestageXFSWithOldTargetStillMounted(t *testing.T) {
 	f, dir, id, c := restageFixture(t, "xfs")
 	staging, t1, t2 := filepath.Join(dir, "staging"), filepath.Join(dir, "t1"), filepath.Join(dir, "t2")
-	must(t, os.MkdirAll(staging, 0o750))
-	must(t, f.stageAt(id, staging, c))
-	must(t, f.publishAt(id, staging, t1, c))
-	writeFileSynced(t, filepath.Join(t1, "f"), "acknowledged")
+	f.stageWithData(id, staging, t1, c)
 	f.kill()
 	f.start()
 	if err := f.publishAt(id, staging, t2, c); err != nil {
 		t.Errorf("publish of the next pod while the old pod's target is still mounted: %v", err)
 		t.Logf("staging mounted after the failed restage: %v", mounted(t, staging))
 	} else {
-		b, err := os.ReadFile(filepath.Join(t2, "f"))
-		if err != nil || string(b) != "acknowledged" {
-			t.Errorf("after the restage: %q, %v", b, err)
-		}
+		wantAcknowledged(t, t2)
 	}
 }
 
@@ -166,10 +188,7 @@ func TestRestageXFSWithOldTargetStillMounted(t *testing.T) {
 func TestRestageRepublishSameTargetAfterReboot(t *testing.T) {
 	f, dir, id, c := restageFixture(t, "ext4")
 	staging, t1 := filepath.Join(dir, "staging"), filepath.Join(dir, "t1")
-	must(t, os.MkdirAll(staging, 0o750))
-	must(t, f.stageAt(id, staging, c))
-	must(t, f.publishAt(id, staging, t1, c))
-	writeFileSynced(t, filepath.Join(t1, "f"), "acknowledged")
+	f.stageWithData(id, staging, t1, c)
 	f.kill()
 	// "Reboot": every mount goes, the state directory stays.
 	must(t, unix.Unmount(t1, unix.MNT_DETACH))
@@ -195,10 +214,7 @@ func TestRestageRepublishSameTargetAfterReboot(t *testing.T) {
 func TestRestageRepublishSameTargetAfterRestart(t *testing.T) {
 	f, dir, id, c := restageFixture(t, "ext4")
 	staging, t1 := filepath.Join(dir, "staging"), filepath.Join(dir, "t1")
-	must(t, os.MkdirAll(staging, 0o750))
-	must(t, f.stageAt(id, staging, c))
-	must(t, f.publishAt(id, staging, t1, c))
-	writeFileSynced(t, filepath.Join(t1, "f"), "acknowledged")
+	f.stageWithData(id, staging, t1, c)
 	f.kill()
 	f.start()
 	must(t, f.stageAt(id, staging, c))
@@ -223,10 +239,7 @@ func TestRestageRepublishSameTargetAfterRestart(t *testing.T) {
 func TestRestageAfterASecondRestart(t *testing.T) {
 	f, dir, id, c := restageFixture(t, "ext4")
 	staging, t1, t2 := filepath.Join(dir, "staging"), filepath.Join(dir, "t1"), filepath.Join(dir, "t2")
-	must(t, os.MkdirAll(staging, 0o750))
-	must(t, f.stageAt(id, staging, c))
-	must(t, f.publishAt(id, staging, t1, c))
-	writeFileSynced(t, filepath.Join(t1, "f"), "acknowledged")
+	f.stageWithData(id, staging, t1, c)
 	f.kill()
 	f.start()
 	devs, _ := filepath.Glob("/sys/block/loop*")
@@ -242,15 +255,8 @@ func TestRestageAfterASecondRestart(t *testing.T) {
 	if n := mountCount(t, staging); n != 1 {
 		t.Errorf("%d mounts at the staging path after the restage, want 1", n)
 	}
-	b, err := os.ReadFile(filepath.Join(t2, "f"))
-	if err != nil || string(b) != "acknowledged" {
-		t.Errorf("after the restage: %q, %v", b, err)
-	}
-	must(t, f.unpublishAt(id, t2))
-	must(t, f.unstageAt(id, staging))
-	if mounted(t, staging) {
-		t.Errorf("the staging path is still mounted after unstage (the dead filesystem of the first run)")
-	}
+	wantAcknowledged(t, t2)
+	f.unpublishUnstage(id, staging, t2)
 }
 
 // A live stage keeps DeleteVolume away (ErrInUse), and so does an
@@ -259,9 +265,7 @@ func TestRestageAfterASecondRestart(t *testing.T) {
 func TestRestageDeleteWhileOrphaned(t *testing.T) {
 	f, dir, id, c := restageFixture(t, "ext4")
 	staging, t1 := filepath.Join(dir, "staging"), filepath.Join(dir, "t1")
-	must(t, os.MkdirAll(staging, 0o750))
-	must(t, f.stageAt(id, staging, c))
-	must(t, f.publishAt(id, staging, t1, c))
+	f.stagePublish(id, staging, t1, c)
 	if _, err := f.ctl.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id}); err == nil {
 		t.Fatal("deleted while staged")
 	}

@@ -1,22 +1,17 @@
 package external
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 
+	"github.com/csi-qcow2/csi-qcow2/test/e2e/imagepack"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -54,21 +49,21 @@ func BuildImages(ctx context.Context, busybox, agnhost, out string) error {
 	if err != nil {
 		return err
 	}
-	files := []file{
-		{name: "bin/", mode: 0o755},
-		{name: "bin/busybox", mode: 0o755, data: bb},
-		{name: "etc/", mode: 0o755},
-		{name: "etc/passwd", mode: 0o644, data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
-		{name: "etc/group", mode: 0o644, data: []byte("root:x:0:\nnogroup:x:65534:\n")},
-		{name: "root/", mode: 0o700},
-		{name: "tmp/", mode: 0o1777},
+	files := []imagepack.File{
+		{Name: "bin/", Mode: 0o755},
+		{Name: "bin/busybox", Mode: 0o755, Data: bb},
+		{Name: "etc/", Mode: 0o755},
+		{Name: "etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
+		{Name: "etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnogroup:x:65534:\n")},
+		{Name: "root/", Mode: 0o700},
+		{Name: "tmp/", Mode: 0o1777},
 	}
 	for _, a := range strings.Fields(string(applets)) {
 		if a != "busybox" {
-			files = append(files, file{name: "bin/" + a, link: "busybox"})
+			files = append(files, imagepack.File{Name: "bin/" + a, Link: "busybox"})
 		}
 	}
-	base, err := layer(files)
+	base, err := imagepack.Layer(files)
 	if err != nil {
 		return err
 	}
@@ -76,20 +71,20 @@ func BuildImages(ctx context.Context, busybox, agnhost, out string) error {
 	if err != nil {
 		return err
 	}
-	agLayer, err := layer([]file{{name: "agnhost", mode: 0o755, data: ag}})
+	agLayer, err := imagepack.Layer([]imagepack.File{{Name: "agnhost", Mode: 0o755, Data: ag}})
 	if err != nil {
 		return err
 	}
 	path := v1.Config{Env: []string{"PATH=/bin"}}
-	bbImg, err := image(path, nil, []string{"sh"}, base)
+	bbImg, err := imagepack.Image(path, nil, []string{"sh"}, base)
 	if err != nil {
 		return err
 	}
-	agImg, err := image(path, []string{"/agnhost"}, []string{"pause"}, base, agLayer)
+	agImg, err := imagepack.Image(path, []string{"/agnhost"}, []string{"pause"}, base, agLayer)
 	if err != nil {
 		return err
 	}
-	pause, err := image(path, []string{"/agnhost", "pause"}, nil, base, agLayer)
+	pause, err := imagepack.Image(path, []string{"/agnhost", "pause"}, nil, base, agLayer)
 	if err != nil {
 		return err
 	}
@@ -144,59 +139,4 @@ func DebianBusybox(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("dpkg-deb -x %s: %v: %s", debs[0], err, out)
 	}
 	return bin, nil
-}
-
-// file is one entry of a layer: a directory (name ends in /), a symbolic
-// link (link set) or a regular file.
-type file struct {
-	name string
-	mode int64
-	data []byte
-	link string
-}
-
-// layer makes a layer of files, owned by root, with no time stamps, so
-// that the same files give the same digest.
-func layer(files []file) (v1.Layer, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range files {
-		h := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
-		switch {
-		case f.link != "":
-			h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, f.link, 0o777
-		case strings.HasSuffix(f.name, "/"):
-			h.Typeflag = tar.TypeDir
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	data := buf.Bytes()
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(data)), nil
-	})
-}
-
-// image stacks layers into a linux image of this machine's architecture.
-func image(cfg v1.Config, entrypoint, cmd []string, layers ...v1.Layer) (v1.Image, error) {
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config = cfg
-	cf.Config.Entrypoint, cf.Config.Cmd = entrypoint, cmd
-	return mutate.ConfigFile(img, cf)
 }
