@@ -167,12 +167,8 @@ func scriptDir(ctx context.Context, t *testing.T, script string) string {
 // archive.
 func buildTestImages(ctx context.Context, t *testing.T, binDir, dir string) string {
 	t.Helper()
-	busybox, err := external.DebianBusybox(ctx, filepath.Join(cacheDir(t), "busybox"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := filepath.Join(dir, "e2e-images.tar")
-	if err := external.BuildImages(ctx, busybox, filepath.Join(binDir, "agnhost"), out); err != nil {
+	if err := external.BuildImagesFromDebian(ctx, filepath.Join(cacheDir(t), "busybox"), filepath.Join(binDir, "agnhost"), out); err != nil {
 		t.Fatal(err)
 	}
 	return out

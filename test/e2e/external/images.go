@@ -30,17 +30,24 @@ const (
 	// /bin/sh -c in it, so it is the busybox image under nginx's name.
 	NginxImage = "registry.k8s.io/e2e-test-images/nginx:1.27.0-2"
 	// GlibcDNSTestingImage is a stand-in too: multiVolume's concurrent
-	// access pods run /bin/sh -c (e2epod.MakePodSpec) and nothing else.
+	// access pods run /bin/sh -c with GNU dd (oflag=nocache, which
+	// busybox lacks) and sha256sum: the busybox image with Debian's
+	// coreutils (and the libraries it needs) over it.
 	GlibcDNSTestingImage = "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1"
 	// PauseImage is agnhost pause (the storage suites do not use it; the
 	// cluster's pod sandbox is its own image).
 	PauseImage = "registry.k8s.io/pause:3.10.2"
 )
 
+// CoreutilsPackages are the Debian packages of the GNU coreutils layer:
+// coreutils and what it links.
+var CoreutilsPackages = []string{"coreutils", "libc6", "libgcc-s1", "libacl1", "libattr1", "libgmp10", "libselinux1", "libpcre2-8-0"}
+
 // BuildImages writes every image above into one docker-archive tarball
-// at out (layers shared), from a static busybox and the agnhost binary
-// (build-e2e-test.sh builds it).
-func BuildImages(ctx context.Context, busybox, agnhost, out string) error {
+// at out (layers shared), from a static busybox, the agnhost binary
+// (build-e2e-test.sh builds it) and a tree of CoreutilsPackages
+// (DebianPackages makes it).
+func BuildImages(ctx context.Context, busybox, agnhost, coreutils, out string) error {
 	applets, err := exec.CommandContext(ctx, busybox, "--list").Output()
 	if err != nil {
 		return fmt.Errorf("%s --list: %v", busybox, err)
@@ -80,6 +87,19 @@ func BuildImages(ctx context.Context, busybox, agnhost, out string) error {
 	if err != nil {
 		return err
 	}
+	gnuFiles, err := imagepack.TreeFiles(coreutils)
+	if err != nil {
+		return err
+	}
+	gnuLayer, err := imagepack.Layer(gnuFiles)
+	if err != nil {
+		return err
+	}
+	// GNU's dd, sha256sum, ... replace busybox's links in /bin.
+	glibcImg, err := imagepack.Image(v1.Config{Env: []string{"PATH=/usr/bin:/bin"}}, nil, []string{"sh"}, base, gnuLayer)
+	if err != nil {
+		return err
+	}
 	agImg, err := imagepack.Image(path, []string{"/agnhost"}, []string{"pause"}, base, agLayer)
 	if err != nil {
 		return err
@@ -90,7 +110,7 @@ func BuildImages(ctx context.Context, busybox, agnhost, out string) error {
 	}
 	refs := map[name.Reference]v1.Image{}
 	for ref, img := range map[string]v1.Image{
-		BusyboxImage: bbImg, NginxImage: bbImg, GlibcDNSTestingImage: bbImg,
+		BusyboxImage: bbImg, NginxImage: bbImg, GlibcDNSTestingImage: glibcImg,
 		AgnhostImage: agImg, PauseImage: pause,
 	} {
 		tag, err := name.NewTag(ref)
@@ -107,6 +127,20 @@ func BuildImages(ctx context.Context, busybox, agnhost, out string) error {
 	return os.Rename(tmp, out)
 }
 
+// BuildImagesFromDebian is BuildImages with busybox and coreutils from
+// Debian's packages, fetched once into cache.
+func BuildImagesFromDebian(ctx context.Context, cache, agnhost, out string) error {
+	busybox, err := DebianBusybox(ctx, cache)
+	if err != nil {
+		return err
+	}
+	coreutils, err := DebianPackages(ctx, cache, CoreutilsPackages...)
+	if err != nil {
+		return err
+	}
+	return BuildImages(ctx, busybox, agnhost, coreutils, out)
+}
+
 // ImageRefs lists the references BuildImages writes, sorted.
 func ImageRefs() []string {
 	r := []string{BusyboxImage, AgnhostImage, NginxImage, GlibcDNSTestingImage, PauseImage}
@@ -117,26 +151,48 @@ func ImageRefs() []string {
 // DebianBusybox returns a static busybox: Debian's busybox-static package,
 // fetched with apt-get download into dir (once) and unpacked there.
 func DebianBusybox(ctx context.Context, dir string) (string, error) {
-	bin := filepath.Join(dir, "busybox-static", "bin", "busybox")
-	if _, err := os.Stat(bin); err == nil {
-		return bin, nil
+	tree, err := DebianPackages(ctx, dir, "busybox-static")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(tree, "bin", "busybox"), nil
+}
+
+// DebianPackages fetches the packages with apt-get download into dir
+// (once) and unpacks them into one tree there, which it returns.
+func DebianPackages(ctx context.Context, dir string, pkgs ...string) (string, error) {
+	tree := filepath.Join(dir, "tree-"+strings.Join(pkgs, "+"))
+	if _, err := os.Stat(filepath.Join(tree, ".done")); err == nil {
+		return tree, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	debs, _ := filepath.Glob(filepath.Join(dir, "busybox-static_*.deb"))
-	if len(debs) == 0 {
-		cmd := exec.CommandContext(ctx, "apt-get", "download", "busybox-static")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("apt-get download busybox-static: %v: %s", err, out)
+	var debs []string
+	for _, p := range pkgs {
+		m, _ := filepath.Glob(filepath.Join(dir, p+"_*.deb"))
+		if len(m) == 0 {
+			cmd := exec.CommandContext(ctx, "apt-get", "download", p)
+			cmd.Dir = dir
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return "", fmt.Errorf("apt-get download %s: %v: %s", p, err, out)
+			}
+			if m, _ = filepath.Glob(filepath.Join(dir, p+"_*.deb")); len(m) == 0 {
+				return "", fmt.Errorf("apt-get download left no %s_*.deb in %s", p, dir)
+			}
 		}
-		if debs, _ = filepath.Glob(filepath.Join(dir, "busybox-static_*.deb")); len(debs) == 0 {
-			return "", fmt.Errorf("apt-get download left no busybox-static_*.deb in %s", dir)
+		debs = append(debs, m[0])
+	}
+	os.RemoveAll(tree)
+	for _, deb := range debs {
+		if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, tree).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("dpkg-deb -x %s: %v: %s", deb, err, out)
 		}
 	}
-	if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", debs[0], filepath.Join(dir, "busybox-static")).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("dpkg-deb -x %s: %v: %s", debs[0], err, out)
+	// Documentation is no part of an image.
+	os.RemoveAll(filepath.Join(tree, "usr", "share"))
+	if err := os.WriteFile(filepath.Join(tree, ".done"), nil, 0o644); err != nil {
+		return "", err
 	}
-	return bin, nil
+	return tree, nil
 }

@@ -23,8 +23,17 @@ func TestBuildImages(t *testing.T) {
 	if err := os.WriteFile(agnhost, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// A stand-in for the coreutils tree: GNU dd must land in the glibc
+	// image, over busybox's link.
+	coreutils := filepath.Join(dir, "coreutils")
+	if err := os.MkdirAll(filepath.Join(coreutils, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(coreutils, "bin", "dd"), []byte("GNU dd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(dir, "images.tar")
-	if err := BuildImages(context.Background(), busybox, agnhost, out); err != nil {
+	if err := BuildImages(context.Background(), busybox, agnhost, coreutils, out); err != nil {
 		t.Fatal(err)
 	}
 	for _, ref := range ImageRefs() {
@@ -70,6 +79,10 @@ func TestBuildImages(t *testing.T) {
 		}
 		if h := entries["bin/sh"]; h != nil && (h.Typeflag != tar.TypeSymlink || h.Linkname != "busybox") {
 			t.Errorf("%s: bin/sh is not a link to busybox", ref)
+		}
+		// The last layer's entry wins: GNU dd only in the glibc image.
+		if h := entries["bin/dd"]; h != nil && (h.Typeflag == tar.TypeReg) != (ref == GlibcDNSTestingImage) {
+			t.Errorf("%s: bin/dd is a regular file: %v, want %v", ref, h.Typeflag == tar.TypeReg, ref == GlibcDNSTestingImage)
 		}
 		hasAgnhost := entries["agnhost"] != nil
 		wantAgnhost := ref == AgnhostImage || ref == PauseImage

@@ -11,6 +11,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -95,4 +98,46 @@ func Image(cfg v1.Config, entrypoint, cmd []string, layers ...v1.Layer) (v1.Imag
 	cf.Config = cfg
 	cf.Config.Entrypoint, cf.Config.Cmd = entrypoint, cmd
 	return mutate.ConfigFile(img, cf)
+}
+
+// TreeFiles lists the directories, regular files and symbolic links under
+// root as layer entries (names relative to root, in lexical order; names
+// starting with a dot at the top are left out).
+func TreeFiles(root string) ([]File, error) {
+	var files []File
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(rel, "/") && strings.HasPrefix(rel, ".") {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		mode := int64(info.Mode().Perm())
+		switch {
+		case d.IsDir():
+			files = append(files, File{Name: rel + "/", Mode: mode})
+		case d.Type()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			files = append(files, File{Name: rel, Link: link})
+		case d.Type().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			files = append(files, File{Name: rel, Mode: mode, Data: data})
+		}
+		return nil
+	})
+	return files, err
 }

@@ -52,11 +52,7 @@ func run(bin, images, cache, kubeconfig, testDriver, pass, reportDir, kubeletRoo
 		return fmt.Errorf("-bin is required")
 	}
 	if images != "" {
-		busybox, err := external.DebianBusybox(ctx, filepath.Join(cache, "busybox"))
-		if err != nil {
-			return err
-		}
-		return external.BuildImages(ctx, busybox, filepath.Join(bin, "agnhost"), images)
+		return external.BuildImagesFromDebian(ctx, filepath.Join(cache, "busybox"), filepath.Join(bin, "agnhost"), images)
 	}
 	var p external.Pass
 	td, err := filepath.Abs(testDriver)
