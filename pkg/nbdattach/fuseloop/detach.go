@@ -13,6 +13,12 @@ import (
 // it; call Detach again once the user let go.
 var ErrBusy = errors.New("fuseloop: loop device still in use")
 
+// ErrWriteBack: what users left dirty in the loop device's page cache
+// could not all be written to the backend before the device was cleared
+// (the backend failed, or its connection died); those bytes are lost.
+// The teardown itself went on: a second Detach finds nothing to do.
+var ErrWriteBack = errors.New("fuseloop: write-back before detaching failed")
+
 // releaseWait bounds how long Detach waits for the kernel to clear the
 // loop device after the last opener closed it. Clearing is quick; the
 // bound only matters when someone else holds the device.
@@ -25,12 +31,25 @@ const releaseWait = 5 * time.Second
 func (a *Attachment) Detach() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// What users wrote through the device's page cache and closed
+	// without a sync is still dirty there: our descriptor kept their
+	// close from being the last, which is when the kernel writes back.
+	// Once the device is cleared with only us holding it, the kernel's
+	// write-back at our close meets an unbound device and the bytes are
+	// lost; so write them back now, through the backend. A write-back
+	// that fails has lost its pages already (the kernel marks them
+	// clean): the error is returned, and the teardown goes on.
+	var werr error
 	if a.loop != nil {
+		if err := unix.Fsync(int(a.loop.Fd())); err != nil {
+			werr = fmt.Errorf("%w: %s: %w", ErrWriteBack, a.dev, err)
+		}
 		// With other openers the kernel only marks the device
-		// autoclear; it clears on their last close.
+		// autoclear; it clears on their last close, after writing
+		// back what they left dirty.
 		err := unix.IoctlSetInt(int(a.loop.Fd()), unix.LOOP_CLR_FD, 0)
 		if err != nil && !errors.Is(err, unix.ENXIO) { // ENXIO: already cleared
-			return fmt.Errorf("LOOP_CLR_FD %s: %w", a.dev, err)
+			return errors.Join(werr, fmt.Errorf("LOOP_CLR_FD %s: %w", a.dev, err))
 		}
 		a.loop.Close()
 		a.loop = nil
@@ -39,13 +58,13 @@ func (a *Attachment) Detach() error {
 		deadline := time.Now().Add(releaseWait)
 		for delay := time.Millisecond; loopBoundTo(a.dev, a.path); delay = min(2*delay, 50*time.Millisecond) {
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%w: %s", ErrBusy, a.dev)
+				return errors.Join(werr, fmt.Errorf("%w: %s", ErrBusy, a.dev))
 			}
 			time.Sleep(delay)
 		}
 	}
 	if a.srv == nil {
-		return nil
+		return werr
 	}
 	// The loop device wrote through to the backend, but the kernel sent
 	// no flush when it let go: make what it wrote durable now, while
@@ -61,7 +80,7 @@ func (a *Attachment) Detach() error {
 	}
 	a.srv = nil
 	if ferr != nil {
-		return fmt.Errorf("fuseloop: flush on detach: %w", ferr)
+		return errors.Join(werr, fmt.Errorf("fuseloop: flush on detach: %w", ferr))
 	}
-	return nil
+	return werr
 }

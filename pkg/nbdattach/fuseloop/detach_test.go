@@ -124,3 +124,39 @@ func TestReadOnlyBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A user writes through the loop device's page cache and closes it
+// without a sync (a pod's `dd of=/dev/...` with no conv=fsync, then its
+// exit): the attachment's own descriptor keeps the close from being the
+// last, so the kernel flushes nothing then. Detach must write those
+// pages to the backend before it clears the device: once cleared, the
+// kernel's flush at the last close fails against the unbound device and
+// the bytes are lost.
+func TestDetachWritesBackBufferedWrites(t *testing.T) {
+	testtools.NeedRoot(t)
+	b := newBackend(t, 8<<20)
+	a, err := Attach(b, Options{Dir: filepath.Join(t.TempDir(), "mnt"), Name: "disk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, err := os.OpenFile(a.Device(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte("written through the page cache, never synced")
+	if _, err := user.WriteAt(want, 4096+64); err != nil {
+		t.Fatal(err)
+	}
+	user.Close()
+	if err := a.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, a)
+	got := make([]byte, len(want))
+	if _, err := b.ReadAt(got, 4096+64); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Fatalf("backend holds %q after Detach, the user wrote %q", got, want)
+	}
+}
