@@ -123,12 +123,22 @@ func (d *Driver) attach(id string, readOnly bool) (device, *ioWatch, func() erro
 }
 
 // detach takes the device down and releases the image.
+//
+// A device that went but lost its users' unsynced writes (lostWrites) is
+// released all the same, and the loss answered as DATA_LOSS: the CO
+// shows it, and its retry finds the volume detached.
 func detach(id string, dev device, release func() error) error {
-	if err := dev.Detach(); err != nil {
+	var lost lostWrites
+	if err := dev.Detach(); errors.As(err, &lost) {
+		klog.ErrorS(err, "writes left unsynced in the device's page cache were lost at detach", "volume", id, "device", dev.Path())
+	} else if err != nil {
 		return status.Errorf(codes.FailedPrecondition, "detaching volume %s from %s: %v", id, dev.Path(), err)
 	}
 	if err := release(); err != nil {
 		return status.Errorf(codes.Internal, "closing volume %s: %v", id, err)
+	}
+	if lost.err != nil {
+		return status.Errorf(codes.DataLoss, "volume %s detached from %s, but writes left unsynced there were lost: %v", id, dev.Path(), lost.err)
 	}
 	return nil
 }

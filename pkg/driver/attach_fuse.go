@@ -55,12 +55,19 @@ func (f fuseDevice) Resize() error { return f.att.Resize() }
 // Detach retries while the loop device's other users let go, up to
 // detachPatience, then removes the FUSE mount point (empty once
 // unmounted).
+//
+// A write-back that failed (fuseloop.ErrWriteBack: what users left in the
+// device's page cache is lost) with the teardown done is a lostWrites.
 func (f fuseDevice) Detach() error {
 	deadline := time.Now().Add(detachPatience)
 	for {
 		err := f.att.Detach()
 		if err == nil {
 			break
+		}
+		if f.att.Detached() {
+			_ = os.Remove(filepath.Dir(f.att.File()))
+			return lostWrites{err}
 		}
 		if !errors.Is(err, fuseloop.ErrBusy) || time.Now().After(deadline) {
 			return err
@@ -69,3 +76,10 @@ func (f fuseDevice) Detach() error {
 	_ = os.Remove(filepath.Dir(f.att.File()))
 	return nil
 }
+
+// lostWrites: the device is gone, but writes its users left unsynced could
+// not all reach the volume.
+type lostWrites struct{ err error }
+
+func (l lostWrites) Error() string { return l.err.Error() }
+func (l lostWrites) Unwrap() error { return l.err }

@@ -206,12 +206,18 @@ func (n nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 			return nil, err
 		}
 	}
-	if err := detach(id, s.dev, s.release); err != nil {
-		return nil, err
+	// DATA_LOSS: detached and released, so the volume is unstaged; the
+	// loss is still answered (a retry then finds nothing staged).
+	lost := detach(id, s.dev, s.release)
+	if lost != nil && status.Code(lost) != codes.DataLoss {
+		return nil, lost
 	}
 	n.d.node.put(id, nil)
 	if err := n.d.dropStaged(id); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, errors.Join(lost, status.Error(codes.Internal, err.Error()))
+	}
+	if lost != nil {
+		return nil, lost
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }

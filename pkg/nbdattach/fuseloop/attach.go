@@ -39,6 +39,9 @@ type Attachment struct {
 	mu   sync.Mutex
 	srv  *fuse.Server // nil once unmounted
 	loop *os.File     // nil once the loop device was let go
+	// writeBack is Detach's write-back failure, kept until a Detach
+	// that completes returns it (a busy device makes Detach retry).
+	writeBack error
 }
 
 // Attach mounts a FUSE file system at opts.Dir that serves one file,

@@ -3,6 +3,7 @@ package fuseloop
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +25,14 @@ var ErrWriteBack = errors.New("fuseloop: write-back before detaching failed")
 // bound only matters when someone else holds the device.
 const releaseWait = 5 * time.Second
 
+// Detached reports whether Detach has taken everything down (it may
+// still have returned ErrWriteBack).
+func (a *Attachment) Detached() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.loop == nil && a.srv == nil && a.writeBack == nil
+}
+
 // Detach clears the loop device, flushes the backend and unmounts the
 // FUSE file system, leaving neither behind. It may be called after any
 // error, and again after it failed (ErrBusy); after success it does
@@ -34,23 +43,30 @@ func (a *Attachment) Detach() error {
 	// What users wrote through the device's page cache and closed
 	// without a sync is still dirty there: our descriptor kept their
 	// close from being the last, which is when the kernel writes back.
-	// Once the device is cleared with only us holding it, the kernel's
-	// write-back at our close meets an unbound device and the bytes are
-	// lost; so write them back now, through the backend. A write-back
-	// that fails has lost its pages already (the kernel marks them
-	// clean): the error is returned, and the teardown goes on.
-	var werr error
+	// The binding has autoclear, so our close (the last) writes it back
+	// while the device is bound and clears it only then; but a failure
+	// there would be reported to no one. So it is written back first,
+	// through the backend, on a descriptor of our own. A write-back that
+	// fails has lost its pages already (the kernel marks them clean): the
+	// error is returned (ErrWriteBack) by the Detach that completes, and
+	// the teardown goes on.
 	if a.loop != nil {
-		if err := unix.Fsync(int(a.loop.Fd())); err != nil {
+		var werr error
+		// A descriptor of its own samples the device's error sequence
+		// now: it reports write-back errors no one has seen, not ones a
+		// user's fsync already got.
+		if f, err := os.Open(a.dev); err != nil {
 			werr = fmt.Errorf("%w: %s: %w", ErrWriteBack, a.dev, err)
+		} else {
+			if err := unix.Fsync(int(f.Fd())); err != nil {
+				werr = fmt.Errorf("%w: %s: %w", ErrWriteBack, a.dev, err)
+			}
+			f.Close()
 		}
-		// With other openers the kernel only marks the device
-		// autoclear; it clears on their last close, after writing
-		// back what they left dirty.
-		err := unix.IoctlSetInt(int(a.loop.Fd()), unix.LOOP_CLR_FD, 0)
-		if err != nil && !errors.Is(err, unix.ENXIO) { // ENXIO: already cleared
-			return errors.Join(werr, fmt.Errorf("LOOP_CLR_FD %s: %w", a.dev, err))
-		}
+		a.writeBack = werr
+		// No LOOP_CLR_FD: the binding has autoclear (loopdev.Bind), so
+		// the last close writes back what is still dirty while the
+		// device is bound and only then clears it.
 		a.loop.Close()
 		a.loop = nil
 	}
@@ -58,11 +74,13 @@ func (a *Attachment) Detach() error {
 		deadline := time.Now().Add(releaseWait)
 		for delay := time.Millisecond; loopBoundTo(a.dev, a.path); delay = min(2*delay, 50*time.Millisecond) {
 			if time.Now().After(deadline) {
-				return errors.Join(werr, fmt.Errorf("%w: %s", ErrBusy, a.dev))
+				return errors.Join(a.writeBack, fmt.Errorf("%w: %s", ErrBusy, a.dev))
 			}
 			time.Sleep(delay)
 		}
 	}
+	werr := a.writeBack
+	a.writeBack = nil
 	if a.srv == nil {
 		return werr
 	}
@@ -75,7 +93,8 @@ func (a *Attachment) Detach() error {
 		// a dead connection): take it out of the namespace anyway; the
 		// kernel ends the connection when the last reference goes.
 		if derr := unix.Unmount(a.dir, unix.MNT_DETACH); derr != nil {
-			return errors.Join(ferr, fmt.Errorf("unmount %s: %w (lazy: %v)", a.dir, err, derr))
+			a.writeBack = werr // for the retry
+			return errors.Join(werr, ferr, fmt.Errorf("unmount %s: %w (lazy: %v)", a.dir, err, derr))
 		}
 	}
 	a.srv = nil

@@ -30,7 +30,9 @@ func repoRoot(t *testing.T) string {
 // installed (only what this cluster needs changed; docs/e2e.md), our e2e
 // (test/e2e/csi) and the external storage suite against it, and a
 // teardown that leaves nothing. CSI_QCOW2_E2E_CLUSTER=1 turns it on (make
-// e2e-cluster); CSI_QCOW2_E2E_EXTERNAL=0 leaves the external suite out.
+// e2e-cluster). CSI_QCOW2_E2E_EXTERNAL picks the external suite's passes:
+// all (the default: main, and the snapshot pass with either snapshot
+// class), snapshots (the two snapshot passes), or 0 (none).
 func TestDriverInCluster(t *testing.T) {
 	if os.Getenv("CSI_QCOW2_E2E_CLUSTER") != "1" {
 		t.Skip("set CSI_QCOW2_E2E_CLUSTER=1 to install the chart into a local Kubernetes cluster (make e2e-cluster)")
@@ -86,8 +88,8 @@ func TestDriverInCluster(t *testing.T) {
 	}
 
 	t.Run("csi", func(t *testing.T) { runOurE2E(ctx, t, c, root) })
-	if os.Getenv("CSI_QCOW2_E2E_EXTERNAL") != "0" {
-		t.Run("external", func(t *testing.T) { runExternal(ctx, t, c, root, binDir) })
+	if passes := os.Getenv("CSI_QCOW2_E2E_EXTERNAL"); passes != "0" {
+		t.Run("external", func(t *testing.T) { runExternal(ctx, t, c, root, binDir, passes != "snapshots") })
 	}
 
 	if t.Failed() {
@@ -174,7 +176,7 @@ func buildTestImages(ctx context.Context, t *testing.T, binDir, dir string) stri
 	return out
 }
 
-func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir string) {
+func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir string, main bool) {
 	opts := external.Options{
 		E2ETest: filepath.Join(binDir, "e2e.test"), Kubectl: filepath.Join(binDir, "kubectl"),
 		Kubeconfig: c.Kubeconfig, KubeletRootDir: c.path("kubelet"),
@@ -187,7 +189,13 @@ func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir str
 		skips = append(skips, external.SkipExt4Growth)
 	}
 	testDriver := filepath.Join(root, "test", "e2e", "testdriver.yaml")
-	for _, p := range []external.Pass{external.MainPass(testDriver), external.SnapshotPass(testDriver)} {
+	internal := external.SnapshotPass(filepath.Join(root, "test", "e2e", "testdriver-internal-snapshots.yaml"))
+	internal.Name += "-internal"
+	passes := []external.Pass{external.SnapshotPass(testDriver), internal}
+	if main {
+		passes = append([]external.Pass{external.MainPass(testDriver)}, passes...)
+	}
+	for _, p := range passes {
 		p.Skip = append(p.Skip, skips...)
 		start := time.Now()
 		r, err := external.Run(ctx, opts, p)
