@@ -73,6 +73,9 @@ type Cluster struct {
 	// lastNamespaces are taken down after all others (InstallChart's: the
 	// CSI plugin unstages the other pods' volumes).
 	lastNamespaces map[string]bool
+	// kubeletBound: KubeletDir is Root/kubelet's bind (Mounts and the
+	// sweep cover it).
+	kubeletBound bool
 	// proxyStarted: Stop deletes kube-proxy's tables (only then: makeBridge
 	// refuses to start where they exist, and a cluster that never started
 	// kube-proxy must not delete another's).
@@ -167,8 +170,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 // hostDirs: the shims' sockets and runc's default state (/run/containerd),
 // the CNI cache (/var/lib/cni), the kubelet's container log links
 // (/var/log/containers), the sandboxes' network namespaces (/run/netns), the
-// kubelet's device-plugin socket (/var/lib/kubelet/device-plugins, whatever
-// its root directory), and /lib/modules, which the node plugin's hostPath
+// kubelet's directory (KubeletDir, a bind of Root/kubelet), and /lib/modules, which the node plugin's hostPath
 // makes on a host without kernel modules (this sandbox's).
 var hostDirs = []string{"/run/containerd", "/var/lib/cni", "/var/log/containers", netnsDir, "/var/lib/kubelet", "/lib/modules"}
 
@@ -352,13 +354,18 @@ func (c *Cluster) start(ctx context.Context) error {
 
 	// The kubelet: the root is an rshared mount so that Bidirectional mount
 	// propagation (the CSI node plugin's, of the kubelet's root and of its
-	// store under Root) works; its cgroup root must exist.
-	kubeletRoot := c.path("kubelet")
+	// store under Root) works; its cgroup root must exist. Its directory
+	// is the usual one, KubeletDir, a bind of Root/kubelet: deployments
+	// and the e2e suite (which looks under /var/lib/kubelet/pods) need no
+	// other path.
 	if err := syscall.Mount(c.Root, c.Root, "", syscall.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind-mount %s: %w", c.Root, err)
 	}
 	if err := syscall.Mount("", c.Root, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
 		return fmt.Errorf("make %s rshared: %w", c.Root, err)
+	}
+	if err := c.bindKubeletDir(); err != nil {
+		return err
 	}
 	if err := c.makeCgroupRoot(); err != nil {
 		return err
@@ -372,7 +379,7 @@ func (c *Cluster) start(ctx context.Context) error {
 	if err := c.spawn("kubelet", filepath.Join(c.cfg.BinDir, "kubelet"),
 		"--config="+c.path("kubelet-config.yaml"),
 		"--kubeconfig="+c.path("kubelet.kubeconfig"),
-		"--root-dir="+kubeletRoot,
+		"--root-dir="+KubeletDir,
 		"--cert-dir="+c.path("pki", "kubelet-generated"),
 		"--hostname-override="+c.NodeName,
 		"--v=2",

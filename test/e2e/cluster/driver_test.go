@@ -106,11 +106,10 @@ func TestDriverInCluster(t *testing.T) {
 // the chart's default. Images: the ones built here, under their upstream
 // names and versions (a stand-in for livenessprobe, which the module proxy
 // does not serve). registrar.enabled=false: the driver registers itself
-// (node-driver-registrar is not served either). kubeletDir and
-// driver.stateDir: this cluster keeps everything under its root.
+// (node-driver-registrar is not served either).
+// driver.stateDir: the store stays under the cluster's root.
 func chartValues(c *Cluster, sidecars map[string]string, driverImage string) map[string]any {
 	vals := map[string]any{
-		"kubeletDir":         c.path("kubelet"),
 		"registrar":          map[string]any{"enabled": false},
 		"snapshotController": map[string]any{"enabled": true},
 		"driver":             map[string]any{"image": driverImage, "stateDir": c.path("csi-qcow2")},
@@ -179,8 +178,8 @@ func buildTestImages(ctx context.Context, t *testing.T, binDir, dir string) stri
 func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir string, main bool) {
 	opts := external.Options{
 		E2ETest: filepath.Join(binDir, "e2e.test"), Kubectl: filepath.Join(binDir, "kubectl"),
-		Kubeconfig: c.Kubeconfig, KubeletRootDir: c.path("kubelet"),
-		ReportDir: c.path("logs", "external"), Log: os.Stdout,
+		Kubeconfig: c.Kubeconfig,
+		ReportDir:  c.path("logs", "external"), Log: os.Stdout,
 	}
 	// What this cluster cannot run for reasons outside the driver
 	// (external.LocalClusterSkips says why).

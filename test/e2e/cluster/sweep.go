@@ -19,10 +19,11 @@ const sweepFile = "sweep.json"
 type sweepRecord struct {
 	NetnsBefore []string
 	HostDirs    []string
+	KubeletDir  bool // KubeletDir is bound
 }
 
 func (c *Cluster) writeSweepRecord() error {
-	r := sweepRecord{HostDirs: c.hostDirs}
+	r := sweepRecord{HostDirs: c.hostDirs, KubeletDir: c.kubeletBound}
 	for n := range c.netnsSeen {
 		r.NetnsBefore = append(r.NetnsBefore, n)
 	}
@@ -59,6 +60,7 @@ func SweepRoot(root string, log io.Writer) error {
 			return fmt.Errorf("%s: %w", c.path(sweepFile), err)
 		}
 	}
+	c.kubeletBound = rec.KubeletDir
 	c.netnsSeen = map[string]bool{}
 	for _, n := range rec.NetnsBefore {
 		c.netnsSeen[n] = true

@@ -357,8 +357,22 @@ func (c *Cluster) sweepNetns() []error {
 	return errs
 }
 
-// Mounts lists the mount points under the root, deepest first.
+// Mounts lists the mount points under the root, and under KubeletDir
+// while the cluster has it bound, deepest first.
 func (c *Cluster) Mounts() []string {
+	var mps []string
+	for _, mp := range mountPoints() {
+		under := func(dir string) bool { return mp == dir || strings.HasPrefix(mp, dir+"/") }
+		if under(c.Root) || (c.kubeletBound && under(KubeletDir)) {
+			mps = append(mps, mp)
+		}
+	}
+	sort.SliceStable(mps, func(i, j int) bool { return len(mps[i]) > len(mps[j]) })
+	return mps
+}
+
+// mountPoints lists every mount point in this mount namespace.
+func mountPoints() []string {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil
@@ -367,16 +381,10 @@ func (c *Cluster) Mounts() []string {
 	var mps []string
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMount(fields[4])
-		if mp == c.Root || strings.HasPrefix(mp, c.Root+"/") {
-			mps = append(mps, mp)
+		if fields := strings.Fields(s.Text()); len(fields) >= 5 {
+			mps = append(mps, unescapeMount(fields[4]))
 		}
 	}
-	sort.SliceStable(mps, func(i, j int) bool { return len(mps[i]) > len(mps[j]) })
 	return mps
 }
 

@@ -96,7 +96,7 @@ func (c *Cluster) deleteWorkloads(ctx context.Context, namespaces []string, grac
 func (c *Cluster) volumeMounts() []string {
 	var out []string
 	for _, mp := range c.Mounts() {
-		rel := strings.TrimPrefix(mp, c.path("kubelet")+"/")
+		rel := strings.TrimPrefix(strings.TrimPrefix(mp, c.path("kubelet")+"/"), KubeletDir+"/")
 		if strings.Contains(rel, "/volumes/kubernetes.io~csi/") || strings.HasPrefix(rel, "plugins/kubernetes.io/csi/") {
 			out = append(out, mp)
 		}

@@ -47,9 +47,6 @@ var LocalClusterSkips = []string{
 	// It deploys hello-populator and volume-data-source-validator, images
 	// from registry.k8s.io that the cluster cannot pull.
 	`should provision storage with any volume data source`,
-	// It waits for subPath bind mounts under /var/lib/kubelet/pods on the
-	// node; the local cluster's kubelet root is ROOT/kubelet.
-	`subPath should be able to unmount after the subpath directory is deleted`,
 }
 
 // SkipExt4Growth matches the specs that grow a mounted ext4 (the default
