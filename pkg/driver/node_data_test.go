@@ -123,3 +123,36 @@ func syncfs(t *testing.T, path string) {
 }
 
 func unixSyncfs(fd int) error { return unix.Syncfs(fd) }
+
+// A clone and a restore of an xfs volume carry its filesystem UUID; they
+// stage on the same node while the source is mounted (xfs would refuse a
+// duplicate UUID without nouuid) and read what the source held.
+func TestNodeXFSCopiesBesideTheirSource(t *testing.T) {
+	f := newNodeFixture(t)
+	testtools.Need(t, "mkfs.xfs")
+	ctx := context.Background()
+	c := mountCap("xfs", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	v, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-xfs",
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 512 << 20}, VolumeCapabilities: []*csi.VolumeCapability{c}})
+	must(t, err)
+	id := v.Volume.VolumeId
+	dir := f.attachAt(t, id, "src", c)
+	want := []byte("held by the source when it was copied")
+	writeSync(t, filepath.Join(dir, "f"), want)
+	syncfs(t, dir)
+	sn, err := f.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-xfs", SourceVolumeId: id})
+	must(t, err)
+	sources := map[string]*csi.VolumeContentSource{
+		"clone": {Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}},
+		"restore": {Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: sn.Snapshot.SnapshotId}}},
+	}
+	for name, src := range sources {
+		r, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeContentSource: src, VolumeCapabilities: []*csi.VolumeCapability{c}})
+		must(t, err)
+		got, err := os.ReadFile(filepath.Join(f.attachAt(t, r.Volume.VolumeId, name, c), "f"))
+		must(t, err)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s reads %q", name, got)
+		}
+	}
+}

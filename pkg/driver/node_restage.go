@@ -23,10 +23,10 @@ import (
 //     there of the recorded device, or of a loop device an earlier run
 //     served the volume on: a second restart may have come first);
 //   - a new device is attached and the filesystem on it mounted there
-//     (ext4 and xfs replay their journals; xfs with nouuid, since the dead
-//     superblock, still held by the old pod's bind mount, keeps the UUID
-//     registered: it can never write again, so two superblocks never
-//     write one volume);
+//     (ext4 and xfs replay their journals; xfs with nouuid, as always
+//     (mountStaging), which matters here too: the dead superblock, still
+//     held by the old pod's bind mount, keeps the UUID registered; it can
+//     never write again, so two superblocks never write one volume);
 //   - the recorded targets that are still mounted are kept as dead ones
 //     (node_publish.go replaces such a bind if the CO publishes there
 //     again; unpublish drops it; unstage waits for them), and those that
@@ -61,11 +61,7 @@ func (d *Driver) restage(id string, o nodeRecord) (*staged, error) {
 			want.targets[t], want.dead[t] = ro, true
 		}
 	}
-	var extra []string
-	if !o.Block && o.FsType == "xfs" {
-		extra = append(extra, "nouuid")
-	}
-	if err := d.stage(id, want, extra...); err != nil {
+	if err := d.stage(id, want); err != nil {
 		return nil, err
 	}
 	d.node.dropOrphan(id)

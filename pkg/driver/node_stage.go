@@ -98,17 +98,16 @@ func (n nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-// stage attaches volume id, mounts it as want says (with the extra mount
-// options, which are not recorded), records it and keeps it; on error it
-// leaves nothing attached, mounted or recorded.
-func (d *Driver) stage(id string, want *staged, extra ...string) error {
+// stage attaches volume id, mounts it as want says, records it and keeps
+// it; on error it leaves nothing attached, mounted or recorded.
+func (d *Driver) stage(id string, want *staged) error {
 	dev, watch, release, err := d.attach(id, want.readOnly)
 	if err != nil {
 		return err
 	}
 	want.dev, want.watch, want.release = dev, watch, release
 	if !want.block {
-		if err := d.mountStaging(want, extra...); err != nil {
+		if err := d.mountStaging(want); err != nil {
 			return errors.Join(err, detach(id, dev, release))
 		}
 	}
@@ -143,12 +142,21 @@ func (d *Driver) formatter() *mount.SafeFormatAndMount {
 }
 
 // mountStaging formats s's device when it holds no filesystem and
-// mounts it at s.path (made if missing), with s's flags and extra.
-func (d *Driver) mountStaging(s *staged, extra ...string) error {
+// mounts it at s.path (made if missing), with s's flags.
+//
+// xfs always gets nouuid: a clone or a restore carries its source's
+// filesystem UUID, and xfs refuses a second mount of a UUID on the node
+// ("Filesystem has duplicate UUID") while the source is mounted. The
+// volumes are different devices, so nothing is shared between the two
+// mounts but the name.
+func (d *Driver) mountStaging(s *staged) error {
 	if err := os.MkdirAll(s.path, 0o750); err != nil {
 		return status.Errorf(codes.Internal, "staging path: %v", err)
 	}
-	opts := append(slices.Clone(s.flags), extra...)
+	opts := slices.Clone(s.flags)
+	if s.fsType == "xfs" && !slices.Contains(opts, "nouuid") {
+		opts = append(opts, "nouuid")
+	}
 	if s.readOnly {
 		opts = append(opts, "ro")
 	}
