@@ -10,8 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
 // Staging fails because mkfs met a full store (its fsync got ENOSPC).
@@ -19,14 +17,9 @@ import (
 // failure of Detach's, and the volume is released: once space is back,
 // DeleteVolume succeeds with nothing staged.
 func TestFailedStageReleasesTheVolume(t *testing.T) {
-	fs := testtools.MountThinFS(t, 96<<20)
-	f := newNodeFixtureAt(t, Config{StateDir: filepath.Join(fs.Dir, "state")})
 	ctx := context.Background()
 	c := mountCap("ext4", csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
-	v, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-leak",
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20}, VolumeCapabilities: []*csi.VolumeCapability{c}})
-	must(t, err)
-	id := v.Volume.VolumeId
+	fs, f, id := thinStoreVolume(t, "pvc-leak", c)
 	staging := filepath.Join(f.dir, "staging")
 	must(t, os.MkdirAll(staging, 0o750))
 
@@ -52,7 +45,7 @@ func TestFailedStageReleasesTheVolume(t *testing.T) {
 	wait()
 	fs.Free()
 	step()
-	err = <-staged
+	err := <-staged
 	t.Logf("stage: %v", err)
 	if err == nil {
 		t.Fatal("stage succeeded")
@@ -71,14 +64,9 @@ func TestFailedStageReleasesTheVolume(t *testing.T) {
 // DATA_LOSS, yet the volume is detached and released: the retry finds
 // nothing staged and, with space back, the volume deletes.
 func TestUnstageAnswersDataLossForLostUnsyncedWrites(t *testing.T) {
-	fs := testtools.MountThinFS(t, 96<<20)
-	f := newNodeFixtureAt(t, Config{StateDir: filepath.Join(fs.Dir, "state")})
 	ctx := context.Background()
 	c := blockCap()
-	v, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-lost",
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20}, VolumeCapabilities: []*csi.VolumeCapability{c}})
-	must(t, err)
-	id := v.Volume.VolumeId
+	fs, f, id := thinStoreVolume(t, "pvc-lost", c)
 	target := f.attachAt(t, id, "lost", c)
 
 	pod, err := os.OpenFile(target, os.O_RDWR, 0)

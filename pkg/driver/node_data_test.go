@@ -143,7 +143,7 @@ func TestNodeXFSCopiesBesideTheirSource(t *testing.T) {
 	sn, err := f.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-xfs", SourceVolumeId: id})
 	must(t, err)
 	sources := map[string]*csi.VolumeContentSource{
-		"clone": {Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}},
+		"clone":   {Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}},
 		"restore": {Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: sn.Snapshot.SnapshotId}}},
 	}
 	for name, src := range sources {

@@ -25,14 +25,9 @@ import (
 // the same attachment takes writes again and the condition clears,
 // without a restart.
 func TestFullStoreFilesystem(t *testing.T) {
-	fs := testtools.MountThinFS(t, 96<<20)
-	f := newNodeFixtureAt(t, Config{StateDir: filepath.Join(fs.Dir, "state")})
 	ctx := context.Background()
 	c := blockCap()
-	v, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-thin",
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20}, VolumeCapabilities: []*csi.VolumeCapability{c}})
-	must(t, err)
-	id := v.Volume.VolumeId
+	fs, f, id := thinStoreVolume(t, "pvc-thin", c)
 	target := f.attachAt(t, id, "thin", c)
 
 	dev, err := os.OpenFile(target, os.O_RDWR|unix.O_DIRECT, 0)
@@ -114,4 +109,16 @@ func alignedFill(t *testing.T, b byte, n int) []byte {
 		p[i] = b
 	}
 	return p
+}
+
+// thinStoreVolume starts a driver whose store is a 96 MiB filesystem of
+// its own (which a test can fill) and makes a 256 MiB volume there.
+func thinStoreVolume(t *testing.T, name string, c *csi.VolumeCapability) (*testtools.ThinFS, *nodeFixture, string) {
+	t.Helper()
+	fs := testtools.MountThinFS(t, 96<<20)
+	f := newNodeFixtureAt(t, Config{StateDir: filepath.Join(fs.Dir, "state")})
+	v, err := f.c.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20}, VolumeCapabilities: []*csi.VolumeCapability{c}})
+	must(t, err)
+	return fs, f, v.Volume.VolumeId
 }

@@ -95,16 +95,8 @@ func TestDetachKeepsWritesMadeDuringItsWriteBack(t *testing.T) {
 // bytes are lost"): nothing was left dirty. (A descriptor opened at
 // Attach would sample the device's error sequence then, and report it.)
 func TestDetachReportsOnlyUnseenWriteBackErrors(t *testing.T) {
-	testtools.NeedRoot(t)
 	b := newBackend(t, 8<<20)
-	a, err := Attach(b, Options{Dir: filepath.Join(t.TempDir(), "mnt"), Name: "disk"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := os.OpenFile(a.Device(), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, u := attachWithUser(t, b)
 	b.failWrites(syscall.ENOSPC)
 	if _, err := u.WriteAt([]byte("x"), 0); err != nil {
 		t.Fatal(err)
@@ -120,7 +112,7 @@ func TestDetachReportsOnlyUnseenWriteBackErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.Close()
-	err = a.Detach()
+	err := a.Detach()
 	assertGone(t, a)
 	if errors.Is(err, ErrWriteBack) {
 		t.Fatalf("Detach after the user saw, and recovered from, its write error: %v (nothing was left dirty)", err)
@@ -134,16 +126,8 @@ func TestDetachReportsOnlyUnseenWriteBackErrors(t *testing.T) {
 // retries on ErrBusy, and the retry that completes must report the
 // write-back failure again (it has no descriptor left to fsync).
 func TestDetachReportsWriteBackAfterBusyRetry(t *testing.T) {
-	testtools.NeedRoot(t)
 	b := newBackend(t, 8<<20)
-	a, err := Attach(b, Options{Dir: filepath.Join(t.TempDir(), "mnt"), Name: "disk"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := os.OpenFile(a.Device(), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, u := attachWithUser(t, b)
 	holder, err := os.OpenFile(a.Device(), os.O_RDONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -165,4 +149,19 @@ func TestDetachReportsWriteBackAfterBusyRetry(t *testing.T) {
 	if !errors.Is(err, ErrWriteBack) {
 		t.Errorf("retry after ErrBusy: %v; the write-back failure of the first call is no longer reported", err)
 	}
+}
+
+// attachWithUser attaches b and opens its device read-write, as a user.
+func attachWithUser(t *testing.T, b *countingBackend) (*Attachment, *os.File) {
+	t.Helper()
+	testtools.NeedRoot(t)
+	a, err := Attach(b, Options{Dir: filepath.Join(t.TempDir(), "mnt"), Name: "disk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := os.OpenFile(a.Device(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, u
 }
