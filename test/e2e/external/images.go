@@ -40,8 +40,9 @@ const (
 )
 
 // CoreutilsPackages are the Debian packages of the GNU coreutils layer:
-// coreutils and what it links.
-var CoreutilsPackages = []string{"coreutils", "libc6", "libgcc-s1", "libacl1", "libattr1", "libgmp10", "libselinux1", "libpcre2-8-0"}
+// coreutils, dash as /bin/sh (busybox's sh runs its own dd applet before
+// any dd on PATH), and what they link.
+var CoreutilsPackages = []string{"coreutils", "dash", "libc6", "libgcc-s1", "libacl1", "libattr1", "libgmp10", "libselinux1", "libpcre2-8-0"}
 
 // BuildImages writes every image above into one docker-archive tarball
 // at out (layers shared), from a static busybox, the agnhost binary
