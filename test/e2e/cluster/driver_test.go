@@ -32,7 +32,9 @@ func repoRoot(t *testing.T) string {
 // teardown that leaves nothing. CSI_QCOW2_E2E_CLUSTER=1 turns it on (make
 // e2e-cluster). CSI_QCOW2_E2E_EXTERNAL picks the external suite's passes:
 // all (the default: main, and the snapshot pass with either snapshot
-// class), snapshots (the two snapshot passes), or 0 (none).
+// class), snapshots (the two snapshot passes), or 0 (none);
+// CSI_QCOW2_E2E_FOCUS narrows each pass to the specs whose names also
+// match it (a regular expression), to run again what failed.
 func TestDriverInCluster(t *testing.T) {
 	if os.Getenv("CSI_QCOW2_E2E_CLUSTER") != "1" {
 		t.Skip("set CSI_QCOW2_E2E_CLUSTER=1 to install the chart into a local Kubernetes cluster (make e2e-cluster)")
@@ -196,6 +198,11 @@ func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir str
 	}
 	for _, p := range passes {
 		p.Skip = append(p.Skip, skips...)
+		if focus := os.Getenv("CSI_QCOW2_E2E_FOCUS"); focus != "" {
+			for i := range p.Focus {
+				p.Focus[i] += ".*" + focus
+			}
+		}
 		start := time.Now()
 		r, err := external.Run(ctx, opts, p)
 		if err != nil {
