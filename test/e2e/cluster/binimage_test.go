@@ -1,28 +1,20 @@
 package cluster
 
 import (
-	"archive/tar"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 
+	"github.com/csi-qcow2/csi-qcow2/test/e2e/imagepack"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-type entry struct {
-	Name string
-	Mode int64
-	Type byte
-	Data string
-}
-
 // readImage opens ref in the docker archive at path and returns its
 // entrypoint and the entries of its only layer.
-func readImage(t *testing.T, path, ref string) ([]string, []entry) {
+func readImage(t *testing.T, path, ref string) ([]string, []imagepack.File) {
 	t.Helper()
 	tag, err := name.NewTag(ref)
 	if err != nil {
@@ -43,28 +35,11 @@ func readImage(t *testing.T, path, ref string) ([]string, []entry) {
 	if err != nil || len(layers) != 1 {
 		t.Fatalf("layers %d, %v; want 1", len(layers), err)
 	}
-	rc, err := layers[0].Uncompressed()
+	files, err := imagepack.LayerFiles(layers[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rc.Close()
-	var got []entry
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, entry{h.Name, h.Mode, h.Typeflag, string(data)})
-	}
-	return cf.Config.Entrypoint, got
+	return cf.Config.Entrypoint, files
 }
 
 func TestWriteBinaryImage(t *testing.T) {
@@ -76,13 +51,13 @@ func TestWriteBinaryImage(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		entry, want string
-		entries     []entry
+		entries     []imagepack.File
 	}{
-		{"/prog", "/prog", []entry{{"prog", 0o755, tar.TypeReg, string(data)}}},
-		{"usr/bin/prog", "/usr/bin/prog", []entry{
-			{"usr/", 0o755, tar.TypeDir, ""},
-			{"usr/bin/", 0o755, tar.TypeDir, ""},
-			{"usr/bin/prog", 0o755, tar.TypeReg, string(data)},
+		{"/prog", "/prog", []imagepack.File{{Name: "prog", Mode: 0o755, Data: data}}},
+		{"usr/bin/prog", "/usr/bin/prog", []imagepack.File{
+			{Name: "usr/", Mode: 0o755, Data: []byte{}},
+			{Name: "usr/bin/", Mode: 0o755, Data: []byte{}},
+			{Name: "usr/bin/prog", Mode: 0o755, Data: data},
 		}},
 	} {
 		out := filepath.Join(dir, "image.tar")

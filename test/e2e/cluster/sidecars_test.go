@@ -38,7 +38,7 @@ func TestSidecarImages(t *testing.T) {
 		if len(ep) != 1 || ep[0] != "/"+s.Binary {
 			t.Errorf("%s: entrypoint %q", s.Binary, ep)
 		}
-		if len(entries) != 1 || entries[0].Data != s.Binary {
+		if len(entries) != 1 || string(entries[0].Data) != s.Binary {
 			t.Errorf("%s: layer %+v", s.Binary, entries)
 		}
 	}

@@ -1,14 +1,13 @@
 package external
 
 import (
-	"archive/tar"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/csi-qcow2/csi-qcow2/test/e2e/imagepack"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
@@ -52,28 +51,19 @@ func TestBuildImages(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		entries := map[string]*tar.Header{}
+		entries := map[string]*imagepack.File{}
 		layers, err := img.Layers()
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, l := range layers {
-			rc, err := l.Uncompressed()
+			files, err := imagepack.LayerFiles(l)
 			if err != nil {
 				t.Fatal(err)
 			}
-			tr := tar.NewReader(rc)
-			for {
-				h, err := tr.Next()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				entries[h.Name] = h
+			for i := range files {
+				entries[files[i].Name] = &files[i]
 			}
-			rc.Close()
 		}
 		for _, want := range []string{"bin/sh", "bin/dd", "bin/sha256sum", "bin/blockdev", "tmp/"} {
 			if entries[want] == nil {
@@ -85,12 +75,12 @@ func TestBuildImages(t *testing.T) {
 		if ref == GlibcDNSTestingImage {
 			wantSh = "dash"
 		}
-		if h := entries["bin/sh"]; h != nil && (h.Typeflag != tar.TypeSymlink || h.Linkname != wantSh) {
+		if h := entries["bin/sh"]; h != nil && h.Link != wantSh {
 			t.Errorf("%s: bin/sh is not a link to %s", ref, wantSh)
 		}
 		// The last layer's entry wins: GNU dd only in the glibc image.
-		if h := entries["bin/dd"]; h != nil && (h.Typeflag == tar.TypeReg) != (ref == GlibcDNSTestingImage) {
-			t.Errorf("%s: bin/dd is a regular file: %v, want %v", ref, h.Typeflag == tar.TypeReg, ref == GlibcDNSTestingImage)
+		if h := entries["bin/dd"]; h != nil && (h.Link == "") != (ref == GlibcDNSTestingImage) {
+			t.Errorf("%s: bin/dd is a regular file: %v, want %v", ref, h.Link == "", ref == GlibcDNSTestingImage)
 		}
 		hasAgnhost := entries["agnhost"] != nil
 		wantAgnhost := ref == AgnhostImage || ref == PauseImage

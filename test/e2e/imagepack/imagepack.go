@@ -141,3 +141,28 @@ func TreeFiles(root string) ([]File, error) {
 	})
 	return files, err
 }
+
+// LayerFiles reads a layer back into its entries, in order (for tests).
+func LayerFiles(l v1.Layer) ([]File, error) {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	var files []File
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, File{Name: h.Name, Mode: h.Mode, Data: data, Link: h.Linkname})
+	}
+}
