@@ -48,6 +48,24 @@ func SnapshotPass(testDriver string) Pass {
 		Skip:  []string{`\[Disruptive\]`, `\[Testpattern: Pre-provisioned Snapshot`}}
 }
 
+// Narrowed is the pass limited to the specs whose names also match re,
+// wherever it falls in the name (ginkgo ORs its focus flags, so re is
+// folded into each focus expression, in either order with what follows
+// the driver's part).
+func (p Pass) Narrowed(re string) Pass {
+	focus := make([]string, len(p.Focus))
+	for i, f := range p.Focus {
+		rest := strings.TrimPrefix(strings.TrimPrefix(f, driverFocus), ".*")
+		if rest == "" {
+			focus[i] = driverFocus + ".*(?:" + re + ")"
+		} else {
+			focus[i] = driverFocus + ".*(?:" + rest + ".*(?:" + re + ")|(?:" + re + ").*" + rest + ")"
+		}
+	}
+	p.Focus = focus
+	return p
+}
+
 // LocalClusterSkips are the specs that cannot pass in the local cluster
 // (test/e2e/cluster) for reasons outside the driver; add them to a pass's
 // Skip there.

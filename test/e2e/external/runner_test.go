@@ -3,6 +3,7 @@ package external
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"testing"
 )
@@ -45,6 +46,33 @@ func TestFlags(t *testing.T) {
 		"-ginkgo.json-report=/r/snapshots-report.json", `-ginkgo.focus=External.Storage.*csi-qcow2\.io.*\[Feature:VolumeSnapshotDataSource\]`} {
 		if !slices.Contains(args, want) {
 			t.Errorf("no %s in %q", want, args)
+		}
+	}
+}
+
+// Narrowed keeps a pass's own focus and adds re wherever it falls: a
+// snapshot spec of multiVolume names multiVolume before its feature tag.
+func TestNarrowed(t *testing.T) {
+	spec := "External Storage [Driver: csi-qcow2.io] [Testpattern: Dynamic PV (xfs)] multiVolume should concurrently access the volume and restored snapshot from pods on the same node [LinuxOnly] [Feature:VolumeSnapshotDataSource] [Feature:VolumeSourceXFS]"
+	other := "External Storage [Driver: csi-qcow2.io] [Testpattern: Dynamic Snapshot (delete policy)] snapshottable [Feature:VolumeSnapshotDataSource] volume snapshot controller should check snapshot fields"
+	plain := "External Storage [Driver: csi-qcow2.io] [Testpattern: Dynamic PV (block volmode)] multiVolume should concurrently access the single volume from pods on the same node"
+	for _, tc := range []struct {
+		p    Pass
+		name string
+		want bool
+	}{
+		{SnapshotPass("td"), spec, true},
+		{SnapshotPass("td"), other, false},
+		{SnapshotPass("td"), plain, false},
+		{MainPass("td"), plain, true},
+		{MainPass("td"), other, false},
+	} {
+		n := tc.p.Narrowed("multiVolume")
+		if len(n.Focus) != 1 {
+			t.Fatalf("%d focus expressions", len(n.Focus))
+		}
+		if got := regexp.MustCompile(n.Focus[0]).MatchString(tc.name); got != tc.want {
+			t.Errorf("%s narrowed to multiVolume matches %q: %v, want %v", tc.p.Name, tc.name, got, tc.want)
 		}
 	}
 }
