@@ -137,19 +137,6 @@ func (c *Cluster) InstallChart(ctx context.Context, ch Chart) error {
 	return nil
 }
 
-// UninstallChart removes the release and waits until its objects are gone.
-func (c *Cluster) UninstallChart(ch Chart) error {
-	cfg, err := c.helmConfig(ch.Namespace)
-	if err != nil {
-		return err
-	}
-	un := action.NewUninstall(cfg)
-	un.WaitStrategy = kube.StatusWatcherStrategy
-	un.Timeout = ch.Timeout
-	_, err = un.Run(ch.Release)
-	return err
-}
-
 func (c *Cluster) helmConfig(namespace string) (*action.Configuration, error) {
 	getter := genericclioptions.NewConfigFlags(false)
 	getter.KubeConfig = &c.Kubeconfig

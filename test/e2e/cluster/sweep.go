@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -60,34 +59,17 @@ func SweepRoot(root string, log io.Writer) error {
 			return fmt.Errorf("%s: %w", c.path(sweepFile), err)
 		}
 	}
-	c.kubeletBound = rec.KubeletDir
-	c.netnsSeen = map[string]bool{}
-	for _, n := range rec.NetnsBefore {
-		c.netnsSeen[n] = true
-	}
-	var errs []error
-	errs = append(errs, c.sweepProcesses()...)
-	errs = append(errs, c.sweepCgroups()...)
-	errs = append(errs, c.sweepMounts()...)
-	errs = append(errs, c.sweepLoopDevices()...)
+	c.kubeletBound, c.hostDirs = rec.KubeletDir, rec.HostDirs
+	// Without a record no namespace can be told to be the cluster's.
+	c.netnsSeen = listNetns()
 	if rec.NetnsBefore != nil || len(rec.HostDirs) > 0 {
-		errs = append(errs, c.sweepNetns()...)
-	}
-	for _, d := range rec.HostDirs {
-		if err := os.RemoveAll(d); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if _, err := os.Stat("/sys/class/net/" + c.Bridge); err == nil {
-		if out, err := exec.Command("ip", "link", "del", c.Bridge).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("ip link del %s: %v: %s", c.Bridge, err, out))
+		c.netnsSeen = map[string]bool{}
+		for _, n := range rec.NetnsBefore {
+			c.netnsSeen[n] = true
 		}
 	}
 	roots, _ := filepath.Glob(filepath.Join(filepath.Dir(root), "csi-qcow2-e2e-[0-9]*"))
-	if len(roots) == 1 && roots[0] == root {
-		errs = append(errs, c.sweepProxyTables()...)
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(c.sweep(len(roots) == 1 && roots[0] == root)...); err != nil {
 		return err
 	}
 	return os.RemoveAll(root)

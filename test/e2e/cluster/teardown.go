@@ -48,26 +48,7 @@ func (c *Cluster) Stop() error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, c.sweepProcesses()...)
-	errs = append(errs, c.sweepCgroups()...)
-	errs = append(errs, c.sweepNetns()...)
-	errs = append(errs, c.sweepMounts()...)
-	errs = append(errs, c.sweepLoopDevices()...)
-	if c.proxyStarted {
-		errs = append(errs, c.sweepProxyTables()...)
-	}
-	if c.Bridge != "" {
-		if _, err := os.Stat("/sys/class/net/" + c.Bridge); err == nil {
-			if out, err := exec.Command("ip", "link", "del", c.Bridge).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("ip link del %s: %v: %s", c.Bridge, err, out))
-			}
-		}
-	}
-	for _, d := range c.hostDirs {
-		if err := os.RemoveAll(d); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, c.sweep(c.proxyStarted)...)
 	if err := errors.Join(errs...); err != nil {
 		c.logf("teardown incomplete after %.1f s; root %s and its logs in %s stay", time.Since(start).Seconds(), c.Root, c.path("logs"))
 		return err
@@ -92,6 +73,35 @@ func (c *Cluster) Stop() error {
 	}
 	c.logf("torn down in %.1f s; root %s removed with its logs", time.Since(start).Seconds(), c.Root)
 	return nil
+}
+
+// sweep takes down what a crash could leave: processes naming the root,
+// the kubelet's cgroups, network namespaces made since Start, mounts, loop
+// devices, kube-proxy's tables (with proxy), the bridge, and the host
+// directories the cluster made.
+func (c *Cluster) sweep(proxy bool) []error {
+	var errs []error
+	errs = append(errs, c.sweepProcesses()...)
+	errs = append(errs, c.sweepCgroups()...)
+	errs = append(errs, c.sweepNetns()...)
+	errs = append(errs, c.sweepMounts()...)
+	errs = append(errs, c.sweepLoopDevices()...)
+	if proxy {
+		errs = append(errs, c.sweepProxyTables()...)
+	}
+	if c.Bridge != "" {
+		if _, err := os.Stat("/sys/class/net/" + c.Bridge); err == nil {
+			if out, err := exec.Command("ip", "link", "del", c.Bridge).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("ip link del %s: %v: %s", c.Bridge, err, out))
+			}
+		}
+	}
+	for _, d := range c.hostDirs {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 func (c *Cluster) running(name string) bool {
