@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -180,6 +181,7 @@ func buildTestImages(ctx context.Context, t *testing.T, binDir, dir string) stri
 func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir string, main bool) {
 	opts := external.Options{
 		E2ETest: filepath.Join(binDir, "e2e.test"), Kubectl: filepath.Join(binDir, "kubectl"),
+		Ginkgo: filepath.Join(binDir, "ginkgo"), Procs: externalProcs(t),
 		Kubeconfig: c.Kubeconfig,
 		ReportDir:  c.path("logs", "external"), Log: os.Stdout,
 	}
@@ -212,6 +214,21 @@ func runExternal(ctx context.Context, t *testing.T, c *Cluster, root, binDir str
 			t.Errorf("external suite, %s pass: %d failed %v", p.Name, r.Failed, r.SuiteFailures)
 		}
 	}
+}
+
+// externalProcs is how many specs of the external suite run at once
+// (CSI_QCOW2_E2E_PROCS, default 4): they mostly wait on pods, so even 2
+// cores keep several busy.
+func externalProcs(t *testing.T) int {
+	v := os.Getenv("CSI_QCOW2_E2E_PROCS")
+	if v == "" {
+		return 4
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("CSI_QCOW2_E2E_PROCS=%q: want a count of processes", v)
+	}
+	return n
 }
 
 // cacheDir is the build scripts' cache (CSI_QCOW2_E2E_CACHE).

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -87,7 +88,14 @@ const SkipExt4Growth = `\(default fs\)[^\]]*\] (volume-expand (Verify if offline
 
 // Options say where e2e.test and the cluster are.
 type Options struct {
-	E2ETest    string // the e2e.test binary (build-e2e-test.sh)
+	E2ETest string // the e2e.test binary (build-e2e-test.sh)
+	// Ginkgo is the ginkgo CLI of the version e2e.test was built with
+	// (build-e2e-test.sh). When set, it runs the specs in Procs processes
+	// (Serial specs still one at a time, after the rest); most of a spec's
+	// time is spent waiting on pods, so a node runs several at once.
+	// Empty, e2e.test runs alone, one spec at a time.
+	Ginkgo     string
+	Procs      int    // parallel processes under Ginkgo; default 1
 	Kubectl    string // kubectl, for the suite's kubectl exec; default "kubectl" from PATH
 	Kubeconfig string
 	// KubeletRootDir is the kubelet's --root-dir (the local cluster's is
@@ -119,12 +127,49 @@ type Result struct {
 	SuiteFailures []string
 }
 
-// Flags returns the e2e.test command line for a pass.
-func (o Options) Flags(p Pass) []string {
-	timeout := o.Timeout
-	if timeout == 0 {
-		timeout = 2 * time.Hour
+// Command returns the command line that runs a pass: e2e.test's own, or
+// the ginkgo CLI's around it when Options.Ginkgo is set.
+func (o Options) Command(p Pass) (name string, args []string) {
+	if o.Ginkgo == "" {
+		return o.E2ETest, o.Flags(p)
 	}
+	procs := o.Procs
+	if procs < 1 || o.DryRun {
+		procs = 1 // Ginkgo dry-runs only in series
+	}
+	args = []string{
+		"--procs=" + strconv.Itoa(procs),
+		"--no-color",
+		"--timeout=" + o.timeout().String(),
+		// One report for all processes: ReportDir/NAME-report.json.
+		"--output-dir=" + o.ReportDir,
+		"--json-report=" + filepath.Base(o.reportPath(p)),
+	}
+	args = append(args, o.ginkgoSelection(p, "--")...)
+	args = append(args, o.E2ETest, "--")
+	return o.Ginkgo, append(args, o.suiteFlags(p)...)
+}
+
+// Flags returns e2e.test's command line for a pass run without the
+// ginkgo CLI: the suite's flags and Ginkgo's, prefixed -ginkgo.
+func (o Options) Flags(p Pass) []string {
+	args := append(o.suiteFlags(p),
+		"-ginkgo.no-color",
+		"-ginkgo.timeout="+o.timeout().String(),
+		"-ginkgo.json-report="+o.reportPath(p),
+	)
+	return append(args, o.ginkgoSelection(p, "-ginkgo.")...)
+}
+
+func (o Options) timeout() time.Duration {
+	if o.Timeout == 0 {
+		return 2 * time.Hour
+	}
+	return o.Timeout
+}
+
+// suiteFlags are e2e.test's own flags: where the cluster and driver are.
+func (o Options) suiteFlags(p Pass) []string {
 	kubectl := o.Kubectl
 	if kubectl == "" {
 		kubectl = "kubectl"
@@ -137,23 +182,27 @@ func (o Options) Flags(p Pass) []string {
 		"-report-dir=" + o.ReportDir,
 		"-e2e-output-dir=" + o.ReportDir,
 		"-disable-log-dump", // the log dump SSHes into the nodes
-		"-ginkgo.no-color",
-		"-ginkgo.timeout=" + timeout.String(),
-		"-ginkgo.json-report=" + o.reportPath(p),
 	}
 	if o.KubeletRootDir != "" {
 		args = append(args, "-kubelet-root-dir="+o.KubeletRootDir)
 	}
+	return append(args, o.Args...)
+}
+
+// ginkgoSelection are the flags that pick the specs, each with prefix:
+// "--" for the ginkgo CLI, "-ginkgo." for e2e.test itself.
+func (o Options) ginkgoSelection(p Pass, prefix string) []string {
+	var args []string
 	for _, f := range p.Focus {
-		args = append(args, "-ginkgo.focus="+f)
+		args = append(args, prefix+"focus="+f)
 	}
 	for _, s := range p.Skip {
-		args = append(args, "-ginkgo.skip="+s)
+		args = append(args, prefix+"skip="+s)
 	}
 	if o.DryRun {
-		args = append(args, "-ginkgo.dry-run")
+		args = append(args, prefix+"dry-run")
 	}
-	return append(args, o.Args...)
+	return args
 }
 
 func (o Options) reportPath(p Pass) string {
@@ -172,8 +221,8 @@ func Run(ctx context.Context, o Options, p Pass) (Result, error) {
 	}
 	// e2e.test runs in the report directory: make relative paths absolute
 	// (commands only when they name a path, not a lookup in PATH).
-	for _, path := range []*string{&o.E2ETest, &o.Kubectl, &o.Kubeconfig, &o.ReportDir, &p.TestDriver} {
-		isCmd := path == &o.E2ETest || path == &o.Kubectl
+	for _, path := range []*string{&o.E2ETest, &o.Ginkgo, &o.Kubectl, &o.Kubeconfig, &o.ReportDir, &p.TestDriver} {
+		isCmd := path == &o.E2ETest || path == &o.Ginkgo || path == &o.Kubectl
 		if *path != "" && !filepath.IsAbs(*path) && (!isCmd || strings.ContainsRune(*path, '/')) {
 			abs, err := filepath.Abs(*path)
 			if err != nil {
@@ -184,7 +233,8 @@ func Run(ctx context.Context, o Options, p Pass) (Result, error) {
 	}
 	report := o.reportPath(p)
 	os.Remove(report)
-	cmd := exec.CommandContext(ctx, o.E2ETest, o.Flags(p)...)
+	name, args := o.Command(p)
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = o.ReportDir
 	cmd.Stdout, cmd.Stderr = log, log
 	// Cancelled, Ginkgo gets an interrupt: it runs the cleanups (namespaces)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -47,6 +48,44 @@ func TestFlags(t *testing.T) {
 		if !slices.Contains(args, want) {
 			t.Errorf("no %s in %q", want, args)
 		}
+	}
+}
+
+// Under the ginkgo CLI the selection and report flags are the CLI's,
+// e2e.test's own flags follow "--", and a dry run is in series.
+func TestCommandUnderGinkgo(t *testing.T) {
+	o := Options{E2ETest: "/b/e2e.test", Ginkgo: "/b/ginkgo", Procs: 4, Kubeconfig: "/k", ReportDir: "/r"}
+	name, args := o.Command(MainPass("/td.yaml"))
+	if name != "/b/ginkgo" {
+		t.Fatalf("runs %s", name)
+	}
+	sep := slices.Index(args, "--")
+	if sep < 0 || sep == 0 || args[sep-1] != "/b/e2e.test" {
+		t.Fatalf("no e2e.test -- in %q", args)
+	}
+	cli, suite := args[:sep], args[sep+1:]
+	for _, want := range []string{"--procs=4", "--output-dir=/r", "--json-report=main-report.json", `--focus=External.Storage.*csi-qcow2\.io`, `--skip=\[Disruptive\]`} {
+		if !slices.Contains(cli, want) {
+			t.Errorf("no %s before e2e.test in %q", want, cli)
+		}
+	}
+	for _, want := range []string{"-kubeconfig=/k", "-storage.testdriver=/td.yaml", "-provider=skeleton"} {
+		if !slices.Contains(suite, want) {
+			t.Errorf("no %s after -- in %q", want, suite)
+		}
+	}
+	for _, a := range suite {
+		if strings.HasPrefix(a, "-ginkgo.") {
+			t.Errorf("e2e.test gets %s beside the CLI's own", a)
+		}
+	}
+	o.DryRun = true
+	if _, args := o.Command(MainPass("/td.yaml")); !slices.Contains(args, "--procs=1") || !slices.Contains(args, "--dry-run") {
+		t.Errorf("dry run: %q", args)
+	}
+	o.Ginkgo = ""
+	if name, args := o.Command(MainPass("/td.yaml")); name != "/b/e2e.test" || !slices.Contains(args, "-ginkgo.dry-run") {
+		t.Errorf("without the CLI: %s %q", name, args)
 	}
 }
 

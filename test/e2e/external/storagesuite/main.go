@@ -29,6 +29,7 @@ func main() {
 	reportDir := flag.String("report-dir", "", "where reports go (default: a new temporary directory)")
 	kubeletRoot := flag.String("kubelet-root-dir", "", "the kubelet's root directory")
 	dryRun := flag.Bool("dry-run", false, "list the specs that would run")
+	procs := flag.Int("procs", 4, "specs run at once, by the ginkgo CLI in -bin")
 	local := flag.Bool("local", false, "skip the specs the local cluster cannot run (external.LocalClusterSkips)")
 	noExt4Growth := flag.Bool("skip-ext4-growth", false, "skip the specs that grow a mounted ext4 (no CAP_SYS_RESOURCE)")
 	flag.Parse()
@@ -39,13 +40,13 @@ func main() {
 	if *noExt4Growth {
 		skips = append(skips, external.SkipExt4Growth)
 	}
-	if err := run(*bin, *images, *cache, *kubeconfig, *testDriver, *pass, *reportDir, *kubeletRoot, *dryRun, skips); err != nil {
+	if err := run(*bin, *images, *cache, *kubeconfig, *testDriver, *pass, *reportDir, *kubeletRoot, *dryRun, *procs, skips); err != nil {
 		fmt.Fprintln(os.Stderr, "storagesuite:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, images, cache, kubeconfig, testDriver, pass, reportDir, kubeletRoot string, dryRun bool, skips []string) error {
+func run(bin, images, cache, kubeconfig, testDriver, pass, reportDir, kubeletRoot string, dryRun bool, procs int, skips []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if bin == "" {
@@ -75,6 +76,7 @@ func run(bin, images, cache, kubeconfig, testDriver, pass, reportDir, kubeletRoo
 	}
 	r, err := external.Run(ctx, external.Options{
 		E2ETest: filepath.Join(bin, "e2e.test"), Kubectl: filepath.Join(bin, "kubectl"),
+		Ginkgo: filepath.Join(bin, "ginkgo"), Procs: procs,
 		Kubeconfig: kubeconfig, KubeletRootDir: kubeletRoot, ReportDir: reportDir, DryRun: dryRun,
 	}, p)
 	fmt.Print(r.Summary())
