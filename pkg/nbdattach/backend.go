@@ -32,6 +32,27 @@ type Backend interface {
 	Caps() Caps
 }
 
+// NoWaitReader is an optional Backend method. ReadAtNoWait reads like
+// ReadAt, but only if it needs not wait for a device or a lock held for
+// long: data in the host's page cache (preadv2 RWF_NOWAIT), mappings in
+// memory. Otherwise it returns an error (ErrWouldBlock; its other errors
+// are not reported to the client either) or a short count, and the server
+// reads the range again with ReadAt in a goroutine of its own. The
+// request reader calls it for small READs at queue depths above 1, so
+// that a read served from memory costs no goroutine wake-up; an error
+// wrapping ErrNoWaitUnsupported stops those calls on the connection.
+type NoWaitReader interface {
+	ReadAtNoWait(p []byte, off int64) (int, error)
+}
+
+var (
+	// ErrWouldBlock: ReadAtNoWait would have had to wait.
+	ErrWouldBlock = errors.New("nbd: read would block")
+	// ErrNoWaitUnsupported: ReadAtNoWait cannot work here (the kernel
+	// has no RWF_NOWAIT, say).
+	ErrNoWaitUnsupported = errors.New("nbd: non-blocking reads not supported")
+)
+
 // Caps are a backend's capabilities; the server advertises only these.
 type Caps struct {
 	// ReadOnly refuses writes, trims and zeroing with EPERM.

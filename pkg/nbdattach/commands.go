@@ -2,6 +2,7 @@ package nbdattach
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -34,10 +35,46 @@ func (c *connState) doRead(r *request) {
 		c.doSparseRead(r)
 		return
 	}
+	if r.nowait {
+		r.nowait = false
+		if !c.readNoWait(r) {
+			// Not at hand: read in a goroutine, as a request that may
+			// wait, and reply as soon as the data is there.
+			r.inline = false
+			go func() {
+				defer c.recoverRequest(r)
+				c.readAndReply(r)
+			}()
+			return
+		}
+		c.sendRead(r)
+		return
+	}
+	c.readAndReply(r)
+}
+
+// readNoWait fills r.buf with the backend's ReadAtNoWait and reports
+// whether it got all of it. A backend (or kernel) that does not support
+// it at all is not asked again on this connection.
+func (c *connState) readNoWait(r *request) bool {
+	n, err := c.nowaitReader.ReadAtNoWait(*r.buf, int64(r.off))
+	if errors.Is(err, ErrNoWaitUnsupported) {
+		c.nowaitOff = true
+	}
+	return err == nil && n == len(*r.buf)
+}
+
+// readAndReply reads r.buf from the backend and replies.
+func (c *connState) readAndReply(r *request) {
 	if err := c.readFull(*r.buf, int64(r.off)); err != nil {
 		c.replyError(r, errnoOf(err), err.Error())
 		return
 	}
+	c.sendRead(r)
+}
+
+// sendRead sends the data of a successful READ.
+func (c *connState) sendRead(r *request) {
 	if !c.structured {
 		c.out.send(r, putSimpleReply(r.hdr[:], 0, r.cookie), *r.buf)
 		return

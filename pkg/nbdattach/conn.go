@@ -3,6 +3,7 @@ package nbdattach
 import (
 	"bufio"
 	"net"
+	"time"
 )
 
 // readBufferSize is the connection's read buffer: many small request
@@ -23,11 +24,16 @@ type connState struct {
 	metaExport string // the export SET_META_CONTEXT named
 
 	// Transmission phase.
-	exp     *export // the export joined; set once, by Server.join
-	backend Backend
-	caps    Caps
-	out     replyWriter
-	limit   inflight
+	exp          *export // the export joined; set once, by Server.join
+	backend      Backend
+	nowaitReader NoWaitReader // the backend's, if it has one
+	// The request reader's own state (transmission.go, inline).
+	nowaitOff bool      // ReadAtNoWait is not supported here
+	slowUntil time.Time // no waiting inline requests until then
+	backoff   time.Duration
+	caps      Caps
+	out       replyWriter
+	limit     inflight
 }
 
 func newConnState(s *Server, c net.Conn) *connState {

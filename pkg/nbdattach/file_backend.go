@@ -14,6 +14,7 @@ import (
 // and zeroing, SEEK_DATA/SEEK_HOLE for block status.
 type FileBackend struct {
 	f        *os.File
+	fd       int          // f's descriptor, for the calls package os does not make
 	size     atomic.Int64 // Resize changes it while requests run
 	readOnly bool
 }
@@ -33,7 +34,7 @@ func OpenFileBackend(path string, readOnly bool) (*FileBackend, error) {
 		f.Close()
 		return nil, err
 	}
-	b := &FileBackend{f: f, readOnly: readOnly}
+	b := &FileBackend{f: f, fd: int(f.Fd()), readOnly: readOnly}
 	b.size.Store(size)
 	return b, nil
 }
@@ -69,6 +70,21 @@ func (b *FileBackend) Caps() Caps {
 }
 
 func (b *FileBackend) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, off) }
+
+// ReadAtNoWait reads with preadv2(RWF_NOWAIT): only what the page cache
+// holds (NoWaitReader).
+func (b *FileBackend) ReadAtNoWait(p []byte, off int64) (int, error) {
+	n, err := unix.Preadv2(b.fd, [][]byte{p}, off, unix.RWF_NOWAIT)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, unix.EAGAIN):
+		return n, ErrWouldBlock
+	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS):
+		return 0, ErrNoWaitUnsupported
+	}
+	return 0, err
+}
 
 func (b *FileBackend) WriteAt(p []byte, off int64) (int, error) {
 	if b.readOnly {

@@ -34,6 +34,18 @@ func (f *inflight) acquire(n int64) {
 	f.mu.Unlock()
 }
 
+// tryAcquire takes n bytes and one request slot if that needs no wait.
+func (f *inflight) tryAcquire(n int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.reqs > 0 && (f.bytes+n > f.maxBytes || f.reqs >= f.maxReqs) {
+		return false
+	}
+	f.bytes += n
+	f.reqs++
+	return true
+}
+
 func (f *inflight) release(n int64) {
 	f.mu.Lock()
 	f.bytes -= n

@@ -10,7 +10,10 @@ import (
 // replies; whichever worker finds the socket idle becomes the writer and
 // sends everything queued meanwhile in one writev, so replies that finish
 // together share a system call and no goroutine switch is added at queue
-// depth 1.
+// depth 1. Replies of requests the request reader ran itself (inline) only
+// queue, up to maxBatchReplies or maxBatchBytes: the reader sends them
+// (flush) before it waits for anything, the socket or the in-flight
+// budget, so a reply is never held back while the server waits.
 type replyWriter struct {
 	conn   net.Conn
 	finish func(*request) // returns a request's buffers once it is sent
@@ -20,12 +23,22 @@ type replyWriter struct {
 	err     error
 	bufs    net.Buffers
 	reqs    []*request
+	queued  int // bytes in bufs
 	spareB  net.Buffers
 	spareR  []*request
 }
 
+// The most replies, and reply bytes, the request reader lets wait for a
+// flush: enough to share one writev among a queue depth of 32 small
+// requests, little enough that a reply does not wait behind many others.
+const (
+	maxBatchReplies = 32
+	maxBatchBytes   = 256 << 10
+)
+
 // send queues r's reply (bufs reference r's own memory) and writes it,
-// with whatever else is queued, unless another worker is writing.
+// with whatever else is queued, unless another worker is writing or r
+// runs inline and the batch has room.
 func (w *replyWriter) send(r *request, bufs ...[]byte) {
 	w.mu.Lock()
 	if w.err != nil {
@@ -35,14 +48,34 @@ func (w *replyWriter) send(r *request, bufs ...[]byte) {
 	}
 	w.bufs = append(w.bufs, bufs...)
 	w.reqs = append(w.reqs, r)
-	if w.writing {
+	for _, b := range bufs {
+		w.queued += len(b)
+	}
+	if w.writing || r.inline && len(w.reqs) < maxBatchReplies && w.queued < maxBatchBytes {
 		w.mu.Unlock()
 		return
 	}
+	w.drain()
+}
+
+// flush sends the queued replies unless a worker is sending already (it
+// sends them too).
+func (w *replyWriter) flush() {
+	w.mu.Lock()
+	if w.writing || len(w.reqs) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.drain()
+}
+
+// drain writes what is queued until the queue is empty; it is called with
+// w.mu held and returns with it released.
+func (w *replyWriter) drain() {
 	w.writing = true
 	for len(w.reqs) > 0 && w.err == nil {
 		bufs, reqs := w.bufs, w.reqs
-		w.bufs, w.reqs = w.spareB[:0], w.spareR[:0]
+		w.bufs, w.reqs, w.queued = w.spareB[:0], w.spareR[:0], 0
 		w.mu.Unlock()
 
 		out := bufs // WriteTo consumes its receiver
@@ -65,7 +98,7 @@ func (w *replyWriter) send(r *request, bufs ...[]byte) {
 	for _, r := range w.reqs {
 		w.finish(r)
 	}
-	w.bufs, w.reqs = w.bufs[:0], w.reqs[:0]
+	w.bufs, w.reqs, w.queued = w.bufs[:0], w.reqs[:0], 0
 	w.writing = false
 	w.mu.Unlock()
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // request is one transmission-phase request and the memory of its reply.
@@ -19,8 +20,13 @@ type request struct {
 
 	buf  *[]byte // payload (WRITE) or read buffer, from the pools
 	held int64   // bytes taken from the connection's in-flight budget
-	hdr  [64]byte
-	ext  []byte // reply bytes that do not fit hdr (chunks, descriptors)
+	// inline: the request reader runs the request and its reply waits in
+	// the reply queue until the reader flushes it (replyWriter).
+	inline bool
+	// nowait: a READ the reader tries with the backend's ReadAtNoWait.
+	nowait bool
+	hdr    [64]byte
+	ext    []byte // reply bytes that do not fit hdr (chunks, descriptors)
 }
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
@@ -35,6 +41,7 @@ const maxPooledExt = 4 << 10
 // then waits for the requests in flight and closes the socket.
 func (c *connState) transmit(exp *export) error {
 	c.backend = exp.Backend
+	c.nowaitReader, _ = exp.Backend.(NoWaitReader)
 	c.caps = exp.caps
 	c.out.finish = c.finish
 	err := c.srv.catch("reading requests", c.readRequests)
@@ -43,6 +50,9 @@ func (c *connState) transmit(exp *export) error {
 		// read; closing fails the pending writes and frees the workers.
 		c.nc.Close()
 	}
+	// Replies of inline requests still queued go out now (after DISC or
+	// EOF), or are dropped on the closed socket.
+	c.out.flush()
 	c.limit.wait()
 	c.nc.Close()
 	if werr := c.out.failed(); err == nil && werr != nil && !errors.Is(werr, net.ErrClosed) {
@@ -51,11 +61,16 @@ func (c *connState) transmit(exp *export) error {
 	return err
 }
 
-// readRequests reads requests and starts a worker for each until
-// NBD_CMD_DISC, EOF or a protocol violation.
+// readRequests reads requests and runs each, itself or in a new
+// goroutine, until NBD_CMD_DISC, EOF or a protocol violation. Replies of
+// the requests it runs itself are flushed before every read that may
+// wait for the client, and before it waits for the in-flight budget.
 func (c *connState) readRequests() error {
 	var h [requestSize]byte
 	for {
+		if c.br.Buffered() < requestSize {
+			c.out.flush()
+		}
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -79,47 +94,113 @@ func (c *connState) readRequests() error {
 			if r.length > maxPayload {
 				// The payload cannot be buffered and skipping 4 GiB is not
 				// worth it: answer and hang up, as qemu-nbd does.
-				c.limit.acquire(0)
+				c.acquire(0)
 				c.replyError(r, errOverflow, "write larger than 32 MiB")
 				return fmt.Errorf("nbd: write of %d bytes exceeds the %d byte limit", r.length, maxPayload)
 			}
 			r.held = int64(r.length)
-			c.limit.acquire(r.held)
+			c.acquire(r.held)
 			r.buf = getBuf(int(r.length))
+			if c.br.Buffered() < int(r.length) {
+				c.out.flush()
+			}
 			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
 				c.finish(r)
 				return fmt.Errorf("nbd: reading write payload: %w", err)
 			}
 		case cmdRead:
 			r.held = int64(min(r.length, maxPayload))
-			c.limit.acquire(r.held)
+			c.acquire(r.held)
 		case cmdCache:
 			r.held = int64(min(r.length, cacheChunk))
-			c.limit.acquire(r.held)
+			c.acquire(r.held)
 		case cmdBlockStatus:
 			r.held = blockStatusHeld(r.length)
-			c.limit.acquire(r.held)
+			c.acquire(r.held)
 		default:
-			c.limit.acquire(0)
+			c.acquire(0)
 		}
 		if c.inline(r) {
-			c.handle(r)
+			r.inline = true
+			c.runInline(r)
 		} else {
 			go c.handle(r)
 		}
 	}
 }
 
+// acquire takes n bytes of the in-flight budget and a request slot; when
+// it has to wait for replies to be sent, the queued ones go first.
+func (c *connState) acquire(n int64) {
+	if !c.limit.tryAcquire(n) {
+		c.out.flush()
+		c.limit.acquire(n)
+	}
+}
+
+// maxInlineLen is the largest READ or WRITE the reader runs itself at
+// queue depths above 1: copying more takes long enough that a goroutine's
+// wake-up costs little in comparison, and the reader would not read the
+// socket meanwhile.
+const maxInlineLen = 128 << 10
+
+// Inline requests that may wait for the disk (WRITE, and READ from a
+// backend without ReadAtNoWait) are timed: one that took more than
+// slowInline means the disk or a lock is slow right now, and for the next
+// inlineBackoff (doubling while probes stay slow, up to maxInlineBackoff)
+// such requests get goroutines again, so that the reader keeps reading
+// while they wait.
+const (
+	slowInline       = 500 * time.Microsecond
+	minInlineBackoff = 10 * time.Millisecond
+	maxInlineBackoff = time.Second
+)
+
 // inline reports whether the reader should run r itself instead of in a
-// new goroutine: when r is the only request in flight and no other one has
-// arrived yet (queue depth 1), a goroutine would only add a wake-up on
-// another thread. Flushes and FUA writes wait on the disk, so they always
-// get their own goroutine: requests that arrive meanwhile are read at once.
+// new goroutine, which costs a wake-up on another thread and, for a deep
+// stack like the engine's, a stack growth:
+//   - at queue depth 1 (r is the only request in flight and no other one
+//     has arrived yet), any request but those below;
+//   - small READs from a backend with ReadAtNoWait, which either find
+//     their data in memory at once or fall back to a goroutine
+//     (runInline);
+//   - small WRITEs and READs that may wait, unless one was slow lately.
+//
+// Flushes and FUA requests wait on the disk, so they always get their own
+// goroutine: requests that arrive meanwhile are read at once.
 func (c *connState) inline(r *request) bool {
-	if r.typ == cmdFlush || r.flags&cflagFUA != 0 || c.br.Buffered() > 0 {
+	if r.typ == cmdFlush || r.flags&cflagFUA != 0 {
 		return false
 	}
-	return c.limit.alone()
+	if c.br.Buffered() == 0 && c.limit.alone() {
+		return true
+	}
+	if (r.typ != cmdRead && r.typ != cmdWrite) || r.length > maxInlineLen {
+		return false
+	}
+	if r.typ == cmdRead && c.nowaitReader != nil && !c.nowaitOff {
+		r.nowait = true
+		return true
+	}
+	return c.slowUntil.IsZero() || time.Now().After(c.slowUntil)
+}
+
+// runInline runs r on the reader. A READ with r.nowait either finds its
+// data at once or moves to a goroutine (doRead); any other request may
+// wait and is timed (see slowInline).
+func (c *connState) runInline(r *request) {
+	if r.nowait {
+		c.handle(r)
+		return
+	}
+	start := time.Now()
+	c.handle(r)
+	if d := time.Since(start); d > slowInline {
+		c.backoff = min(max(2*c.backoff, minInlineBackoff), maxInlineBackoff)
+		c.slowUntil = time.Now().Add(c.backoff)
+	} else {
+		c.backoff = 0
+	}
 }
 
 // finish returns everything a request holds once its reply is sent.
