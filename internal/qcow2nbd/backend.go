@@ -80,6 +80,37 @@ func (b *Image) ReadAt(p []byte, off int64) (int, error) {
 	return n, mapErr(err)
 }
 
+// noWaitEngine is the engine's ReadAtNoWait (qcow2.Image and qcow2.Live
+// have it).
+type noWaitEngine interface {
+	ReadAtNoWait(p []byte, off int64) (int, error)
+}
+
+var (
+	_ noWaitEngine           = (*qcow2.Image)(nil)
+	_ noWaitEngine           = (*qcow2.Live)(nil)
+	_ nbdattach.NoWaitReader = (*Image)(nil)
+)
+
+// ReadAtNoWait serves a read from memory if the engine can
+// (nbdattach.NoWaitReader): the cluster's mapping cached, its data in the
+// page cache, no writer holding the image lock; otherwise the server
+// reads again with ReadAt.
+func (b *Image) ReadAtNoWait(p []byte, off int64) (int, error) {
+	e, ok := b.img.(noWaitEngine)
+	if !ok {
+		return 0, nbdattach.ErrNoWaitUnsupported
+	}
+	n, err := e.ReadAtNoWait(p, off)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, qcow2.ErrNoWaitUnsupported):
+		return 0, errors.Join(nbdattach.ErrNoWaitUnsupported, err)
+	}
+	return 0, errors.Join(nbdattach.ErrWouldBlock, err)
+}
+
 func (b *Image) WriteAt(p []byte, off int64) (int, error) {
 	if b.readOnly {
 		return 0, nbdattach.ErrReadOnly
