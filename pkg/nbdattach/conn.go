@@ -36,7 +36,16 @@ type connState struct {
 	limit     inflight
 }
 
+// sendBufferSize is the socket send buffer the server asks for (the
+// kernel caps it at net.core.wmem_max): room for a few 1 MiB READ replies,
+// each then one writev, where the default of about 208 KiB split one into
+// eight writev calls, each waiting for the client to drain the socket.
+const sendBufferSize = 4 << 20
+
 func newConnState(s *Server, c net.Conn) *connState {
+	if sb, ok := c.(interface{ SetWriteBuffer(int) error }); ok {
+		_ = sb.SetWriteBuffer(sendBufferSize) // a hint: the default works too
+	}
 	cs := &connState{srv: s, nc: c, br: bufio.NewReaderSize(c, readBufferSize)}
 	cs.out.conn = c
 	cs.limit.init(s.opts.MaxInFlightBytes, s.opts.MaxInFlightRequests)
