@@ -42,6 +42,25 @@ func (w *ioWatch) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// ReadAtNoWait passes the volume's ReadAtNoWait on (nbdattach.NoWaitReader:
+// the NBD server's request reader then serves cached reads itself instead
+// of starting a goroutine per READ). A volume without one says
+// ErrNoWaitUnsupported, and the server stops asking. Declining to read
+// without waiting (ErrWouldBlock, ErrNoWaitUnsupported) is no I/O error:
+// the server reads the range again with ReadAt, which is watched as usual;
+// any other error is noted like ReadAt's.
+func (w *ioWatch) ReadAtNoWait(p []byte, off int64) (int, error) {
+	nw, ok := w.Backend.(nbdattach.NoWaitReader)
+	if !ok {
+		return 0, nbdattach.ErrNoWaitUnsupported
+	}
+	n, err := nw.ReadAtNoWait(p, off)
+	if err != nil && !errors.Is(err, nbdattach.ErrWouldBlock) && !errors.Is(err, nbdattach.ErrNoWaitUnsupported) {
+		w.note(false, err)
+	}
+	return n, err
+}
+
 func (w *ioWatch) WriteAt(p []byte, off int64) (int, error) {
 	n, err := w.Backend.WriteAt(p, off)
 	w.note(true, err)
