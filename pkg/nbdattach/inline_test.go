@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -265,6 +266,61 @@ func TestReadNoWait(t *testing.T) {
 		if err := waitDone(t, done); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// spinBackend's ReadAt busy-waits about 100 µs (a fast disk, well under
+// slowInline, so that no back-off confounds the test) and records the
+// most ReadAt calls it saw running at once. It has no ReadAtNoWait.
+type spinBackend struct {
+	*memBackend
+	cur, max atomic.Int32
+}
+
+func (b *spinBackend) ReadAt(p []byte, off int64) (int, error) {
+	n := b.cur.Add(1)
+	for m := b.max.Load(); n > m && !b.max.CompareAndSwap(m, n); m = b.max.Load() {
+	}
+	// Spin rather than sleep (a short sleep may overshoot slowInline on
+	// a loaded host); yield meanwhile, so that other goroutines get to
+	// run even with one P.
+	for t0 := time.Now(); time.Since(t0) < 100*time.Microsecond; {
+		runtime.Gosched()
+	}
+	b.cur.Add(-1)
+	return b.memBackend.ReadAt(p, off)
+}
+
+// At queue depths above 1 the reader never runs a READ that may wait
+// (ReadAt) itself: 32 READs sent together to a backend without
+// ReadAtNoWait run in goroutines, side by side, as a depth-32 workload
+// should, not one after the other on the reader. (One round only: a
+// second would find the reader backed off if the host had stalled it for
+// slowInline in the first, and pass for the wrong reason.)
+func TestReadsThatMayWaitRunConcurrently(t *testing.T) {
+	b := &spinBackend{memBackend: newMem(1<<20, allCaps)}
+	tc, done := serve(t, b, Options{})
+	tc.negotiate("", false)
+	var reqs [][]byte
+	tc.readMu.Lock()
+	tc.readLen = map[uint64]int{}
+	for i := range 32 {
+		tc.readLen[uint64(i)] = 4096
+		reqs = append(reqs, reqBytes(cmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil))
+	}
+	tc.readMu.Unlock()
+	tc.stream(reqs...)
+	for c, r := range tc.replyMap(32) {
+		if r.errno != 0 {
+			t.Fatalf("read %d: errno %d", c, r.errno)
+		}
+	}
+	if m := b.max.Load(); m < 2 {
+		t.Errorf("32 pipelined READs ran one at a time (at most %d in ReadAt at once): the reader ran them itself", m)
+	}
+	tc.request(cmdDisc, 0, 999, 0, 0, nil)
+	if err := waitDone(t, done); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -144,8 +144,8 @@ func (c *connState) acquire(n int64) {
 // socket meanwhile.
 const maxInlineLen = 128 << 10
 
-// Inline requests that may wait for the disk (WRITE, and READ from a
-// backend without ReadAtNoWait) are timed: one that took more than
+// Inline WRITEs at queue depths above 1, which may wait for the disk, are
+// timed: one that took more than
 // slowInline means the disk or a lock is slow right now, and for the next
 // inlineBackoff (doubling while probes stay slow, up to maxInlineBackoff)
 // such requests get goroutines again, so that the reader keeps reading
@@ -164,10 +164,13 @@ const (
 //   - small READs from a backend with ReadAtNoWait, which either find
 //     their data in memory at once or fall back to a goroutine
 //     (runInline);
-//   - small WRITEs and READs that may wait, unless one was slow lately.
+//   - small WRITEs, unless one was slow lately.
 //
-// Flushes and FUA requests wait on the disk, so they always get their own
-// goroutine: requests that arrive meanwhile are read at once.
+// A READ that may wait (ReadAt) never runs on the reader at depths above
+// 1: reads are what a client issues many of at once, and each would wait
+// for the disk with the reader, one after the other. Flushes and FUA
+// requests wait on the disk, so they always get their own goroutine:
+// requests that arrive meanwhile are read at once.
 func (c *connState) inline(r *request) bool {
 	if r.typ == cmdFlush || r.flags&cflagFUA != 0 {
 		return false
@@ -178,9 +181,9 @@ func (c *connState) inline(r *request) bool {
 	if (r.typ != cmdRead && r.typ != cmdWrite) || r.length > maxInlineLen {
 		return false
 	}
-	if r.typ == cmdRead && c.nowaitReader != nil && !c.nowaitOff {
-		r.nowait = true
-		return true
+	if r.typ == cmdRead {
+		r.nowait = c.nowaitReader != nil && !c.nowaitOff
+		return r.nowait
 	}
 	return c.slowUntil.IsZero() || time.Now().After(c.slowUntil)
 }
