@@ -31,6 +31,10 @@ type connState struct {
 	nowaitOff bool      // ReadAtNoWait is not supported here
 	slowUntil time.Time // no waiting inline requests until then
 	backoff   time.Duration
+	// holdTimer flushes the reply queue when an inline request that may
+	// wait keeps queued replies for maxReplyHold (runInline); made at
+	// its first use, then reset and stopped around each such request.
+	holdTimer *time.Timer
 	caps      Caps
 	out       replyWriter
 	limit     inflight

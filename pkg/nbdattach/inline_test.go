@@ -379,6 +379,62 @@ func TestSlowInlineWriteBacksOff(t *testing.T) {
 	}
 }
 
+// gateBackend serves reads from memory at once (ReadAtNoWait) and holds
+// a WRITE at gateOff until gate is closed (saying so on entered), as a
+// write waiting for the image lock or a sync would.
+type gateBackend struct {
+	*memBackend
+	gateOff int64
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gateBackend) ReadAtNoWait(p []byte, off int64) (int, error) {
+	return g.memBackend.ReadAt(p, off)
+}
+
+func (g *gateBackend) WriteAt(p []byte, off int64) (int, error) {
+	if off == g.gateOff {
+		g.entered <- struct{}{}
+		<-g.gate
+	}
+	return g.memBackend.WriteAt(p, off)
+}
+
+// A READ the reader ran itself is answered while the reader waits in the
+// backend for the WRITE sent behind it: its queued reply is not held for
+// as long as that WRITE waits (maxReplyHold).
+func TestQueuedReplyNotHeldBehindWaitingWrite(t *testing.T) {
+	g := &gateBackend{memBackend: newMem(1<<20, allCaps), gateOff: 8192,
+		entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	for i := range 4096 {
+		g.data[i] = byte(i)
+	}
+	var release sync.Once
+	open := func() { release.Do(func() { close(g.gate) }) }
+	t.Cleanup(open)
+	tc, done := serve(t, g, Options{})
+	tc.negotiate("", false)
+	tc.readMu.Lock()
+	tc.readLen = map[uint64]int{1: 4096}
+	tc.readMu.Unlock()
+	tc.stream(reqBytes(cmdRead, 0, 1, 0, 4096, nil),
+		reqBytes(cmdWrite, 0, 2, 8192, 4096, bytes.Repeat([]byte{9}, 4096)))
+	testtools.Within(t, "the gated write", g.entered)
+	// The WRITE stays in the backend until the READ's reply has come.
+	if r := tc.readReply(); r.cookie != 1 || r.errno != 0 || !bytes.Equal(r.data, g.stats().data[:4096]) {
+		t.Fatalf("reply %d (errno %d) while the write waited, want the READ's with its data", r.cookie, r.errno)
+	}
+	open()
+	if r := tc.readReply(); r.cookie != 2 || r.errno != 0 {
+		t.Fatalf("reply %+v, want the write's", r)
+	}
+	tc.request(cmdDisc, 0, 999, 0, 0, nil)
+	if err := waitDone(t, done); err != nil {
+		t.Error(err)
+	}
+}
+
 // FileBackend.ReadAtNoWait reads what the page cache holds.
 func TestFileBackendReadAtNoWait(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "disk.raw")

@@ -12,8 +12,10 @@ import (
 // together share a system call and no goroutine switch is added at queue
 // depth 1. Replies of requests the request reader ran itself (inline) only
 // queue, up to maxBatchReplies or maxBatchBytes: the reader sends them
-// (flush) before it waits for anything, the socket or the in-flight
-// budget, so a reply is never held back while the server waits.
+// (flush) before it waits for the socket or the in-flight budget, and a
+// timer sends them when a request the reader runs keeps them waiting for
+// maxReplyHold (a lock, a sync), so a reply is not held back while the
+// server waits.
 type replyWriter struct {
 	conn   net.Conn
 	finish func(*request) // returns a request's buffers once it is sent
@@ -58,8 +60,17 @@ func (w *replyWriter) send(r *request, bufs ...[]byte) {
 	w.drain()
 }
 
+// pending reports whether replies wait in the queue for a flush (not
+// for a worker that is writing: it sends them).
+func (w *replyWriter) pending() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.reqs) > 0 && !w.writing
+}
+
 // flush sends the queued replies unless a worker is sending already (it
-// sends them too).
+// sends them too). Any goroutine may call it at any time: the request
+// reader, or the timer that bounds how long a reply is held (runInline).
 func (w *replyWriter) flush() {
 	w.mu.Lock()
 	if w.writing || len(w.reqs) == 0 {

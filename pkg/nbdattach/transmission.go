@@ -45,6 +45,9 @@ func (c *connState) transmit(exp *export) error {
 	c.caps = exp.caps
 	c.out.finish = c.finish
 	err := c.srv.catch("reading requests", c.readRequests)
+	if c.holdTimer != nil {
+		c.holdTimer.Stop() // armed still if a panic left a request
+	}
 	if err != nil {
 		// A broken or hostile client: do not wait on replies it may never
 		// read; closing fails the pending writes and frees the workers.
@@ -188,22 +191,51 @@ func (c *connState) inline(r *request) bool {
 	return c.slowUntil.IsZero() || time.Now().After(c.slowUntil)
 }
 
+// maxReplyHold bounds how long replies already queued wait while the
+// reader runs a request that may wait (a WRITE, or any request at depth
+// 1): after it, a timer sends them, however long the request takes. Far
+// more than a request served from memory takes, so that a batch still
+// shares one writev; far less than a request waiting for a lock or a
+// sync.
+const maxReplyHold = 250 * time.Microsecond
+
 // runInline runs r on the reader. A READ with r.nowait either finds its
 // data at once or moves to a goroutine (doRead); any other request may
-// wait and is timed (see slowInline).
+// wait and is timed (see slowInline), and the replies queued before it
+// wait for it at most maxReplyHold.
 func (c *connState) runInline(r *request) {
 	if r.nowait {
 		c.handle(r)
 		return
 	}
+	hold := c.out.pending()
+	if hold {
+		c.armHoldTimer()
+	}
 	start := time.Now()
 	c.handle(r)
+	if hold {
+		c.holdTimer.Stop()
+	}
 	if d := time.Since(start); d > slowInline {
 		c.backoff = min(max(2*c.backoff, minInlineBackoff), maxInlineBackoff)
 		c.slowUntil = time.Now().Add(c.backoff)
 	} else {
 		c.backoff = 0
 	}
+}
+
+// armHoldTimer starts the connection's timer that flushes the reply
+// queue after maxReplyHold. It is made once per connection and reused,
+// so that a request costs no goroutine nor allocation. The flush may run
+// after the request returned, or while the reader flushes itself: the
+// reply writer serializes flushes (replyWriter.flush).
+func (c *connState) armHoldTimer() {
+	if c.holdTimer == nil {
+		c.holdTimer = time.AfterFunc(maxReplyHold, c.out.flush)
+		return
+	}
+	c.holdTimer.Reset(maxReplyHold)
 }
 
 // finish returns everything a request holds once its reply is sent.
