@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -13,8 +14,13 @@ import (
 // pwrite at the same offsets, fdatasync for Flush, hole punching for Trim
 // and zeroing, SEEK_DATA/SEEK_HOLE for block status.
 type FileBackend struct {
-	f        *os.File
-	fd       int          // f's descriptor, for the calls package os does not make
+	f *os.File
+	// fd is f's descriptor for preadv2, which package os does not make.
+	// It is used only under fdMu's read lock with closed false: after
+	// Close the number may name a file opened since.
+	fdMu     sync.RWMutex
+	fd       int
+	closed   bool
 	size     atomic.Int64 // Resize changes it while requests run
 	readOnly bool
 }
@@ -39,8 +45,14 @@ func OpenFileBackend(path string, readOnly bool) (*FileBackend, error) {
 	return b, nil
 }
 
-// Close closes the file.
-func (b *FileBackend) Close() error { return b.f.Close() }
+// Close closes the file. A ReadAtNoWait running meanwhile ends first,
+// and later ones fail with os.ErrClosed, as ReadAt does.
+func (b *FileBackend) Close() error {
+	b.fdMu.Lock()
+	b.closed = true
+	b.fdMu.Unlock()
+	return b.f.Close()
+}
 
 func (b *FileBackend) Size() int64 { return b.size.Load() }
 
@@ -74,7 +86,13 @@ func (b *FileBackend) ReadAt(p []byte, off int64) (int, error) { return b.f.Read
 // ReadAtNoWait reads with preadv2(RWF_NOWAIT): only what the page cache
 // holds (NoWaitReader).
 func (b *FileBackend) ReadAtNoWait(p []byte, off int64) (int, error) {
+	b.fdMu.RLock()
+	if b.closed {
+		b.fdMu.RUnlock()
+		return 0, fmt.Errorf("read %s: %w", b.f.Name(), os.ErrClosed)
+	}
 	n, err := unix.Preadv2(b.fd, [][]byte{p}, off, unix.RWF_NOWAIT)
+	b.fdMu.RUnlock()
 	switch {
 	case err == nil:
 		return n, nil

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
 )
 
@@ -454,5 +456,55 @@ func TestFileBackendReadAtNoWait(t *testing.T) {
 	}
 	if err != nil || n != len(got) || !bytes.Equal(got, want[8192:8192+4096]) {
 		t.Fatalf("ReadAtNoWait: %d, %v, data equal %v", n, err, bytes.Equal(got, want[8192:8192+4096]))
+	}
+}
+
+// After Close, ReadAtNoWait fails and reads nothing, even from a file
+// that has been given the closed file's descriptor number since.
+func TestFileBackendReadAtNoWaitAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	old, other := filepath.Join(dir, "old.raw"), filepath.Join(dir, "other.raw")
+	if err := os.WriteFile(old, bytes.Repeat([]byte{1}, 8192), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, bytes.Repeat([]byte{2}, 8192), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenFileBackend(old, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if _, err := b.ReadAtNoWait(got, 0); errors.Is(err, ErrNoWaitUnsupported) {
+		b.Close()
+		t.Skip("no RWF_NOWAIT here")
+	}
+	fd := b.fd
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Give the other file the closed one's number, unless Open did
+	// (Linux hands out the lowest free number) or something else took it.
+	if int(f.Fd()) != fd {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
+			t.Fatalf("descriptor %d was taken by something else", fd)
+		}
+		if err := unix.Dup3(int(f.Fd()), fd, unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+	}
+	clear(got)
+	n, err := b.ReadAtNoWait(got, 0)
+	if err == nil || n != 0 || bytes.IndexByte(got, 2) >= 0 {
+		t.Fatalf("ReadAtNoWait after Close: %d bytes, %v, read the other file: %v", n, err, bytes.IndexByte(got, 2) >= 0)
+	}
+	if !errors.Is(err, os.ErrClosed) {
+		t.Errorf("ReadAtNoWait after Close: %v, want os.ErrClosed", err)
 	}
 }
