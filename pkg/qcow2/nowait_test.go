@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -141,4 +143,115 @@ func TestReadAtNoWaitUnallocatedStandalone(t *testing.T) {
 	if err != nil || n != 4096 || got[0] != 0xaa {
 		t.Fatalf("data: %d, %v, %#x", n, err, got[0])
 	}
+}
+
+// ReadAtNoWait racing writes, discards, flushes (which free host clusters
+// for reuse) and zeroing of the same clusters: a read that succeeds after
+// a write returned sees that write, and no read ever returns another
+// cluster's data (a mapping read while its cluster was freed and reused).
+// Most useful with -race; bounded work (8 clusters, 40 rounds each).
+func TestReadAtNoWaitRacesWritesAndDiscards(t *testing.T) {
+	const cs, nclu, rounds = 64 << 10, 8, 40
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	// The base's bytes are 0xF0: a high nibble no cluster writes.
+	if err := os.WriteFile(base, bytes.Repeat([]byte{0xF0}, nclu*cs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	top := filepath.Join(dir, "top.qcow2")
+	if err := Create(top, CreateOptions{Size: nclu * cs, BackingFile: "base.raw", BackingFormat: "raw"}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(top, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.ReadAtNoWait(make([]byte, 512), 0); errors.Is(err, ErrNoWaitUnsupported) {
+		t.Skip("no RWF_NOWAIT")
+	}
+	var stop atomic.Bool
+	var served atomic.Int64
+	var wg sync.WaitGroup
+	fail := make(chan string, 16)
+	report := func(s string) {
+		select {
+		case fail <- s:
+		default:
+		}
+	}
+	// One writer per cluster: cluster c only ever holds bytes c<<4|g
+	// (g in 1..15), zeros, or the base's 0xF0.
+	for c := 0; c < nclu; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			off := int64(c) * cs
+			got := make([]byte, 4096)
+			for i := range rounds {
+				v := byte(c<<4 | (i%15 + 1))
+				if _, err := img.WriteAt(bytes.Repeat([]byte{v}, cs/2), off+int64(i%2)*cs/2); err != nil {
+					report(err.Error())
+					return
+				}
+				// The write returned: a read that succeeds must see it.
+				in := int64(i%2)*cs/2 + 4096
+				if n, err := img.ReadAtNoWait(got, off+in); err == nil && n == len(got) {
+					if !bytes.Equal(got, bytes.Repeat([]byte{v}, 4096)) {
+						report("ReadAtNoWait after a returned WriteAt saw other data")
+					}
+				}
+				switch i % 5 {
+				case 1:
+					if err := img.Discard(off, cs); err != nil {
+						report(err.Error())
+						return
+					}
+				case 2:
+					if err := img.Flush(); err != nil {
+						report(err.Error())
+						return
+					}
+				case 3:
+					if err := img.WriteZeroes(off, cs, false); err != nil {
+						report(err.Error())
+						return
+					}
+				}
+			}
+		}()
+	}
+	// Readers: any byte must belong to the cluster read (or be 0 or 0xF0).
+	var rg sync.WaitGroup
+	for r := 0; r < 2; r++ {
+		rg.Add(1)
+		go func() {
+			defer rg.Done()
+			p := make([]byte, 4096)
+			for k := 0; !stop.Load(); k++ {
+				c := k % nclu
+				off := int64(c)*cs + int64(k%16)*4096
+				n, err := img.ReadAtNoWait(p, off)
+				if err != nil || n != len(p) {
+					img.ReadAt(p, off) // warm caches, like the server's fallback
+					continue
+				}
+				served.Add(1)
+				for _, b := range p {
+					if b != 0 && b != 0xF0 && int(b>>4) != c {
+						report("a read of a cluster returned another cluster's data")
+						break
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	stop.Store(true)
+	rg.Wait()
+	close(fail)
+	for s := range fail {
+		t.Error(s)
+	}
+	t.Logf("reads served without waiting: %d", served.Load())
 }
