@@ -1,0 +1,89 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+
+	"github.com/csi-qcow2/csi-qcow2/internal/testtools"
+)
+
+// A restore or a clone into a claim larger than its source is staged with
+// its filesystem grown to the claim: Kubernetes sends no NodeExpandVolume
+// for it. ext4 grows unmounted where the plugin lacks CAP_SYS_RESOURCE
+// (this sandbox), mounted where it has it; xfs grows mounted.
+func TestNodeStageGrowsCopiesIntoLargerClaims(t *testing.T) {
+	for _, tc := range []struct {
+		fs   string
+		size int64
+	}{
+		{"ext4", 64 << 20},
+		{"xfs", 320 << 20},
+	} {
+		t.Run(tc.fs, func(t *testing.T) {
+			if tc.fs == "xfs" {
+				testtools.Need(t, "mkfs.xfs", "xfs_growfs")
+			}
+			testtools.Need(t, "e2fsck", "resize2fs", "dumpe2fs")
+			f := newNodeFixture(t)
+			ctx := context.Background()
+			c := mountCap(tc.fs, csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+			v, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-src",
+				CapacityRange: &csi.CapacityRange{RequiredBytes: tc.size}, VolumeCapabilities: []*csi.VolumeCapability{c}})
+			must(t, err)
+			id := v.Volume.VolumeId
+			dir := f.attachAt(t, id, "src", c)
+			want := bytes.Repeat([]byte("held by the source "), 1000)
+			writeSync(t, filepath.Join(dir, "f"), want)
+			syncfs(t, dir)
+			srcSize := fsSize(t, dir)
+			sn, err := f.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: id})
+			must(t, err)
+
+			const more = 128 << 20
+			sources := map[string]*csi.VolumeContentSource{
+				"clone":   {Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}},
+				"restore": {Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: sn.Snapshot.SnapshotId}}},
+			}
+			for name, src := range sources {
+				r, err := f.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeContentSource: src,
+					CapacityRange:      &csi.CapacityRange{RequiredBytes: tc.size + more},
+					VolumeCapabilities: []*csi.VolumeCapability{c}})
+				must(t, err)
+				copyID := r.Volume.VolumeId
+				target := f.attachAt(t, copyID, name, c)
+				if got := fsSize(t, target); got < srcSize+more*9/10 {
+					t.Errorf("%s: %s of %d bytes on a %d-byte claim (the source's: %d)", name, tc.fs, got, tc.size+more, srcSize)
+				}
+				got, err := os.ReadFile(filepath.Join(target, "f"))
+				must(t, err)
+				if !bytes.Equal(got, want) {
+					t.Errorf("%s does not read the source's file after growing", name)
+				}
+				// Staged again, a filesystem that fills its device is left as it is.
+				before := fsSize(t, target)
+				f.detachAt(copyID, name)
+				target = f.attachAt(t, copyID, name, c)
+				if after := fsSize(t, target); after != before {
+					t.Errorf("%s: staged again, %d bytes became %d", name, before, after)
+				}
+			}
+			if got := fsSize(t, dir); got != srcSize {
+				t.Errorf("the source's filesystem went from %d to %d bytes", srcSize, got)
+			}
+		})
+	}
+}
+
+// fsSize is the size of the filesystem mounted at path (statfs).
+func fsSize(t *testing.T, path string) int64 {
+	t.Helper()
+	var st unix.Statfs_t
+	must(t, unix.Statfs(path, &st))
+	return int64(st.Blocks) * st.Bsize
+}
