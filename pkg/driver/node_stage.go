@@ -143,8 +143,8 @@ func (d *Driver) formatter() *mount.SafeFormatAndMount {
 
 // mountStaging formats s's device when it holds no filesystem and
 // mounts it at s.path (made if missing), with s's flags. A writable
-// filesystem smaller than its device is grown to it
-// (node_stage_grow.go).
+// filesystem smaller than its device is grown to it where that can be
+// done mounted (growStaged).
 //
 // xfs always gets nouuid: a clone or a restore carries its source's
 // filesystem UUID, and xfs refuses a second mount of a UUID on the node
@@ -162,15 +162,10 @@ func (d *Driver) mountStaging(s *staged) error {
 	if s.readOnly {
 		opts = append(opts, "ro")
 	}
-	if err := d.growBeforeMount(s); err != nil {
-		return err
-	}
 	if err := d.formatter().FormatAndMount(s.device(), s.path, s.fsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "mounting %s (%s) at %s: %v", s.device(), s.fsType, s.path, err)
 	}
-	if err := d.growAfterMount(s); err != nil {
-		return errors.Join(err, unmountIfMounted(d.mounter, s.path))
-	}
+	d.growStaged(s, opts)
 	return nil
 }
 
