@@ -165,7 +165,7 @@ func (d *Driver) mountStaging(s *staged) error {
 	if err := d.formatter().FormatAndMount(s.device(), s.path, s.fsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "mounting %s (%s) at %s: %v", s.device(), s.fsType, s.path, err)
 	}
-	d.growStaged(s, opts)
+	d.growStaged(s)
 	return nil
 }
 

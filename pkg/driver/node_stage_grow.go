@@ -1,8 +1,7 @@
 package driver
 
 import (
-	"slices"
-
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
@@ -22,9 +21,12 @@ import (
 // filesystem only a manual fsck repairs. Growth is best effort: the
 // volume's data is whole at its old size, so a filesystem that cannot
 // grow (no capability; ext3 past 2^32 blocks) is logged and mounted as it
-// is, not refused. Read-only stages and `ro` mounts are not touched.
-func (d *Driver) growStaged(s *staged, opts []string) {
-	if s.readOnly || slices.Contains(opts, "ro") {
+// is, not refused. Read-only mounts are not touched.
+func (d *Driver) growStaged(s *staged) {
+	// The mount itself says whether it is read-only, however "ro" was
+	// asked for (the access mode, a flag, "ro,noatime" in one option).
+	var st unix.Statfs_t
+	if s.readOnly || unix.Statfs(s.path, &st) != nil || st.Flags&unix.ST_RDONLY != 0 {
 		return
 	}
 	dev := s.device()
@@ -37,13 +39,20 @@ func (d *Driver) growStaged(s *staged, opts []string) {
 	case format == "xfs":
 	case format == "ext3" || format == "ext4":
 		if ok, err := CanGrowExt4Online(); !ok {
-			klog.V(2).InfoS("not growing an ext filesystem at stage: no CAP_SYS_RESOURCE for online resize", "device", dev, "err", err)
+			klog.InfoS("not growing an ext filesystem to its device at stage: online resize needs CAP_SYS_RESOURCE", "device", dev, "err", err)
 			return
 		}
 	default:
 		return
 	}
-	if _, err := mount.NewResizeFs(utilexec.New()).Resize(dev, s.path); err != nil {
+	if err := resizeMounted(dev, s.path); err != nil {
 		klog.ErrorS(err, "the staged filesystem could not grow to its device; mounted at its old size", "device", dev, "path", s.path)
 	}
+}
+
+// resizeMounted grows the filesystem mounted at path on dev to dev's size
+// (a variable: tests see whether it is called).
+var resizeMounted = func(dev, path string) error {
+	_, err := mount.NewResizeFs(utilexec.New()).Resize(dev, path)
+	return err
 }
