@@ -142,7 +142,9 @@ func (d *Driver) formatter() *mount.SafeFormatAndMount {
 }
 
 // mountStaging formats s's device when it holds no filesystem and
-// mounts it at s.path (made if missing), with s's flags.
+// mounts it at s.path (made if missing), with s's flags. A writable
+// filesystem smaller than its device is grown to it where that can be
+// done mounted (growStaged).
 //
 // xfs always gets nouuid: a clone or a restore carries its source's
 // filesystem UUID, and xfs refuses a second mount of a UUID on the node
@@ -163,6 +165,7 @@ func (d *Driver) mountStaging(s *staged) error {
 	if err := d.formatter().FormatAndMount(s.device(), s.path, s.fsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "mounting %s (%s) at %s: %v", s.device(), s.fsType, s.path, err)
 	}
+	d.growStaged(s)
 	return nil
 }
 

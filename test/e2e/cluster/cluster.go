@@ -492,6 +492,10 @@ evictionHard:
   nodefs.inodesFree: "1%%"
   imagefs.available: "1%%"
 registerNode: true
+# The kubelet grows a mounted volume (NodeExpandVolume) in a running pod's
+# periodic sync, every syncFrequency (default 1m): every online expansion
+# waited most of a minute for it. The calls are the same, sooner.
+syncFrequency: 10s
 # No KUBE-FIREWALL, KUBE-IPTABLES-HINT or KUBE-KUBELET-CANARY chains: they
 # would outlive the cluster, and nothing here needs them.
 makeIPTablesUtilChains: false

@@ -44,6 +44,14 @@ func TestDriverInCluster(t *testing.T) {
 	// around it (go test would otherwise die and leave the cluster).
 	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	passes := os.Getenv("CSI_QCOW2_E2E_EXTERNAL")
+	switch passes {
+	case "":
+		passes = "all"
+	case "all", "snapshots", "0":
+	default:
+		t.Fatalf("CSI_QCOW2_E2E_EXTERNAL=%q: want all, snapshots or 0", passes)
+	}
 	ctx, cancel := context.WithTimeout(sigCtx, 80*time.Minute)
 	defer cancel()
 	root := repoRoot(t)
@@ -91,8 +99,8 @@ func TestDriverInCluster(t *testing.T) {
 	}
 
 	t.Run("csi", func(t *testing.T) { runOurE2E(ctx, t, c, root) })
-	if passes := os.Getenv("CSI_QCOW2_E2E_EXTERNAL"); passes != "0" {
-		t.Run("external", func(t *testing.T) { runExternal(ctx, t, c, root, binDir, passes != "snapshots") })
+	if passes != "0" {
+		t.Run("external", func(t *testing.T) { runExternal(ctx, t, c, root, binDir, passes == "all") })
 	}
 
 	if t.Failed() {

@@ -82,9 +82,10 @@ var LocalClusterSkips = []string{
 
 // SkipExt4Growth matches the specs that grow a mounted ext4 (the default
 // fs): resize2fs needs CAP_SYS_RESOURCE, which a node plugin lacks where
-// root lacks it (driver.CanGrowExt4Online; this sandbox). Block and xfs
-// growth still run.
-const SkipExt4Growth = `\(default fs\)[^\]]*\] (volume-expand (Verify if offline|should resize)|ephemeral should support expansion)`
+// root lacks it (driver.CanGrowExt4Online; this sandbox), and so does
+// the growth of an ext4 restored into a larger claim at stage. Block and
+// xfs growth still run.
+const SkipExt4Growth = `\(default fs\)[^\]]*\] (volume-expand (Verify if offline|should resize)|ephemeral should support expansion|provisioning should provision correct filesystem size when restoring snapshot to larger size pvc)`
 
 // Options say where e2e.test and the cluster are.
 type Options struct {

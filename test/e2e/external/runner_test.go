@@ -115,3 +115,22 @@ func TestNarrowed(t *testing.T) {
 		}
 	}
 }
+
+// SkipExt4Growth takes the default-fs specs that grow a mounted ext4 and
+// nothing of xfs or block.
+func TestSkipExt4Growth(t *testing.T) {
+	const d = "External Storage [Driver: csi-qcow2.io] [Testpattern: "
+	re := regexp.MustCompile(SkipExt4Growth)
+	for name, want := range map[string]bool{
+		d + "Dynamic PV (default fs)] provisioning should provision correct filesystem size when restoring snapshot to larger size pvc [Feature:VolumeSnapshotDataSource]":    true,
+		d + "Dynamic PV (default fs)] volume-expand should resize volume when PVC is edited while pod is using it":                                                            true,
+		d + "Dynamic PV (default fs) (allowExpansion)] volume-expand Verify if offline PVC expansion works":                                                                   true,
+		d + "Dynamic PV (block volmode)] provisioning should provision correct filesystem size when restoring snapshot to larger size pvc [Feature:VolumeSnapshotDataSource]": false,
+		d + "Dynamic PV (xfs)] volume-expand should resize volume when PVC is edited while pod is using it":                                                                   false,
+		d + "Dynamic PV (default fs)] provisioning should provision storage with snapshot data source [Feature:VolumeSnapshotDataSource]":                                     false,
+	} {
+		if got := re.MatchString(name); got != want {
+			t.Errorf("%q: skipped %v, want %v", name, got, want)
+		}
+	}
+}

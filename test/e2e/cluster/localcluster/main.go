@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -78,6 +79,11 @@ func run(bin, goBin, sidecars string, images []string) error {
 	c, err := cluster.Start(ctx, cluster.Config{BinDir: bin, KeepLogs: true, Images: append([]string{tool}, images...)})
 	if err != nil {
 		return err
+	}
+	// Imported: the archives go now, so that a SIGKILL later, which no
+	// defer outlives, leaves only the root for -sweep.
+	if err := os.RemoveAll(dir); err != nil {
+		return errors.Join(err, c.Stop())
 	}
 	fmt.Printf("export KUBECONFIG=%s\n", c.Kubeconfig)
 	fmt.Printf("# ctr -a %s -n k8s.io images ls\n", c.ContainerdSocket)
