@@ -104,16 +104,7 @@ func TestAdapterReadOnlyAndV2(t *testing.T) {
 // is served leaves the written data readable on the new top.
 func TestAdapterLive(t *testing.T) {
 	dir := t.TempDir()
-	p := filepath.Join(dir, "vol.qcow2")
-	if err := qcow2.Create(p, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	live, err := qcow2.OpenLive(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer live.Close()
-	b := New(live, false)
+	live, b := newLiveAdapter(t, dir)
 	if _, err := b.WriteAt([]byte("before"), 4096); err != nil {
 		t.Fatal(err)
 	}
@@ -129,4 +120,20 @@ func TestAdapterLive(t *testing.T) {
 			t.Errorf("read at %d: %q, %v", off, got, err)
 		}
 	}
+}
+
+// newLiveAdapter creates a 1 MiB qcow2 volume in dir, opens it live (closed
+// when the test ends) and serves it through the adapter.
+func newLiveAdapter(t *testing.T, dir string) (*qcow2.Live, *Image) {
+	t.Helper()
+	p := filepath.Join(dir, "vol.qcow2")
+	if err := qcow2.Create(p, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	live, err := qcow2.OpenLive(p, qcow2.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { live.Close() })
+	return live, New(live, false)
 }

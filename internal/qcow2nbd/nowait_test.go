@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/csi-qcow2/csi-qcow2/pkg/nbdattach"
-	"github.com/csi-qcow2/csi-qcow2/pkg/qcow2"
 )
 
 // The adapter's ReadAtNoWait (nbdattach.NoWaitReader) reads what ReadAt
@@ -17,16 +16,7 @@ import (
 // nbdattach.ErrNoWaitUnsupported.
 func TestAdapterReadAtNoWait(t *testing.T) {
 	dir := t.TempDir()
-	p := filepath.Join(dir, "vol.qcow2")
-	if err := qcow2.Create(p, qcow2.CreateOptions{Size: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	live, err := qcow2.OpenLive(p, qcow2.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer live.Close()
-	b := New(live, false)
+	live, b := newLiveAdapter(t, dir)
 	before, after := bytes.Repeat([]byte("b"), 4096), bytes.Repeat([]byte("a"), 4096)
 	if _, err := b.WriteAt(before, 4096); err != nil {
 		t.Fatal(err)

@@ -243,16 +243,7 @@ func TestReadNoWait(t *testing.T) {
 		}
 		tc, done := serve(t, b, Options{})
 		tc.negotiate("", false)
-		var reqs [][]byte
-		tc.readMu.Lock()
-		tc.readLen = map[uint64]int{}
-		for i := range 64 {
-			tc.readLen[uint64(i)] = 4096
-			reqs = append(reqs, reqBytes(cmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil))
-		}
-		tc.readMu.Unlock()
-		tc.stream(reqs...)
-		for c, r := range tc.replyMap(64) {
+		for c, r := range pipelineReads(tc, 64) {
 			if r.errno != 0 || !bytes.Equal(r.data, bytes.Repeat([]byte{byte(c)}, 4096)) {
 				t.Fatalf("unsupported=%v: read %d wrong", unsupported, c)
 			}
@@ -303,16 +294,7 @@ func TestReadsThatMayWaitRunConcurrently(t *testing.T) {
 	b := &spinBackend{memBackend: newMem(1<<20, allCaps)}
 	tc, done := serve(t, b, Options{})
 	tc.negotiate("", false)
-	var reqs [][]byte
-	tc.readMu.Lock()
-	tc.readLen = map[uint64]int{}
-	for i := range 32 {
-		tc.readLen[uint64(i)] = 4096
-		reqs = append(reqs, reqBytes(cmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil))
-	}
-	tc.readMu.Unlock()
-	tc.stream(reqs...)
-	for c, r := range tc.replyMap(32) {
+	for c, r := range pipelineReads(tc, 32) {
 		if r.errno != 0 {
 			t.Fatalf("read %d: errno %d", c, r.errno)
 		}
@@ -507,4 +489,19 @@ func TestFileBackendReadAtNoWaitAfterClose(t *testing.T) {
 	if !errors.Is(err, os.ErrClosed) {
 		t.Errorf("ReadAtNoWait after Close: %v, want os.ErrClosed", err)
 	}
+}
+
+// pipelineReads sends n 4 KiB READs (cookie i reads block i) in one write
+// and returns their replies by cookie.
+func pipelineReads(tc *testClient, n int) map[uint64]chunk {
+	var reqs [][]byte
+	tc.readMu.Lock()
+	tc.readLen = map[uint64]int{}
+	for i := range n {
+		tc.readLen[uint64(i)] = 4096
+		reqs = append(reqs, reqBytes(cmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil))
+	}
+	tc.readMu.Unlock()
+	tc.stream(reqs...)
+	return tc.replyMap(n)
 }
