@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"errors"
 
 	"golang.org/x/sys/unix"
@@ -70,23 +69,12 @@ func (img *Image) readNoWait(p []byte, off int64) (int, error) {
 // no L2 table, or a cached L2 entry of zero. Like dataWord, it answers
 // false for anything else.
 func (img *Image) unallocatedCached(off, n int64) bool {
-	vi := off >> img.cb
-	if img.closed || img.ext || off < 0 || n <= 0 || off > img.size-n || (off+n-1)>>img.cb != vi {
+	vi, ok := img.oneCluster(off, n)
+	if !ok {
 		return false
 	}
-	l1i := vi >> img.l2Bits
-	if l1i >= int64(len(img.l1)) {
-		return false
-	}
-	l2off := int64(img.l1[l1i] & l1OffsetMask)
-	if l2off == 0 {
-		return img.l1[l1i] == 0
-	}
-	if l2off&(img.cs-1) != 0 {
-		return false
-	}
-	buf := img.l2c.cached(img.sliceKey(l2off, vi))
-	return buf != nil && binary.BigEndian.Uint64(buf[(vi&(img.sliceEntries-1))*8:]) == 0
+	e, ok := img.cachedL2Entry(vi)
+	return ok && e == 0
 }
 
 // preadNoWait reads p at off from fd with RWF_NOWAIT.

@@ -126,26 +126,17 @@ func (img *Image) dataHost(off, n int64) (int64, bool) {
 // mirrorCopied set if the entry has OFLAG_COPIED (the cluster may be
 // written in place), or 0 when the request is not the common one.
 func (img *Image) dataWord(off, n int64) uint64 {
-	vi := off >> img.cb
-	if img.closed || img.ext || off < 0 || n <= 0 || off > img.size-n || (off+n-1)>>img.cb != vi {
+	vi, ok := img.oneCluster(off, n)
+	if !ok {
 		return 0
 	}
 	if w := img.mirrored(vi); w != 0 {
 		return w
 	}
-	l1i := vi >> img.l2Bits
-	if l1i >= int64(len(img.l1)) {
+	e, ok := img.cachedL2Entry(vi)
+	if !ok {
 		return 0
 	}
-	l2off := int64(img.l1[l1i] & l1OffsetMask)
-	if l2off == 0 || l2off&(img.cs-1) != 0 {
-		return 0
-	}
-	buf := img.l2c.cached(img.sliceKey(l2off, vi))
-	if buf == nil {
-		return 0
-	}
-	e := binary.BigEndian.Uint64(buf[(vi&(img.sliceEntries-1))*8:])
 	host := int64(e & l2OffsetMask)
 	if e&(oflagCompressed|oflagZero) != 0 || host == 0 || host&(img.cs-1) != 0 {
 		return 0
@@ -156,6 +147,42 @@ func (img *Image) dataWord(off, n int64) uint64 {
 	}
 	img.learnMirror(vi, w)
 	return w
+}
+
+// oneCluster returns the guest cluster of [off, off+n) if the range is
+// inside the open image, not empty, and inside that one cluster of a
+// plain (not extended L2) image: the only requests the fast paths
+// (dataWord, ReadAtNoWait) serve.
+func (img *Image) oneCluster(off, n int64) (int64, bool) {
+	vi := off >> img.cb
+	if img.closed || img.ext || off < 0 || n <= 0 || off > img.size-n || (off+n-1)>>img.cb != vi {
+		return 0, false
+	}
+	return vi, true
+}
+
+// cachedL2Entry is guest cluster vi's L2 entry as far as memory tells
+// without reading the image: 0 for an empty L1 entry (no L2 table), the
+// entry of a cached L2 slice, or !ok for an L1 entry with flags but no
+// table, a misaligned table, or a slice not in the cache.
+func (img *Image) cachedL2Entry(vi int64) (uint64, bool) {
+	l1i := vi >> img.l2Bits
+	if l1i >= int64(len(img.l1)) {
+		return 0, false
+	}
+	l1e := img.l1[l1i]
+	l2off := int64(l1e & l1OffsetMask)
+	if l2off == 0 {
+		return 0, l1e == 0
+	}
+	if l2off&(img.cs-1) != 0 {
+		return 0, false
+	}
+	buf := img.l2c.cached(img.sliceKey(l2off, vi))
+	if buf == nil {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(buf[(vi&(img.sliceEntries-1))*8:]), true
 }
 
 // readAt is ReadAt under mu for any request: range and closed checks,
